@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+# Ranges below are the ones CI installs and tests (see README, "Tested versions").
+INSTALL_REQUIRES = [
+    "torch>=2.6,<2.15",
+    "transformers>=5.20,<6",
+    "accelerate>=1.10,<2",
+    "datasets>=4,<6",
+    "peft>=0.17,<0.22",
+    "pyyaml>=6",
+    "safetensors>=0.5",
+    "sentencepiece>=0.2",
+    "matplotlib>=3.8,<4",
+    "tensorboard>=2.15,<3",
+]
+
+EXTRAS = {
+    "deepspeed": ["deepspeed>=0.17,<0.20"],
+    "quantization": ["bitsandbytes>=0.46,<0.51"],
+    "flash-attn": ["flash-attn>=2.7"],  # needs CUDA to build; GPU machines only
+    "dev": ["pytest>=8", "deepspeed>=0.17,<0.20"],
+}
+
+setup(
+    name="simpo",
+    version="0.1.0",
+    description="SimPO (Simple Preference Optimization) on the current Hugging Face stack",
+    packages=find_packages(include=["simpo", "simpo.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "simpo-train=simpo.cli:train_main",
+        ]
+    },
+)

@@ -1,0 +1,62 @@
+"""Message lists -> prompt / chosen / rejected strings with the model's chat template (reference semantics)."""
+
+# Mistral's own template rejects system messages, so (like the reference) we fold the system message into the first
+# user turn. No BOS in the text: tokenisation adds it once.
+MISTRAL_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'].strip() %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + (system + '\\n\\n' if loop.first and system else '') + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}"
+)
+
+
+def set_chat_template(tokenizer, chat_template: str | None, model_name_or_path: str | None) -> None:
+    """The YAML's chat_template wins; Mistral models get the system-folding template; else the tokenizer's own."""
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    elif model_name_or_path and "mistral" in model_name_or_path.lower():
+        tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
+    if not tokenizer.chat_template:
+        raise ValueError(
+            "The tokenizer has no chat template: set `chat_template` in the YAML (a Jinja string) or use a tokenizer"
+            " that ships one."
+        )
+
+
+def maybe_insert_system_message(messages: list[dict], tokenizer) -> list[dict]:
+    """Prepend an empty system turn when the template knows system turns and the prompt has none."""
+    if messages and messages[0]["role"] == "system":
+        return messages
+    template = tokenizer.chat_template or ""
+    if "system" in template or "<|im_start|>" in template:
+        return [{"role": "system", "content": ""}] + messages
+    return messages
+
+
+def strip_bos(text: str, tokenizer) -> str:
+    bos = tokenizer.bos_token
+    return text[len(bos) :] if bos and text.startswith(bos) else text
+
+
+def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool = True) -> dict:
+    """A row of message lists -> {prompt, chosen, rejected} strings.
+
+    An explicit message-list prompt is used as the prompt turns; otherwise the prompt is every turn of `chosen` but
+    the last. The responses are the last assistant turns, rendered alone (their header is part of the response).
+    """
+    if isinstance(row.get("prompt"), list):
+        prompt_turns, chosen_turns, rejected_turns = row["prompt"], row["chosen"], row["rejected"]
+    else:
+        prompt_turns, chosen_turns, rejected_turns = row["chosen"][:-1], row["chosen"][-1:], row["rejected"][-1:]
+    if auto_insert_empty_system_msg:
+        prompt_turns = maybe_insert_system_message(prompt_turns, tokenizer)
+    render = lambda turns: tokenizer.apply_chat_template(turns, tokenize=False)  # noqa: E731
+    return {
+        "prompt": render(prompt_turns),
+        "chosen": strip_bos(render(chosen_turns), tokenizer),
+        "rejected": strip_bos(render(rejected_turns), tokenizer),
+    }

@@ -1,0 +1,101 @@
+"""The training recipe behind scripts/run_simpo.py and `simpo-train`: parse, seed, data, tokenizer, model, train, save."""
+
+import logging
+import os
+import sys
+
+import datasets
+import transformers
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from simpo.chat_templates import apply_chat_template, set_chat_template
+from simpo.data import mix_datasets
+from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
+from simpo.parser import parse_args
+from simpo.trainer import SimPOTrainer
+
+logger = logging.getLogger("simpo")
+
+
+def setup_logging(training_args) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    level = training_args.get_process_log_level()
+    logger.setLevel(level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def checkpoint_to_resume(training_args) -> str | None:
+    if training_args.resume_from_checkpoint is not None:
+        return training_args.resume_from_checkpoint
+    if os.path.isdir(training_args.output_dir):
+        last = get_last_checkpoint(training_args.output_dir)
+        if last is not None:
+            logger.info("Resuming from the last checkpoint in output_dir: %s", last)
+        return last
+    return None
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging(training_args)
+    logger.info("Model arguments %s", model_args)
+    logger.info("Data arguments %s", data_args)
+    logger.info("Training arguments %s", training_args)
+    checkpoint = checkpoint_to_resume(training_args)
+    set_seed(training_args.seed)
+
+    raw_datasets = mix_datasets(
+        data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
+    )
+    tokenizer = get_tokenizer(model_args, data_args)
+    set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
+    raw_datasets = raw_datasets.map(
+        apply_chat_template,
+        fn_kwargs={"tokenizer": tokenizer, "auto_insert_empty_system_msg": data_args.auto_insert_empty_system_msg},
+        num_proc=data_args.preprocessing_num_workers,
+        remove_columns=raw_datasets["train"].column_names,
+        desc="Applying chat template",
+    )
+
+    training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    trainer = SimPOTrainer(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=raw_datasets["train"],
+        eval_dataset=raw_datasets.get("test"),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args, training_args),
+    )
+
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = {**train_result.metrics, "train_samples": len(raw_datasets["train"])}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    trainer.save_model(training_args.output_dir)
+    logger.info("Model saved to %s", training_args.output_dir)
+
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card(
+            finetuned_from=model_args.model_name_or_path,
+            dataset=list(data_args.dataset_mixer),
+            tags=["simpo", "preference-optimization"],
+        )
+        # Generation wants the KV cache back on.
+        trainer.model.config.use_cache = True
+        trainer.model.config.save_pretrained(training_args.output_dir)
+
+    if training_args.do_eval and "test" in raw_datasets:
+        metrics = {**trainer.evaluate(), "eval_samples": len(raw_datasets["test"])}
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+
+    if training_args.push_to_hub:
+        trainer.push_to_hub(tags=["simpo"])
+    logger.info("Training finished; outputs are in %s", training_args.output_dir)

@@ -1,0 +1,47 @@
+"""Batches of tokenised pairs in the plain layout: chosen rows then rejected rows, right-padded, one forward.
+
+Every layout (this one, and prefix sharing) hands the trainer the same description of what to score:
+    input_ids, attention_mask  [R, L]  the rows the model runs on
+    score_index                [N]     flat index (row * L + position) of the position that predicts a token
+    score_labels               [N]     the response token predicted there
+    score_seq                  [N]     which sequence it belongs to: i < B chosen of pair i, B + i rejected of pair i
+    response_lengths           [2B]    response tokens per sequence (so B = len // 2)
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+
+def score_targets(labels: torch.Tensor, label_pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token shift: the position before each labelled token scores it. Returns index, labels, row."""
+    rows, positions = (labels[:, 1:] != label_pad_token_id).nonzero(as_tuple=True)
+    width = labels.shape[1]
+    return rows * width + positions, labels[rows, positions + 1], rows
+
+
+def pad_right(sequences: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
+
+
+@dataclass
+class PairCollator:
+    pad_token_id: int
+    label_pad_token_id: int = -100
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
+        labels = [f["chosen_labels"] for f in features] + [f["rejected_labels"] for f in features]
+        input_ids = pad_right(ids, self.pad_token_id)
+        label_tensor = pad_right(labels, self.label_pad_token_id)
+        attention_mask = pad_right([[1] * len(s) for s in ids], 0)
+        score_index, score_labels, score_seq = score_targets(label_tensor, self.label_pad_token_id)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "score_index": score_index,
+            "score_labels": score_labels,
+            "score_seq": score_seq,
+            "response_lengths": torch.bincount(score_seq, minlength=len(ids)),
+        }

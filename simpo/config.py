@@ -1,0 +1,87 @@
+"""The three argument groups a run is configured with: model, data and training (SimPOConfig)."""
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local folder of the model."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to model_name_or_path."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model (off)."})
+    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = field(
+        default=None, metadata={"help": "Weights dtype; None keeps the checkpoint's default loading."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa or flash_attention_2 (falls back to sdpa when missing)."}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = field(default=0.05, metadata={"help": "Forced to 0 when disable_dropout is on."})
+    lora_target_modules: list[str] | None = None
+    lora_modules_to_save: list[str] | None = None
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    bnb_4bit_quant_type: Literal["fp4", "nf4"] = "nf4"
+    use_bnb_nested_quant: bool = False
+    bnb_4bit_quant_storage: str = "uint8"
+
+    def __post_init__(self):
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ValueError("load_in_8bit and load_in_4bit are both true: choose one quantisation.")
+
+
+@dataclass
+class DataArguments:
+    chat_template: str | None = field(default=None, metadata={"help": "Jinja template; wins over the tokenizer's."})
+    dataset_mixer: dict[str, float] | None = field(
+        default=None, metadata={"help": "{source: fraction}; a source is a hub id, a save_to_disk folder or files."}
+    )
+    dataset_splits: list[str] = field(default_factory=lambda: ["train", "test"])
+    dataset_configs: list[str] | None = field(default=None, metadata={"help": "One config name per source."})
+    preprocessing_num_workers: int | None = None
+    truncation_side: Literal["left", "right"] | None = None
+    auto_insert_empty_system_msg: bool = True
+
+
+@dataclass
+class SimPOConfig(TrainingArguments):
+    beta: float = field(default=2.0, metadata={"help": "Reward scale: r = beta * mean response log-prob."})
+    gamma_beta_ratio: float = field(default=0.25, metadata={"help": "Target margin gamma = beta * this."})
+    sft_weight: float = field(default=0.0, metadata={"help": "Weight of the NLL on chosen responses."})
+    label_smoothing: float = 0.0
+    loss_type: Literal["sigmoid", "hinge"] = "sigmoid"
+    disable_dropout: bool = True
+    max_length: int = 512
+    max_prompt_length: int = 128
+    truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"
+    label_pad_token_id: int = -100
+    padding_value: int | None = field(default=None, metadata={"help": "Pad id; defaults to the tokenizer's."})
+    generate_during_eval: bool = False
+    model_init_kwargs: dict[str, Any] | None = None
+    dataset_num_proc: int | None = None
+    fused_logps: bool = field(
+        default=False, metadata={"help": "Log-probs from hidden states in tiles, never the full-vocabulary logits."}
+    )
+    prefix_sharing: bool = field(
+        default=False,
+        metadata={
+            "help": "One row per pair: [prompt | chosen | rejected], the prompt run once, with a custom 4D mask. "
+            "Exact; needs attn_implementation eager or sdpa and a verified family (Llama, Mistral, Gemma-2, Qwen2)."
+        },
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart)."},
+    )
+    # Trainer columns are ours, not the model's forward arguments.
+    remove_unused_columns: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.padding_free and not self.prefix_sharing:
+            raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing=True.")

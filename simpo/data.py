@@ -1,0 +1,69 @@
+"""The dataset mixer: {source: fraction} over hub ids, save_to_disk folders and local json/jsonl/parquet files."""
+
+import logging
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
+
+from simpo.validation import DataError, validate_rows
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("prompt", "chosen", "rejected")
+FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_split(source: str, split: str, config: str | None = None) -> Dataset:
+    """One split of one source. A local folder is a save_to_disk folder or holds files named SPLIT.jsonl/json/parquet
+    (or SPLIT-*.parquet); a single local file is a train split; anything else is a hub id."""
+    path = Path(source)
+    if path.is_file():
+        if "train" not in split:
+            raise DataError(f"{source}: a single file is a train split only; for '{split}' use a folder of split files.")
+        return load_dataset(FILE_BUILDERS.get(path.suffix, "json"), data_files=str(path), split="train")
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            saved = load_from_disk(str(path))
+            if isinstance(saved, Dataset):
+                return saved
+            if split not in saved:
+                raise DataError(f"{source}: no split '{split}' (it has {sorted(saved)}).")
+            return saved[split]
+        files = sorted(p for p in path.iterdir() if p.suffix in FILE_BUILDERS and p.stem.split("-")[0] == split)
+        if not files:
+            raise DataError(f"{source}: no file for split '{split}' (expected {split}.jsonl, .json or .parquet).")
+        return load_dataset(FILE_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
+    return load_dataset(source, config, split=split)
+
+
+def mix_datasets(
+    dataset_mixer: dict[str, float],
+    splits: list[str],
+    configs: list[str] | None = None,
+    seed: int = 42,
+) -> DatasetDict:
+    """Train splits are subsampled to their fraction, test splits kept whole; each side concatenated and shuffled."""
+    if not dataset_mixer:
+        raise DataError("dataset_mixer is empty: give at least one {source: fraction}.")
+    configs = configs or [None] * len(dataset_mixer)
+    if len(configs) != len(dataset_mixer):
+        raise DataError(f"dataset_configs has {len(configs)} entries for {len(dataset_mixer)} dataset_mixer sources.")
+    parts = {"train": [], "test": []}
+    for (source, fraction), config in zip(dataset_mixer.items(), configs):
+        if not 0 < fraction <= 1:
+            raise DataError(
+                f"dataset_mixer['{source}'] = {fraction}: a fraction is in (0, 1], the share of the train split used"
+                " (to repeat data, train more epochs instead)."
+            )
+        for split in splits:
+            side = "train" if "train" in split else "test" if "test" in split else None
+            if side is None:
+                raise DataError(f"Split '{split}' names neither train nor test: rename it or drop it from dataset_splits.")
+            dataset = load_split(source, split, config)
+            validate_rows(dataset, source, split)
+            dataset = dataset.select_columns([c for c in COLUMNS if c in dataset.column_names])
+            if side == "train":
+                dataset = dataset.select(range(int(fraction * len(dataset))))
+            parts[side].append(dataset)
+            logger.info("Loaded %d rows of %s [%s] for %s", len(dataset), source, split, side)
+    return DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})

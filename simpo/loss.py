@@ -1,0 +1,55 @@
+"""SimPO as pure functions of per-token log-probs: averaging, the loss, the logged metrics.
+
+Sequences are numbered 0..2B-1: sequence i < B is the chosen response of pair i, sequence B + i its rejected one.
+"""
+
+import torch
+import torch.nn.functional as F
+
+
+def average_logps(token_logps: torch.Tensor, token_seq: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """Mean log-prob of each sequence's response tokens; token_seq[n] is the sequence of token n.
+
+    A sequence with no response token gets 0 rather than 0/0 = NaN (the data pipeline drops such pairs anyway).
+    """
+    sums = torch.zeros(num_seqs, dtype=token_logps.dtype, device=token_logps.device)
+    sums = sums.index_add(0, token_seq, token_logps)
+    counts = torch.bincount(token_seq, minlength=num_seqs).to(token_logps.dtype)
+    return sums / counts.clamp(min=1)
+
+
+def simpo_loss(
+    chosen_avg_logps: torch.Tensor,
+    rejected_avg_logps: torch.Tensor,
+    beta: float,
+    gamma_beta_ratio: float,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Per-pair SimPO loss. logits = (avg_w - avg_l) - gamma/beta, so beta * logits = r_w - r_l - gamma."""
+    logits = (chosen_avg_logps - rejected_avg_logps) - gamma_beta_ratio
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * logits)
+    raise ValueError(f"Unknown loss_type {loss_type!r}: use 'sigmoid' or 'hinge'.")
+
+
+def sft_nll(token_logps: torch.Tensor, token_seq: torch.Tensor, num_pairs: int) -> torch.Tensor:
+    """Token-mean negative log-likelihood over all chosen response tokens of the batch."""
+    chosen = token_seq < num_pairs
+    return -token_logps[chosen].sum() / chosen.sum().clamp(min=1)
+
+
+def preference_metrics(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float) -> dict:
+    """Per-pair tensors behind rewards/* and logps/*; the caller averages them (over ranks and steps)."""
+    chosen_rewards = beta * chosen_avg_logps.detach()
+    rejected_rewards = beta * rejected_avg_logps.detach()
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "logps/chosen": chosen_avg_logps.detach(),
+        "logps/rejected": rejected_avg_logps.detach(),
+    }

@@ -1,0 +1,87 @@
+"""Tokenizer set-up, the model's from_pretrained kwargs, and the LoRA config, from ModelArguments."""
+
+import importlib.util
+import logging
+
+import torch
+from transformers import AutoTokenizer, BitsAndBytesConfig
+
+from simpo.config import DataArguments, ModelArguments, SimPOConfig
+
+logger = logging.getLogger(__name__)
+
+MAX_SANE_MODEL_LENGTH = 100_000  # some tokenizers report int(1e30) when they have no limit
+
+
+def get_tokenizer(model_args: ModelArguments, data_args: DataArguments):
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    tokenizer.truncation_side = data_args.truncation_side or "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.model_max_length > MAX_SANE_MODEL_LENGTH:
+        tokenizer.model_max_length = 2048
+    return tokenizer
+
+
+def resolve_dtype(dtype):
+    """'auto', None or a torch dtype pass through; 'bfloat16' etc. become torch dtypes."""
+    return getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+
+
+def attn_implementation(requested: str | None) -> str | None:
+    if requested == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        logger.warning("attn_implementation=flash_attention_2 but flash-attn is not installed: using sdpa instead.")
+        return "sdpa"
+    return requested
+
+
+def quantization_config(model_args: ModelArguments) -> BitsAndBytesConfig | None:
+    if model_args.load_in_4bit:
+        compute_dtype = resolve_dtype(model_args.torch_dtype)
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=compute_dtype if isinstance(compute_dtype, torch.dtype) else torch.float32,
+            bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+            bnb_4bit_quant_storage=model_args.bnb_4bit_quant_storage,
+        )
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def model_init_kwargs(model_args: ModelArguments, training_args: SimPOConfig) -> dict:
+    """from_pretrained kwargs. dtype stays a string here (the args are logged as JSON); the trainer converts it."""
+    quantization = quantization_config(model_args)
+    kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": model_args.trust_remote_code,
+        "attn_implementation": attn_implementation(model_args.attn_implementation),
+        "dtype": model_args.torch_dtype,
+        "use_cache": not training_args.gradient_checkpointing,
+    }
+    if quantization is not None:
+        # Each process loads its own quantised copy on its own device.
+        kwargs["device_map"] = {"": training_args.local_process_index if torch.cuda.is_available() else "cpu"}
+        kwargs["quantization_config"] = quantization.to_dict()  # a dict keeps the args JSON-serialisable
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def get_peft_config(model_args: ModelArguments, training_args: SimPOConfig):
+    if not model_args.use_peft:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=0.0 if training_args.disable_dropout else model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules or "all-linear",
+        modules_to_save=model_args.lora_modules_to_save,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )

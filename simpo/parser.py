@@ -1,0 +1,227 @@
+"""Read a run's settings, a YAML file then `--key=value` overrides, into the config dataclasses.
+
+Every value, from the file or the command line, is cast by the field's declared type, so a typo or a bad value
+stops the run at start-up, naming the key, the value and where it came from.
+"""
+
+import contextlib
+import dataclasses
+import difflib
+import enum
+import logging
+import re
+import sys
+import types
+import typing
+from typing import Any, Literal, Union
+
+import yaml
+
+from simpo.config import DataArguments, ModelArguments, SimPOConfig
+
+logger = logging.getLogger(__name__)
+
+CLI = "command line"
+_FLAG = object()  # a bare `--key` with no value
+_NONE = ("none", "null")
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+# Keys of older transformers YAMLs that TrainingArguments 5 lacks: old key -> (today's key, or None to drop; why).
+# Only consulted for keys that are no dataclass field.
+LEGACY_KEYS = {
+    "warmup_ratio": ("warmup_steps", "transformers 5 reads a warmup_steps below 1 as a ratio of the steps"),
+    "evaluation_strategy": ("eval_strategy", "renamed in transformers"),
+    "no_cuda": ("use_cpu", "renamed in transformers"),
+    "overwrite_output_dir": (None, "removed in transformers 5; output_dir is reused as is"),
+    "logging_dir": (None, "removed in transformers 5; set TENSORBOARD_LOGGING_DIR instead"),
+    "save_safetensors": (None, "removed in transformers 5; checkpoints are always safetensors"),
+}
+# transformers documents report_to "none" as "no integrations" but turns a None into [None]: keep the word.
+_NONE_IS_A_WORD = {"report_to"}
+
+
+class ConfigError(ValueError):
+    """A config key or value that cannot be used; the message says where it came from."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping key given twice (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen and key != "<<":  # keys brought in by a `<<` merge may be overridden
+                raise ConfigError(f"Key '{key}' appears twice in {self.name} (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 wants a dot in a float, so PyYAML reads 3e-7 as a string, also inside mappings whose values have no
+# declared type (model_init_kwargs): read it as YAML 1.2 and JSON do.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+.0123456789")
+)
+
+
+def _name(tp) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _is(tp, kind) -> bool:
+    return tp is kind or typing.get_origin(tp) is kind
+
+
+def _coerce(value, tp):
+    """Cast one value to `tp`; raises ValueError/TypeError saying why not."""
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        if type(None) in args and (value is None or str(value).lower() in _NONE):
+            return None
+        members = [a for a in args if a is not type(None)]
+        # On the command line "[a, b]" or "a,b" means a list and "{k: v}" a mapping, when the union offers one.
+        if isinstance(value, str) and any(_is(m, list) for m in members) and (value[:1] == "[" or "," in value):
+            value = _coerce(value, list)
+        elif isinstance(value, str) and any(_is(m, dict) for m in members) and value[:1] == "{":
+            value = _coerce(value, dict)
+        reasons = []
+        for member in members:  # the first member that takes the value wins
+            try:
+                return _coerce(value, member)
+            except (ValueError, TypeError, yaml.YAMLError) as e:
+                reasons.append(str(e))
+        raise ValueError("; ".join(reasons))
+    if value is None:
+        raise ValueError("None is not allowed here")
+    if typing.get_origin(tp) is Literal:
+        for allowed in args:  # compare as text too: CLI values are strings
+            if value == allowed or str(value) == str(allowed):
+                return allowed
+        raise ValueError("must be one of " + ", ".join(repr(a) for a in args))
+    if tp is bool:
+        word = str(value).lower() if isinstance(value, (bool, int, str)) else None
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise ValueError("use true/false, yes/no or 1/0")
+    if isinstance(value, bool) and tp in (int, float, str):
+        raise TypeError(f"a boolean is not accepted as {tp.__name__}")
+    if tp is int:
+        with contextlib.suppress(ValueError):
+            return int(str(value))  # exact, even for big numbers
+        with contextlib.suppress(TypeError, ValueError):
+            if float(value).is_integer():  # "1e3", 2.0
+                return int(float(value))
+        raise ValueError("not a whole number")
+    if tp is float and isinstance(value, (int, float, str)):
+        return float(value)  # also reads "3e-7", which PyYAML leaves a string
+    if tp is str and isinstance(value, (int, float, str)):
+        return str(value)
+    if _is(tp, list):
+        if isinstance(value, str):
+            value = yaml.load(value, _StrictLoader) if value[:1] == "[" else [v.strip() for v in value.split(",")]
+        if not isinstance(value, list):
+            raise TypeError("not a list")
+        return [_coerce(v, args[0]) for v in value] if args else value
+    if _is(tp, dict):
+        if isinstance(value, str):
+            value = yaml.load(value, _StrictLoader)  # YAML flow mapping, which JSON also is
+        if not isinstance(value, dict):
+            raise TypeError("not a mapping")
+        return {_coerce(k, args[0]): _coerce(v, args[1]) for k, v in value.items()} if args else value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        for member in tp:
+            if value is member or value in (member.value, member.name):
+                return member
+        raise ValueError("must be one of " + ", ".join(repr(m.value) for m in tp))
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise TypeError(f"a {type(value).__name__} is not a {_name(tp)}")
+
+
+def _read_cli(tokens: list[str]) -> dict:
+    out, i = {}, 0
+    while i < len(tokens):
+        if not tokens[i].startswith("--"):
+            raise ConfigError(f"Expected --key=value on the command line, got {tokens[i]!r}.")
+        key, eq, value = tokens[i][2:].partition("=")
+        key = key.replace("-", "_")
+        if not eq:  # `--key value`, or a bare flag when no value follows
+            has_value = i + 1 < len(tokens) and not tokens[i + 1].startswith("--")
+            value, i = (tokens[i + 1] if has_value else _FLAG), i + has_value
+        if key in out:
+            raise ConfigError(f"Key '{key}' given twice on the command line.")
+        out[key], i = value, i + 1
+    return out
+
+
+def _rename_legacy(values: dict, fields: set, source: str) -> dict:
+    out = {}
+    for key, value in values.items():
+        if key in fields or key not in LEGACY_KEYS:
+            out[key] = value
+            continue
+        new, why = LEGACY_KEYS[key]
+        if new is not None and new in values:
+            raise ConfigError(f"Both '{key}' and '{new}' are set ({source}); '{key}' is the old name: keep '{new}'.")
+        too_big = False  # as warmup_steps, a ratio of 1 or more would count steps
+        with contextlib.suppress(TypeError, ValueError):  # a bad number is reported by the cast, later
+            too_big = key == "warmup_ratio" and float(value) >= 1
+        if too_big:
+            raise ConfigError(f"warmup_ratio={value!r} ({source}) must be below 1; use warmup_steps for steps.")
+        done = "ignored" if new is None else f"read as {new}" + ("" if value is _FLAG else f"={value!r}")
+        logger.warning("Config key '%s' (%s) is obsolete and %s: %s.", key, source, done, why)
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def parse_args(argv: list[str] | None = None, dataclass_types=(ModelArguments, DataArguments, SimPOConfig)) -> tuple:
+    """`[config.yaml] [--key=value | --key value | --bool_flag]...` -> one instance per dataclass, in order."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    owners = {}  # key -> [(dataclass index, type)]; a key of several dataclasses feeds them all
+    for n, cls in enumerate(dataclass_types):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                owners.setdefault(f.name, []).append((n, hints[f.name]))
+
+    sources = []
+    if argv and not argv[0].startswith("--"):
+        path = argv.pop(0)
+        if not path.endswith((".yaml", ".yml")):
+            raise ConfigError(f"The first argument must be a .yaml/.yml file, got {path!r}.")
+        with open(path) as f:
+            loaded = yaml.load(f, _StrictLoader) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of key: value.")
+        sources.append((loaded, path))
+    sources.append((_read_cli(argv), CLI))
+
+    merged = {}  # key -> (value, source); the command line, read last, overrides the file
+    for values, source in sources:
+        for key, value in _rename_legacy(values, set(owners), source).items():
+            if key not in owners:
+                close = difflib.get_close_matches(str(key), owners, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"Unknown config key '{key}' ({source}).{hint}")
+            merged[key] = (value, source)
+
+    kwargs = [{} for _ in dataclass_types]
+    for key, (value, source) in merged.items():
+        for n, tp in owners[key]:
+            if value is _FLAG:
+                if not (tp is bool or bool in typing.get_args(tp)):
+                    raise ConfigError(f"'--{key}' needs a value ({source}): expected {_name(tp)}.")
+                kwargs[n][key] = True
+            elif key in _NONE_IS_A_WORD and (value is None or str(value).lower() in _NONE):
+                kwargs[n][key] = "none"
+            else:
+                try:
+                    kwargs[n][key] = _coerce(value, tp)
+                except (ValueError, TypeError, yaml.YAMLError) as e:
+                    raise ConfigError(
+                        f"Bad value {value!r} for '{key}' ({source}): expected {_name(tp)}; {e}."
+                    ) from None
+    return tuple(cls(**kw) for cls, kw in zip(dataclass_types, kwargs))

@@ -1,0 +1,147 @@
+"""SimPOTrainer: a transformers.Trainer whose loss is SimPO's. It overrides compute_loss, prediction_step and log."""
+
+import logging
+from collections import defaultdict
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, Trainer
+
+from simpo.collator import PairCollator
+from simpo.config import SimPOConfig
+from simpo.logps import plain_token_logps
+from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
+from simpo.model import resolve_dtype
+from simpo.tokenization import tokenize_row
+
+logger = logging.getLogger(__name__)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def load_model(model_id: str, args: SimPOConfig) -> nn.Module:
+    kwargs = dict(args.model_init_kwargs or {})
+    if "dtype" in kwargs:
+        kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
+    return AutoModelForCausalLM.from_pretrained(model_id, **kwargs)
+
+
+def wrap_peft(model: nn.Module, peft_config, args: SimPOConfig) -> nn.Module:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
+    elif args.gradient_checkpointing:
+        # Frozen embeddings give checkpointed blocks inputs without grad; make them require it.
+        model.enable_input_require_grads()
+    return get_peft_model(model, peft_config)
+
+
+class SimPOTrainer(Trainer):
+    # compute_loss returns a per-batch mean, so the Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model: nn.Module | str,
+        args: SimPOConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        data_collator=None,
+        **kwargs,
+    ):
+        if isinstance(model, str):
+            model = load_model(model, args)
+        if peft_config is not None:
+            model = wrap_peft(model, peft_config, args)
+        if args.disable_dropout:
+            disable_dropout(model)
+        pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
+        with args.main_process_first(desc="tokenizing preference pairs"):
+            train_dataset = self.tokenize(train_dataset, processing_class, args)
+            eval_dataset = self.tokenize(eval_dataset, processing_class, args)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator or PairCollator(pad_token_id, args.label_pad_token_id),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self._stored_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    @staticmethod
+    def tokenize(dataset, tokenizer, args: SimPOConfig):
+        if dataset is None:
+            return None
+        kwargs = dict(
+            tokenizer=tokenizer,
+            max_length=args.max_length,
+            max_prompt_length=args.max_prompt_length,
+            truncation_mode=args.truncation_mode,
+            label_pad_token_id=args.label_pad_token_id,
+        )
+        return dataset.map(
+            tokenize_row, fn_kwargs=kwargs, num_proc=args.dataset_num_proc, remove_columns=dataset.column_names
+        )
+
+    def batch_loss_and_metrics(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        args = self.args
+        num_seqs = batch["response_lengths"].numel()
+        num_pairs = num_seqs // 2
+        token_logps, token_logit_means = plain_token_logps(model, batch)
+        avg_logps = average_logps(token_logps, batch["score_seq"], num_seqs)
+        chosen, rejected = avg_logps[:num_pairs], avg_logps[num_pairs:]
+        losses = simpo_loss(chosen, rejected, args.beta, args.gamma_beta_ratio, args.loss_type, args.label_smoothing)
+        sft_loss = sft_nll(token_logps, batch["score_seq"], num_pairs)
+        loss = losses.mean() + args.sft_weight * sft_loss if args.sft_weight > 0 else losses.mean()
+
+        metrics = preference_metrics(chosen, rejected, args.beta)
+        mean_logits = average_logps(token_logit_means, batch["score_seq"], num_seqs)
+        metrics["logits/chosen"], metrics["logits/rejected"] = mean_logits[:num_pairs], mean_logits[num_pairs:]
+        metrics["sft_loss"] = sft_loss.detach()
+        return loss, metrics
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.batch_loss_and_metrics(model, inputs)
+        self.store_metrics(metrics, "train")
+        return (loss, metrics) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, metrics = self.batch_loss_and_metrics(model, inputs)
+        self.store_metrics(metrics, "eval")
+        return loss.detach(), None, None
+
+    def store_metrics(self, metrics: dict, split: str) -> None:
+        """Average each metric over this batch and over processes; log() averages over the logging window."""
+        names = list(metrics)
+        values = torch.stack([metrics[name].float().mean() for name in names])
+        values = self.accelerator.reduce(values, reduction="mean")
+        for name, value in zip(names, values.tolist()):
+            self._stored_metrics[split][name].append(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            split, prefix = "train", ""
+        else:
+            # Evaluation logs carry "<prefix>loss"; the end-of-training summary's "train_loss" is not one.
+            eval_loss = next((k for k in logs if k.endswith("_loss") and not k.startswith("train")), None)
+            split, prefix = ("eval", eval_loss[: -len("loss")]) if eval_loss else (None, "")
+        if split is not None:
+            for name, values in self._stored_metrics[split].items():
+                logs[prefix + name] = sum(values) / len(values)
+            self._stored_metrics[split].clear()
+        super().log(logs, start_time)

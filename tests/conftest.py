@@ -1,0 +1,31 @@
+import os
+import string
+
+import pytest
+from tokenizers import Tokenizer, models
+from transformers import PreTrainedTokenizerFast
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_MODEL = os.path.join(REPO, "assets", "tiny-llama")
+TINY_DATA = os.path.join(REPO, "data", "tiny-prefs")
+
+
+def char_tokenizer(specials: list[str], merges: list[tuple[str, str]] = (), bos=None, eos=None, template=None):
+    """A character-level BPE tokenizer: one token per character unless a merge joins two (also across the
+    prompt/response boundary, which is what the split logic must handle)."""
+    chars = list(string.printable)
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
+    backend.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=eos)
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+@pytest.fixture
+def make_tokenizer():
+    return char_tokenizer

@@ -1,0 +1,123 @@
+"""The trainer against an independent computation, and the whole recipe end to end on the shipped tiny model."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import TINY_DATA, TINY_MODEL
+from simpo.chat_templates import apply_chat_template
+from simpo.cli import train_main
+from simpo.config import SimPOConfig
+from simpo.trainer import SimPOTrainer
+
+
+def log_sigmoid(x: float) -> float:
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def reference_avg_logp(model, input_ids: list[int], labels: list[int]) -> float:
+    """One unpadded sequence at a time: mean over response tokens of log p(token | everything before it)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([input_ids])).logits[0].double()
+    logps = [logits[t - 1].log_softmax(-1)[input_ids[t]].item() for t in range(1, len(labels)) if labels[t] != -100]
+    return sum(logps) / len(logps)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tokenizer.pad_token = tokenizer.eos_token
+    rows = load_dataset("json", data_files=os.path.join(TINY_DATA, "train.jsonl"), split="train").select(range(8))
+    rows = rows.map(apply_chat_template, fn_kwargs={"tokenizer": tokenizer}, remove_columns=rows.column_names)
+    return tokenizer, rows
+
+
+@pytest.mark.parametrize("loss_type,sft_weight,smoothing", [("sigmoid", 0.0, 0.0), ("sigmoid", 0.5, 0.1),
+                                                             ("hinge", 0.0, 0.0)])
+def test_logged_step_equals_paper_formulas_on_the_models_own_logps(tmp_path, tiny, loss_type, sft_weight, smoothing):
+    tokenizer, rows = tiny
+    beta, ratio = 2.5, 0.4
+    args = SimPOConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1, logging_steps=1, learning_rate=0.0,
+        per_device_train_batch_size=8, beta=beta, gamma_beta_ratio=ratio, loss_type=loss_type,
+        sft_weight=sft_weight, label_smoothing=smoothing, max_length=128, max_prompt_length=64, save_strategy="no",
+    )
+    trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL).eval()
+    w, l, nll_sum, nll_count = [], [], 0.0, 0
+    for row in trainer.train_dataset:
+        w.append(reference_avg_logp(model, row["chosen_input_ids"], row["chosen_labels"]))
+        l.append(reference_avg_logp(model, row["rejected_input_ids"], row["rejected_labels"]))
+        n = sum(1 for t in row["chosen_labels"][1:] if t != -100)
+        nll_sum, nll_count = nll_sum - w[-1] * n, nll_count + n
+    gamma = beta * ratio
+    z = [beta * a - beta * b - gamma for a, b in zip(w, l)]
+    if loss_type == "sigmoid":
+        losses = [-(1 - smoothing) * log_sigmoid(x) - smoothing * log_sigmoid(-x) for x in z]
+    else:
+        losses = [max(0.0, 1 - x) for x in z]
+    sft = nll_sum / nll_count
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert logged["loss"] == pytest.approx(mean(losses) + sft_weight * sft, rel=1e-4)
+    assert logged["rewards/chosen"] == pytest.approx(beta * mean(w), rel=1e-4)
+    assert logged["rewards/rejected"] == pytest.approx(beta * mean(l), rel=1e-4)
+    assert logged["rewards/margins"] == pytest.approx(beta * (mean(w) - mean(l)), rel=1e-4)
+    assert logged["rewards/accuracies"] == pytest.approx(mean([float(a > b) for a, b in zip(w, l)]))
+    assert logged["logps/chosen"] == pytest.approx(mean(w), rel=1e-4)
+    assert logged["sft_loss"] == pytest.approx(sft, rel=1e-4)
+    assert {"logits/chosen", "logits/rejected"} <= set(logged)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny):
+    tokenizer, rows = tiny
+
+    def one_step(batch_size, accumulation):
+        args = SimPOConfig(
+            output_dir=str(tmp_path / f"ga{accumulation}"), use_cpu=True, report_to="none", max_steps=1,
+            learning_rate=1e-2, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+            max_length=128, max_prompt_length=64, save_strategy="no", seed=0, optim="sgd", max_grad_norm=0.0,
+        )
+        trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
+        trainer.get_train_dataloader = lambda: torch.utils.data.DataLoader(  # fixed order for both runs
+            trainer.train_dataset, batch_size=batch_size, collate_fn=trainer.data_collator)
+        trainer.train()
+        return {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+    big, accumulated = one_step(8, 1), one_step(4, 2)
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], atol=1e-6, rtol=1e-5)
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    """The README's main command, into tmp: it learns a held-out preference and writes everything a run should."""
+    out = tmp_path / "run"
+    train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none"])
+
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    evals = [h for h in history if "eval_rewards/accuracies" in h]
+    assert 0.2 <= evals[0]["eval_rewards/accuracies"] <= 0.8  # eval_on_start: untrained, about chance
+    assert json.loads((out / "eval_results.json").read_text())["eval_rewards/accuracies"] >= 0.9
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < 0.5 * losses[0]
+    expected_metrics = {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                        "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "sft_loss"}
+    assert expected_metrics <= set(next(h for h in history if "loss" in h))
+    assert {"eval_" + m for m in expected_metrics} <= set(evals[-1])
+    assert json.loads((out / "train_results.json").read_text())["train_samples"] == 600
+    assert json.loads((out / "config.json").read_text())["use_cache"] is True
+    assert "simpo" in (out / "README.md").read_text()
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template and reloaded.config.use_cache
+    original = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
+    ids = torch.tensor([tokenizer("hello there", add_special_tokens=True)["input_ids"]])
+    assert not torch.allclose(reloaded(ids).logits, original(ids).logits)  # the trained weights were saved
