@@ -5,12 +5,18 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
-from simpo.validation import DataError, validate_rows
+from simpo.validation import DataError, handle_drops, validate_rows
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("prompt", "chosen", "rejected")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_files(source: str, split: str, files: list[Path]) -> Dataset:
+    if all(f.stat().st_size == 0 for f in files):
+        raise DataError(f"{source} [{split}] is empty: remove it from dataset_mixer or fix the data.")
+    return load_dataset(FILE_BUILDERS.get(files[0].suffix, "json"), data_files=[str(f) for f in files], split="train")
 
 
 def load_split(source: str, split: str, config: str | None = None) -> Dataset:
@@ -20,7 +26,7 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
     if path.is_file():
         if "train" not in split:
             raise DataError(f"{source}: a single file is a train split only; for '{split}' use a folder of split files.")
-        return load_dataset(FILE_BUILDERS.get(path.suffix, "json"), data_files=str(path), split="train")
+        return load_files(source, split, [path])
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             saved = load_from_disk(str(path))
@@ -32,7 +38,7 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
         files = sorted(p for p in path.iterdir() if p.suffix in FILE_BUILDERS and p.stem.split("-")[0] == split)
         if not files:
             raise DataError(f"{source}: no file for split '{split}' (expected {split}.jsonl, .json or .parquet).")
-        return load_dataset(FILE_BUILDERS[files[0].suffix], data_files=[str(f) for f in files], split="train")
+        return load_files(source, split, files)
     return load_dataset(source, config, split=split)
 
 
@@ -41,14 +47,19 @@ def mix_datasets(
     splits: list[str],
     configs: list[str] | None = None,
     seed: int = 42,
-) -> DatasetDict:
-    """Train splits are subsampled to their fraction, test splits kept whole; each side concatenated and shuffled."""
+    on_degenerate: str = "drop",
+) -> tuple[DatasetDict, list[dict]]:
+    """Train splits are subsampled to their fraction, test splits kept whole; each side concatenated and shuffled.
+
+    Malformed rows raise DataError; degenerate pairs (identical or empty replies) are dropped and returned as
+    records {source, split, row, reason}, or raise when on_degenerate is "error".
+    """
     if not dataset_mixer:
         raise DataError("dataset_mixer is empty: give at least one {source: fraction}.")
     configs = configs or [None] * len(dataset_mixer)
     if len(configs) != len(dataset_mixer):
         raise DataError(f"dataset_configs has {len(configs)} entries for {len(dataset_mixer)} dataset_mixer sources.")
-    parts = {"train": [], "test": []}
+    parts, drops = {"train": [], "test": []}, []
     for (source, fraction), config in zip(dataset_mixer.items(), configs):
         if not 0 < fraction <= 1:
             raise DataError(
@@ -60,10 +71,15 @@ def mix_datasets(
             if side is None:
                 raise DataError(f"Split '{split}' names neither train nor test: rename it or drop it from dataset_splits.")
             dataset = load_split(source, split, config)
-            validate_rows(dataset, source, split)
-            dataset = dataset.select_columns([c for c in COLUMNS if c in dataset.column_names])
             if side == "train":
                 dataset = dataset.select(range(int(fraction * len(dataset))))
+            degenerate = validate_rows(dataset, source, split)
+            handle_drops(degenerate, on_degenerate)
+            dropped = {d["row"] for d in degenerate}
+            dataset = dataset.select_columns([c for c in COLUMNS if c in dataset.column_names])
+            dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
             parts[side].append(dataset)
-            logger.info("Loaded %d rows of %s [%s] for %s", len(dataset), source, split, side)
-    return DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})
+            drops += degenerate
+            logger.info("Using %d rows of %s [%s] for %s", len(dataset), source, split, side)
+    mixed = DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})
+    return mixed, drops

@@ -1,5 +1,12 @@
 """Checks on preference rows, run before any tokenisation, with errors that say where and how to fix."""
 
+import json
+import logging
+import os
+from collections import Counter
+
+logger = logging.getLogger(__name__)
+
 ROLES = {"system", "user", "assistant"}
 
 
@@ -9,6 +16,8 @@ class DataError(ValueError):
 
 def message_list_problem(value) -> str | None:
     """Why value is not a list of {role, content} messages, or None when it is."""
+    if value is None:
+        return "missing (null)"
     if not isinstance(value, list) or not value:
         return f"expected a non-empty list of {{role, content}} messages, got {type(value).__name__}"
     for i, message in enumerate(value):
@@ -31,15 +40,36 @@ def row_problem(row: dict) -> str | None:
         if row[column][-1]["role"] != "assistant":
             return f"'{column}': the last message must be the assistant's reply, not {row[column][-1]['role']!r}"
     prompt = row.get("prompt")
-    if isinstance(prompt, list) and message_list_problem(prompt):
-        return f"'prompt': {message_list_problem(prompt)}"
+    if isinstance(prompt, list):
+        if message_list_problem(prompt):
+            return f"'prompt': {message_list_problem(prompt)}"
+    elif row["chosen"][:-1] != row["rejected"][:-1]:
+        return "'chosen' and 'rejected' have different prompt turns (all messages before the last must match)"
     return None
 
 
-def validate_rows(dataset, source: str, split: str) -> None:
-    """Raise DataError naming source, split and row index for the first malformed row."""
+def degenerate_reason(row: dict) -> str | None:
+    """Why a well-formed pair teaches nothing (identical or empty replies), or None."""
+    chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
+    if not chosen.strip() or not rejected.strip():
+        return "empty response"
+    if chosen == rejected:
+        return "identical chosen and rejected responses"
+    return None
+
+
+def validate_rows(dataset, source: str, split: str) -> list[dict]:
+    """Raise DataError naming source, split and row index for the first malformed row; return the degenerate rows
+    as drop records {source, split, row, reason}."""
     if len(dataset) == 0:
         raise DataError(f"{source} [{split}] is empty: remove it from dataset_mixer or fix the data.")
+    missing = [c for c in ("chosen", "rejected") if c not in dataset.column_names]
+    if missing:
+        raise DataError(
+            f"{source} [{split}] has no column {missing[0]!r} (it has {dataset.column_names}): preference data needs"
+            " 'chosen' and 'rejected' message lists."
+        )
+    degenerate = []
     for index, row in enumerate(dataset):
         problem = row_problem(row)
         if problem:
@@ -47,3 +77,34 @@ def validate_rows(dataset, source: str, split: str) -> None:
                 f"{source} [{split}] row {index}: {problem}. Rows need 'chosen' and 'rejected' as lists of "
                 "{role, content} messages in OpenAI format, ending with the assistant's reply."
             )
+        reason = degenerate_reason(row)
+        if reason:
+            degenerate.append({"source": source, "split": split, "row": index, "reason": reason})
+    return degenerate
+
+
+def handle_drops(drops: list[dict], on_degenerate: str) -> None:
+    """Raise on the first degenerate pair when asked to; otherwise leave the counting to report_drops."""
+    if drops and on_degenerate == "error":
+        first = drops[0]
+        raise DataError(
+            f"{first['source']} [{first['split']}] row {first['row']}: {first['reason']} ({len(drops)} such pairs)."
+            " Fix the data, or set on_degenerate_pairs: drop to skip them."
+        )
+
+
+def report_drops(drops: list[dict], output_dir: str | None) -> None:
+    """One summary line in the log, every dropped row in output_dir/dropped_pairs.jsonl."""
+    if not drops:
+        logger.info("No preference pairs dropped.")
+        return
+    counts = Counter(d["reason"] for d in drops)
+    where = ""
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "dropped_pairs.jsonl")
+        with open(path, "w") as f:
+            f.writelines(json.dumps(d) + "\n" for d in drops)
+        where = f"; rows listed in {path}"
+    summary = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+    logger.warning("Dropped %d preference pairs (%s)%s.", len(drops), summary, where)

@@ -1,0 +1,180 @@
+"""Bad input gets a clear error naming the dataset, split, row and fix; degenerate pairs a counted drop."""
+
+import json
+import logging
+
+import pytest
+from datasets import Dataset
+
+from simpo.config import ModelArguments, SimPOConfig
+from simpo.data import mix_datasets
+from simpo.trainer import SimPOTrainer
+from simpo.validation import DataError, report_drops
+
+USER = {"role": "user", "content": "q"}
+
+
+def good(i=0):
+    return {"prompt": "q", "chosen": [USER, {"role": "assistant", "content": f"good {i}"}],
+            "rejected": [USER, {"role": "assistant", "content": f"bad {i}"}]}
+
+
+def source_with(tmp_path, rows, name="src"):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(folder)
+
+
+@pytest.mark.parametrize("bad_row,message", [
+    ({"prompt": "q", "chosen": good()["chosen"]}, "'rejected': missing (null)"),
+    (dict(good(), chosen="text"), "'chosen': expected a non-empty list of {role, content} messages, got str"),
+    (dict(good(), rejected=[USER, {"role": "assistant"}]), "'rejected': message 1 is not a {role, content} dict"),
+    (dict(good(), chosen=[{"role": "human", "content": "q"}, {"role": "assistant", "content": "a"}]),
+     "'chosen': message 0 has unknown role 'human'"),
+    (dict(good(), chosen=[USER, {"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]),
+     "'chosen': the last message must be the assistant's reply, not 'user'"),
+    (dict(good(), rejected=[USER, {"role": "assistant", "content": 3}]), "'rejected': message 1 content is int"),
+    (dict(good(), rejected=[{"role": "user", "content": "other"}, {"role": "assistant", "content": "x"}]),
+     "'chosen' and 'rejected' have different prompt turns"),
+])
+def test_malformed_row_names_source_split_row_and_problem(tmp_path, bad_row, message):
+    src = source_with(tmp_path, [good(0), good(1), good(2), bad_row])
+    with pytest.raises(DataError) as error:
+        mix_datasets({src: 1.0}, ["train"])
+    assert str(error.value).startswith(f"{src} [train] row 3: {message}")
+    assert "OpenAI format" in str(error.value)
+
+
+def test_missing_column_is_named(tmp_path):
+    src = source_with(tmp_path, [{"prompt": "q", "chosen": good()["chosen"], "other": 1}])
+    with pytest.raises(DataError, match=r"\[train\] has no column 'rejected' \(it has \['prompt', 'chosen', 'other'\]\)"):
+        mix_datasets({src: 1.0}, ["train"])
+
+
+def test_empty_split_is_an_error(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("")
+    with pytest.raises(DataError, match=r"\[train\] is empty: remove it from dataset_mixer or fix the data"):
+        mix_datasets({str(folder): 1.0}, ["train"])
+
+
+def test_fraction_above_one_is_explained(tmp_path):
+    src = source_with(tmp_path, [good()])
+    with pytest.raises(DataError, match=r"= 2.0: a fraction is in \(0, 1\].*to repeat data, train more epochs"):
+        mix_datasets({src: 2.0}, ["train"])
+
+
+def test_degenerate_pairs_are_dropped_counted_and_listed(tmp_path, caplog):
+    identical = dict(good(), rejected=good()["chosen"])
+    empty = dict(good(), chosen=[USER, {"role": "assistant", "content": "  "}])
+    src = source_with(tmp_path, [good(0), identical, good(1), empty, good(2), identical])
+    mixed, drops = mix_datasets({src: 1.0}, ["train"])
+    assert len(mixed["train"]) == 3
+    assert [(d["row"], d["reason"]) for d in drops] == [
+        (1, "identical chosen and rejected responses"), (3, "empty response"),
+        (5, "identical chosen and rejected responses")]
+    with caplog.at_level(logging.WARNING):
+        report_drops(drops, str(tmp_path / "out"))
+    assert ("Dropped 3 preference pairs (2 identical chosen and rejected responses, 1 empty response); rows listed"
+            f" in {tmp_path / 'out' / 'dropped_pairs.jsonl'}") in caplog.text
+    listed = [json.loads(line) for line in (tmp_path / "out" / "dropped_pairs.jsonl").read_text().splitlines()]
+    assert listed == drops and listed[0]["source"] == src
+
+
+def test_degenerate_pairs_can_be_an_error(tmp_path):
+    src = source_with(tmp_path, [good(0), dict(good(), rejected=good()["chosen"])])
+    with pytest.raises(DataError, match=r"row 1: identical chosen and rejected responses \(1 such pairs\)\. Fix the"
+                                        " data, or set on_degenerate_pairs: drop"):
+        mix_datasets({src: 1.0}, ["train"], on_degenerate="error")
+
+
+def test_response_truncated_to_nothing_is_dropped_by_the_trainer(tmp_path, make_tokenizer):
+    # No EOS to append: an empty response string has no token at all.
+    tok = make_tokenizer(["<s>", "<pad>"], bos="<s>")
+    tok.pad_token = "<pad>"
+    rows = Dataset.from_list([{"prompt": "ab", "chosen": "c", "rejected": ""}, {"prompt": "ab", "chosen": "c",
+                              "rejected": "d"}, {"prompt": "x", "chosen": "yy", "rejected": "yy"}])
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=16, max_prompt_length=8)
+    trainer = SimPOTrainer.__new__(SimPOTrainer)
+    trainer.dropped_pairs = []
+    kept = trainer.tokenize(rows, tok, args, "train")
+    assert len(kept) == 1 and kept[0]["rejected_input_ids"][-1] == tok.convert_tokens_to_ids("d")
+    assert [(d["row"], d["reason"]) for d in trainer.dropped_pairs] == [
+        (0, "response truncated to no tokens"), (2, "identical chosen and rejected responses")]
+    args.on_degenerate_pairs = "error"
+    with pytest.raises(DataError, match="tokenized \\[train\\] row 0: response truncated to no tokens"):
+        trainer.tokenize(rows, tok, args, "train")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_length": 128, "max_prompt_length": 128}, r"max_prompt_length \(128\) must be below max_length \(128\)"),
+    ({"beta": -1.0}, r"beta must be positive \(got -1.0\); the paper uses 2 to 10"),
+    ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\) \(got 0.5\)"),
+    ({"sft_weight": -0.1}, r"sft_weight must be >= 0"),
+    ({"padding_free": True}, "padding_free packs prefix-shared pairs: it needs prefix_sharing=True"),
+])
+def test_config_errors(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SimPOConfig(output_dir=str(tmp_path), use_cpu=True, **kwargs)
+
+
+def test_config_warnings(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        SimPOConfig(output_dir=str(tmp_path), use_cpu=True, loss_type="hinge", label_smoothing=0.1, beta=0.1)
+    assert "label_smoothing=0.1 has no effect with loss_type=hinge" in caplog.text
+    assert "beta=0.1 is a DPO-scale value" in caplog.text
+
+
+def test_both_quantisations_is_an_error():
+    with pytest.raises(ValueError, match="load_in_8bit and load_in_4bit are both true: choose one"):
+        ModelArguments(load_in_4bit=True, load_in_8bit=True)
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import TINY_MODEL
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    rows = Dataset.from_list([{"prompt": "hello", "chosen": "good", "rejected": "bad"}] * 4)
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=2,
+                       per_device_train_batch_size=2, max_length=32, max_prompt_length=16, save_strategy="no")
+    trainer = SimPOTrainer(model, args=args, train_dataset=rows, processing_class=tokenizer)
+    with pytest.raises(FloatingPointError, match=r"Non-finite SimPO loss \(nan\) in training at step 1: per-pair"
+                                                 r" losses \[nan, nan\], response lengths \[\d+, \d+, \d+, \d+\]"):
+        trainer.train()
+
+
+def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog):
+    import math
+
+    from conftest import TINY_DATA
+    from simpo.cli import train_main
+
+    rows = [json.loads(line) for line in open(f"{TINY_DATA}/train.jsonl")][:90]
+    for row in rows[:20]:  # prompts far longer than max_length: truncated, still trained on
+        long_prompt = " ".join([row["chosen"][0]["content"]] * 60)
+        for side in ("chosen", "rejected"):
+            row[side][0]["content"] = long_prompt
+    degenerate = [dict(rows[i], rejected=rows[i]["chosen"]) for i in range(20, 25)]
+    degenerate += [dict(rows[i], chosen=rows[i]["chosen"][:1] + [{"role": "assistant", "content": ""}])
+                   for i in range(25, 30)]
+    src = source_with(tmp_path, rows + degenerate, name="dirty")
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING):
+        train_main(["training_configs/tiny-simpo-cpu.yaml", f"--dataset_mixer={{{src}: 1.0}}",
+                    "--dataset_splits=train", f"--output_dir={out}", "--max_steps=4", "--eval_strategy=no",
+                    "--do_eval=false", "--eval_on_start=false", "--report_to=none", "--logging_steps=1"])
+    assert "Dropped 10 preference pairs (5 identical chosen and rejected responses, 5 empty response)" in caplog.text
+    assert len((out / "dropped_pairs.jsonl").read_text().splitlines()) == 10
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert json.loads((out / "train_results.json").read_text())["train_samples"] == 90
