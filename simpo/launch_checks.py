@@ -1,0 +1,60 @@
+"""Refuse a launch that accelerate silently turned into something other than what was asked for.
+
+Two such cases: an FSDP launch on CPU (`use_cpu: true`, or no CUDA) becomes plain DDP over gloo, because accelerate
+only switches to FSDP on accelerator backends, so every process holds the full model and optimizer, exactly what
+FSDP was chosen to avoid. And processes launched together on a machine without GPUs, when the training YAML does not
+say use_cpu, each set up a run of their own: every one trains on all the data and they write the same output_dir.
+"""
+
+import os
+
+import torch
+from accelerate.utils import DistributedType
+
+NOT_FSDP = (
+    "FSDP was requested ({how}) but accelerate set up {actual}, not FSDP: every process would train a full, "
+    "unsharded copy of the model. {why}"
+)
+ON_CPU = (
+    "accelerate only enables FSDP on GPUs (on CPU it falls back to DDP over gloo). To shard on CPU use DeepSpeed "
+    "ZeRO-3 (accelerate_configs/deepspeed_zero3_cpu.yaml); for data parallelism on CPU say so with "
+    "accelerate_configs/ddp_cpu.yaml."
+)
+ALONE = (
+    "{n} processes were launched (WORLD_SIZE={n}) but accelerate set up {actual} in each: they would train "
+    "separately, each on all the data, and overwrite each other's output_dir. {why}"
+)
+ALONE_ON_CPU = "There is no GPU: set use_cpu: true in the training YAML (or --use_cpu=true) so they join over gloo."
+ALONE_ON_GPU = "Check that every process sees a GPU (CUDA_VISIBLE_DEVICES) and that use_cpu is not set."
+NOT_LAUNCHED = "FSDP needs a distributed launch: `accelerate launch --config_file accelerate_configs/fsdp.yaml ...`."
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def fsdp_requested(args) -> str | None:
+    """How FSDP was asked for, or None: `accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP, and the
+    training arguments can ask for it with `fsdp`."""
+    if _flag("ACCELERATE_USE_FSDP"):
+        return f"accelerate config, FSDP_VERSION={os.environ.get('FSDP_VERSION', '1')}"
+    if getattr(args, "fsdp", None):
+        return f"training argument fsdp={args.fsdp!r}"
+    return None
+
+
+def check_distributed_setup(accelerator, args) -> None:
+    """Raise RuntimeError when the launch asked for processes or FSDP that accelerate did not set up."""
+    kind = accelerator.state.distributed_type
+    on_cpu = args.use_cpu or _flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    name = kind.value if isinstance(kind, DistributedType) else str(kind)
+    actual = f"{name} on {'CPU' if on_cpu else 'GPU'} with {accelerator.num_processes} process(es)"
+
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun, which accelerate launch uses
+    if launched > 1 and accelerator.num_processes == 1:
+        why = ALONE_ON_GPU if torch.cuda.is_available() and not args.use_cpu else ALONE_ON_CPU
+        raise RuntimeError(ALONE.format(n=launched, actual=actual, why=why))
+
+    how = fsdp_requested(args)
+    if how is not None and kind != DistributedType.FSDP:
+        raise RuntimeError(NOT_FSDP.format(how=how, actual=actual, why=ON_CPU if on_cpu else NOT_LAUNCHED))

@@ -1,0 +1,170 @@
+"""Distributed launches on CPU, for real: `accelerate launch` of the tiny config in 2 processes under DDP and DeepSpeed
+ZeRO-3, and the refusal of FSDP on CPU. Each rank reports what it ran through tests/dist_train.py's probe.
+
+Slow (each launch starts 2 Python processes; the first ZeRO-3 launch on a machine also compiles a small DeepSpeed
+extension): about 2-5 minutes in all on 2 cores. They are part of the CI run on purpose: nothing else checks the
+accelerate configs.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate.utils import DistributedType
+from conftest import REPO, TINY_MODEL
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from simpo.launch_checks import check_distributed_setup
+
+TINY_CONFIG = "training_configs/tiny-simpo-cpu.yaml"
+# 4 optimizer steps of 2 x 16 pairs, nothing else: no evaluation, checkpoint or logger.
+SHORT_RUN = [
+    "--max_steps=4", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false", "--report_to=none",
+    "--save_strategy=no", "--logging_steps=1",
+]
+TIMEOUT_S = 900  # generous: the machine may be busy, and the first ZeRO-3 launch compiles
+
+
+def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = ()) -> SimpleNamespace:
+    """accelerate launch tests/dist_train.py on the tiny config; returns the process, the probe records and dirs."""
+    probe, out = tmp_path / "probe", tmp_path / "out"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
+        "--main_process_port", "0",  # a free port: other test runs may share the machine
+        *launch_args,
+        "tests/dist_train.py", str(probe), TINY_CONFIG, f"--output_dir={out}", *SHORT_RUN, *train_args,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    records = sorted((json.loads(p.read_text()) for p in probe.glob("rank*.json")), key=lambda r: r["rank"])
+    params = [load_file(probe / f"rank{r['rank']}.safetensors") for r in records]
+    return SimpleNamespace(proc=proc, output=proc.stdout + proc.stderr, records=records, params=params, out=out)
+
+
+def finished(run) -> SimpleNamespace:
+    assert run.proc.returncode == 0, run.output[-5000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory):
+    return finished(launch(tmp_path_factory.mktemp("ddp"), "accelerate_configs/ddp_cpu.yaml"))
+
+
+@pytest.fixture(scope="module")
+def zero3(tmp_path_factory):
+    return finished(launch(tmp_path_factory.mktemp("zero3"), "accelerate_configs/deepspeed_zero3_cpu.yaml"))
+
+
+def assert_same_params(a: dict, b: dict, **tolerance) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], **(tolerance or {"rtol": 0, "atol": 0}), msg=name)
+
+
+def assert_really_distributed(run, wrapper: str) -> None:
+    assert [r["rank"] for r in run.records] == [0, 1], run.output[-5000:]
+    for record in run.records:
+        assert record["world_size"] == 2 and record["backend"] == "gloo"
+        assert record["wrapped_type"] == wrapper
+        assert record["global_step"] == 4
+        # Each rank iterates its half of the data: 600 pairs / 16 per batch = 38 batches, 19 per rank.
+        assert record["batches_per_epoch"] == 19
+    rank0, rank1 = run.params
+    assert_same_params(rank0, rank1)  # replicas in sync, bit for bit
+    untrained = dict(AutoModelForCausalLM.from_pretrained(TINY_MODEL).named_parameters())
+    assert not torch.equal(rank0["model.norm.weight"], untrained["model.norm.weight"])  # and they trained
+
+
+def assert_saved_model_is(run, params: dict) -> None:
+    saved = dict(AutoModelForCausalLM.from_pretrained(run.out).named_parameters())
+    assert {name: p.dtype for name, p in saved.items()} == {name: torch.float32 for name in params}
+    assert_same_params({name: p.detach() for name, p in saved.items()}, params)
+
+
+def test_ddp_trains_two_gloo_processes_in_sync(ddp):
+    assert_really_distributed(ddp, "torch.nn.parallel.distributed.DistributedDataParallel")
+    assert_saved_model_is(ddp, ddp.params[0])
+
+
+def test_zero3_partitions_parameters_and_saves_them_whole(zero3):
+    assert_really_distributed(zero3, "deepspeed.runtime.engine.DeepSpeedEngine")
+    for record in zero3.records:  # each rank stores half of each parameter, not all of it
+        shard = record["zero3_shard"]
+        assert shard["full_numel"] == 653 * 64  # the (tied) embedding, the largest parameter
+        assert shard["local_numel"] == shard["full_numel"] // 2
+    # zero3_save_16bit_model gathers the shards on save: output_dir holds the full fp32 weights (the "16bit" in the
+    # name is DeepSpeed's; the weights keep their training dtype), equal to what the ranks hold.
+    assert_saved_model_is(zero3, zero3.params[0])
+
+
+def test_zero3_trains_the_same_model_as_ddp(ddp, zero3):
+    """Same data, seed and steps: sharding changes where the numbers live, not what they are (up to summation
+    order)."""
+    assert_same_params(zero3.params[0], ddp.params[0], rtol=1e-4, atol=1e-6)
+
+
+def test_fsdp_on_cpu_is_refused_not_degraded_to_ddp(tmp_path):
+    # The shipped FSDP config, on CPU (the training config says use_cpu), in 2 processes.
+    run = launch(tmp_path, "accelerate_configs/fsdp.yaml", "--num_processes", "2", "--mixed_precision", "no")
+    assert run.proc.returncode != 0
+    assert "FSDP was requested (accelerate config, FSDP_VERSION=2) but accelerate set up MULTI_CPU" in run.output
+    assert "deepspeed_zero3_cpu.yaml" in run.output
+    assert run.records == []  # refused before any training step
+
+
+def test_processes_that_would_train_alone_are_refused(tmp_path):
+    # Without use_cpu on a machine without GPUs, each process sets up a 1-process run of its own.
+    run = launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", train_args=("--use_cpu=false",))
+    assert run.proc.returncode != 0
+    assert "2 processes were launched (WORLD_SIZE=2) but accelerate set up NO on CPU with 1 process(es)" in run.output
+    assert "set use_cpu: true" in run.output
+    assert run.records == []
+
+
+# The check itself, without launching anything.
+def fake(distributed_type, num_processes=2):
+    return SimpleNamespace(state=SimpleNamespace(distributed_type=distributed_type), num_processes=num_processes)
+
+
+@pytest.fixture(autouse=True)
+def clean_launch_env(monkeypatch):
+    for name in ("WORLD_SIZE", "ACCELERATE_USE_FSDP", "ACCELERATE_USE_CPU", "FSDP_VERSION"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_check_passes_when_fsdp_was_not_requested(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for kind in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.DEEPSPEED):
+        check_distributed_setup(fake(kind), SimpleNamespace(fsdp=[], use_cpu=True))
+
+
+def test_check_passes_when_fsdp_is_what_accelerate_set_up(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    check_distributed_setup(fake(DistributedType.FSDP), SimpleNamespace(fsdp=[], use_cpu=False))
+
+
+def test_check_refuses_fsdp_degraded_on_cpu(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    with pytest.raises(RuntimeError, match="accelerate set up MULTI_CPU on CPU with 2 process") as error:
+        check_distributed_setup(fake(DistributedType.MULTI_CPU), SimpleNamespace(fsdp=[], use_cpu=True))
+    assert "FSDP_VERSION=2" in str(error.value) and "deepspeed_zero3_cpu.yaml" in str(error.value)
+
+
+def test_check_refuses_fsdp_training_argument_without_a_distributed_launch(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match=r"fsdp=\['full_shard'\].*NO on GPU.*accelerate launch --config_file"):
+        check_distributed_setup(fake(DistributedType.NO, 1), SimpleNamespace(fsdp=["full_shard"], use_cpu=False))
+
+
+def test_check_refuses_launched_processes_that_each_run_alone(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    check_distributed_setup(fake(DistributedType.MULTI_CPU, 4), SimpleNamespace(fsdp=[], use_cpu=True))
+    with pytest.raises(RuntimeError, match=r"4 processes were launched \(WORLD_SIZE=4\).*NO on CPU.*use_cpu: true"):
+        check_distributed_setup(fake(DistributedType.NO, 1), SimpleNamespace(fsdp=[], use_cpu=False))
