@@ -1,0 +1,196 @@
+"""Training throughput of the SimPO step: plain pairs vs prefix sharing vs prefix sharing + padding-free packing.
+
+One step = collate + forward + SimPO loss + backward + AdamW step, on a ~11M-parameter random Llama (hidden 256,
+4 layers, vocab 32000) with UltraFeedback-like lengths (seeded: prompts lognormal, median ~90 tokens; responses
+median ~230 with a long tail). Every mode trains on the same batches, and tokens are counted the same way in all of
+them (real tokens of the chosen and rejected sequences, the prompt once per side, as the plain layout runs it), so
+the tokens/s differences are pure speed. Each mode runs in a fresh subprocess so its peak RSS is its own.
+
+    python benchmarks/throughput.py                 # CPU, fp32: writes benchmarks/results/throughput_cpu.{json,md}
+    python benchmarks/throughput.py --quick         # a smoke run (few steps)
+    python benchmarks/throughput.py --device cuda --dtype bfloat16   # writes throughput_cuda.{json,md}
+"""
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simpo.collator import PairCollator  # noqa: E402
+from simpo.logps import plain_token_logps  # noqa: E402
+from simpo.loss import average_logps, simpo_loss  # noqa: E402
+from simpo.prefix_sharing import SharedPrefixCollator  # noqa: E402
+
+MODES = {
+    "plain": "plain pairs (PairCollator)",
+    "prefix_sharing": "prefix sharing, one padded row per pair",
+    "prefix_sharing+padding_free": "prefix sharing + padding-free (pairs packed into one row)",
+}
+VOCAB, BOS, EOS, PAD = 32000, 1, 2, 0
+
+
+def make_pairs(rng: np.random.Generator, num_pairs: int, max_length: int) -> list[dict]:
+    pairs = []
+    for _ in range(num_pairs):
+        prompt_len = int(np.clip(rng.lognormal(np.log(90), 0.5), 8, max_length // 2))
+        prompt = [BOS] + rng.integers(3, VOCAB, prompt_len - 1).tolist()
+        row = {"prompt_length": prompt_len}
+        for side in ("chosen", "rejected"):
+            length = int(np.clip(rng.lognormal(np.log(230), 0.55), 2, max_length - prompt_len))
+            response = rng.integers(3, VOCAB, length - 1).tolist() + [EOS]
+            row[f"{side}_input_ids"] = prompt + response
+            row[f"{side}_labels"] = [-100] * prompt_len + response
+        pairs.append(row)
+    return pairs
+
+
+def collator(mode: str, max_tokens_per_row: int | None):
+    if mode == "plain":
+        return PairCollator(PAD)
+    return SharedPrefixCollator(PAD, padding_free=mode.endswith("padding_free"), max_tokens_per_row=max_tokens_per_row)
+
+
+def build_model(args):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096,
+                         tie_word_embeddings=True, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
+    model = LlamaForCausalLM(config).to(device=args.device, dtype=dtype)
+    model.set_attn_implementation(args.attn)
+    return model
+
+
+def worker(args) -> dict:
+    """Train args.worker's layout for warm-up + timed steps; print one JSON line."""
+    model = build_model(args)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    collate = collator(args.worker, args.max_tokens_per_row)
+    rng = np.random.default_rng(args.seed)
+    batches = [make_pairs(rng, args.pairs, args.max_length) for _ in range(args.warmup + args.steps)]
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+
+    times, cpu_times, tokens, slots = [], [], [], []
+    for step, pairs in enumerate(batches):
+        sync()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        batch = {k: v.to(args.device) for k, v in collate(pairs).items()}
+        token_logps, _ = plain_token_logps(model, batch)
+        num_seqs = batch["response_lengths"].numel()
+        avg = average_logps(token_logps, batch["score_seq"], num_seqs)
+        loss = simpo_loss(avg[: num_seqs // 2], avg[num_seqs // 2 :], beta=2.0, gamma_beta_ratio=0.25).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
+            tokens.append(sum(len(p["chosen_input_ids"]) + len(p["rejected_input_ids"]) for p in pairs))
+            slots.append(batch["input_ids"].numel())
+
+    result = {
+        "mode": args.worker,
+        "tokens_per_s": sum(tokens) / sum(times),
+        # CPU seconds of all this process's threads: less sensitive than wall time to other jobs on a shared box.
+        "tokens_per_cpu_s": sum(tokens) / sum(cpu_times),
+        "median_step_s": float(np.median(times)),
+        "tokens_per_batch": sum(tokens) / len(tokens),
+        "token_slots_per_batch": sum(slots) / len(slots),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "final_loss": loss.item(),
+    }
+    if args.device == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--pairs", type=int, default=4, help="pairs per batch")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=1024, help="cap on prompt + one response")
+    parser.add_argument("--max-tokens-per-row", type=int, default=None, help="padding-free row cap (None: one row)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--quick", action="store_true", help="3 timed steps after 1 warm-up; no results written")
+    parser.add_argument("--out", default=None, help="results stem (default benchmarks/results/throughput_<device>)")
+    parser.add_argument("--worker", choices=list(MODES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup = 3, 1
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    forwarded = [a for a in sys.argv[1:] if a != "--quick"] + (["--steps", "3", "--warmup", "1"] if args.quick else [])
+    results = []
+    for mode in args.modes.split(","):
+        proc = subprocess.run([sys.executable, __file__, *forwarded, "--worker", mode], capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{mode:28s} {results[-1]['tokens_per_s']:8.0f} tokens/s  peak RSS {results[-1]['peak_rss_mb']:.0f} MB",
+              flush=True)
+    plain = next((r for r in results if r["mode"] == "plain"), None)
+    for r in results:
+        r["speedup_vs_plain"] = r["tokens_per_s"] / plain["tokens_per_s"] if plain else None
+        r["cpu_speedup_vs_plain"] = r["tokens_per_cpu_s"] / plain["tokens_per_cpu_s"] if plain else None
+
+    setup = {
+        "device": args.device, "dtype": args.dtype, "attn": args.attn, "pairs_per_batch": args.pairs,
+        "timed_steps": args.steps, "warmup_steps": args.warmup, "max_length": args.max_length,
+        "max_tokens_per_row": args.max_tokens_per_row, "seed": args.seed, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "params_m": round(results[0]["params_m"], 2),
+    }
+    import transformers
+
+    setup["transformers"] = transformers.__version__
+    if args.device == "cuda":
+        setup["gpu"] = torch.cuda.get_device_name()
+    if args.quick:
+        return
+    stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"throughput_{args.device}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps({"setup": setup, "results": results}, indent=2) + "\n")
+    memory = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
+    lines = [
+        f"# SimPO training throughput ({args.device}, {args.dtype}, {args.attn})", "",
+        ", ".join(f"{k}: {v}" for k, v in setup.items()), "",
+        "Tokens are the real tokens the plain layout runs (prompt once per side), identical in every mode. Tokens per",
+        "CPU-second divides by the process's CPU time instead of wall time (steadier when the machine is shared).", "",
+        f"| mode | tokens/s | vs plain | tokens/CPU-s | vs plain | median step s | token slots / batch "
+        f"| real tokens / batch | {memory} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        mem = r.get("peak_cuda_mb", r["peak_rss_mb"])
+        lines.append(f"| {MODES[r['mode']]} | {r['tokens_per_s']:.0f} | {r['speedup_vs_plain']:.2f}x | "
+                     f"{r['tokens_per_cpu_s']:.0f} | {r['cpu_speedup_vs_plain']:.2f}x | "
+                     f"{r['median_step_s']:.2f} | {r['token_slots_per_batch']:.0f} | {r['tokens_per_batch']:.0f} | "
+                     f"{mem:.0f} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
