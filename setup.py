@@ -32,6 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "simpo-train=simpo.cli:train_main",
+            "simpo-plot=simpo.plot:main",
         ]
     },
 )

@@ -16,6 +16,7 @@ Usage (from the repo root): python scripts/build_tiny_assets.py
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR, DATA_DIR = ROOT / "assets" / "tiny-llama", ROOT / "data" / "tiny-prefs"
 SEED = 1234  # data
-MODEL_SEED = 12  # weights; picked so the untrained model is at chance (~0.5) on the test pairs
+MODEL_SEED = 4  # weights; picked so the untrained model is at chance (~0.5) on the test pairs
 BOS, EOS, START, END = "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"
 CHAT_TEMPLATE = (  # Llama-3's: bos first, then <|start_header_id|>ROLE<|end_header_id|>\n\nCONTENT<|eot_id|>
     "{% for message in messages %}"
@@ -38,10 +39,11 @@ NOUNS = ("apple bread river garden bicycle window kitten laptop guitar kettle ja
          "notebook pillow ladder camera violin blanket lantern carpet rocket parrot tomato pencil bridge cookie "
          "engine forest").split()
 ADJECTIVES = "old red tiny noisy broken shiny wooden muddy new quiet".split()
-PROMPTS = ["{x} or {y} please", "compare the {x} and {y}", "how do i fix my {a} {x} and my {y}", "tell me about the {x} and the {y}",
-           "what should i do with a {a} {x} and a {y}", "can you explain why my {x} is {a} like a {y}",
-           "please help me choose a {x} or a {y}", "is a {a} {x} better than a {y}",
-           "write a short note about my {x} near the {y}", "why does the {x} smell like a {a} {y} today"]
+PROMPTS = ["{x} or {y} please", "compare the {x} and {y}", "how do i fix my {a} {x} and my {y}",
+           "tell me about the {x} and the {y}", "what should i do with a {a} {x} and a {y}",
+           "can you explain why my {x} is {a} like a {y}", "please help me choose a {x} or a {y}",
+           "is a {a} {x} better than a {y}", "write a short note about my {x} near the {y}",
+           "why does the {x} smell like a {a} {y} today"]
 GOOD = ["sure", "happy to help", "great question", "thank you for asking", "of course", "gladly",
         "here is a clear answer", "i hope this helps", "kind regards", "let me explain", "good luck",
         "you are welcome", "with pleasure", "thanks"]
@@ -121,7 +123,7 @@ def main() -> None:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     tokenizer = build_tokenizer(splits)
     model = build_model(tokenizer)
-    MODEL_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(MODEL_DIR, ignore_errors=True)  # no stale files from other transformers versions
     model.save_pretrained(MODEL_DIR, safe_serialization=True)
     tokenizer.save_pretrained(MODEL_DIR)
     print(f"{len(splits['train'])} train / {len(splits['test'])} test pairs -> {DATA_DIR.relative_to(ROOT)}; "

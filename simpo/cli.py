@@ -1,19 +1,20 @@
 """The training recipe behind scripts/run_simpo.py and `simpo-train`: parse, seed, data, tokenizer, model, train, save."""
 
 import logging
-import os
 import sys
 
 import datasets
 import transformers
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from simpo.chat_templates import apply_chat_template, set_chat_template
 from simpo.data import mix_datasets
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
+from simpo.reporting import end_summary, plot_curves
+from simpo.resume import StopOnSignal, last_complete_checkpoint
 from simpo.trainer import SimPOTrainer
+from simpo.validation import DataError, report_drops
 
 logger = logging.getLogger("simpo")
 
@@ -25,7 +26,8 @@ def setup_logging(training_args) -> None:
         handlers=[logging.StreamHandler(sys.stdout)],
     )
     level = training_args.get_process_log_level()
-    logger.setLevel(level)
+    # Our own messages (data drops, resumes, summaries) are few and always worth reading on the main process.
+    logger.setLevel(logging.INFO if training_args.should_log else level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
 
@@ -33,26 +35,36 @@ def setup_logging(training_args) -> None:
 def checkpoint_to_resume(training_args) -> str | None:
     if training_args.resume_from_checkpoint is not None:
         return training_args.resume_from_checkpoint
-    if os.path.isdir(training_args.output_dir):
-        last = get_last_checkpoint(training_args.output_dir)
-        if last is not None:
-            logger.info("Resuming from the last checkpoint in output_dir: %s", last)
-        return last
-    return None
+    last = last_complete_checkpoint(training_args.output_dir)
+    if last is not None:
+        logger.info("Resuming from the last complete checkpoint in output_dir: %s", last)
+    return last
 
 
-def train_main(argv: list[str] | None = None) -> None:
+def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> None:
+    """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
     model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(training_args)
     logger.info("Model arguments %s", model_args)
     logger.info("Data arguments %s", data_args)
     logger.info("Training arguments %s", training_args)
+    if model_args.trust_remote_code:
+        logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
     checkpoint = checkpoint_to_resume(training_args)
     set_seed(training_args.seed)
 
-    raw_datasets = mix_datasets(
-        data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
+    raw_datasets, drops = mix_datasets(
+        data_args.dataset_mixer,
+        data_args.dataset_splits,
+        data_args.dataset_configs,
+        seed=training_args.seed,
+        on_degenerate=training_args.on_degenerate_pairs,
     )
+    if (training_args.do_eval or training_args.eval_strategy != "no") and "test" not in raw_datasets:
+        raise DataError(
+            "Evaluation is on (do_eval or eval_strategy) but dataset_splits has no test split: add one"
+            " (e.g. test_prefs) or set do_eval: false and eval_strategy: \"no\"."
+        )
     tokenizer = get_tokenizer(model_args, data_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     raw_datasets = raw_datasets.map(
@@ -64,6 +76,7 @@ def train_main(argv: list[str] | None = None) -> None:
     )
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
+    stop = StopOnSignal()
     trainer = SimPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -71,10 +84,16 @@ def train_main(argv: list[str] | None = None) -> None:
         eval_dataset=raw_datasets.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, training_args),
+        callbacks=[stop, *(callbacks or [])],
     )
+    if trainer.accelerator.is_main_process:
+        report_drops(drops + trainer.dropped_pairs, training_args.output_dir)
 
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    metrics = {**train_result.metrics, "train_samples": len(raw_datasets["train"])}
+    if stop.signum is not None:
+        logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
+        sys.exit(128 + stop.signum)
+    metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     trainer.save_state()
@@ -92,10 +111,14 @@ def train_main(argv: list[str] | None = None) -> None:
         trainer.model.config.save_pretrained(training_args.output_dir)
 
     if training_args.do_eval and "test" in raw_datasets:
-        metrics = {**trainer.evaluate(), "eval_samples": len(raw_datasets["test"])}
+        metrics = {**trainer.evaluate(), "eval_samples": len(trainer.eval_dataset)}
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+
+    plot_curves(trainer)  # output_dir/training_curves.png, main process; a failure only warns
 
     if training_args.push_to_hub:
         trainer.push_to_hub(tags=["simpo"])
     logger.info("Training finished; outputs are in %s", training_args.output_dir)
+    if trainer.accelerator.is_main_process:
+        print(end_summary(trainer, train_result.metrics), flush=True)

@@ -1,9 +1,12 @@
 """The three argument groups a run is configured with: model, data and training (SimPOConfig)."""
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from transformers import TrainingArguments
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +81,11 @@ class SimPOConfig(TrainingArguments):
         default=False,
         metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart)."},
     )
+    on_degenerate_pairs: Literal["drop", "error"] = field(
+        default="drop",
+        metadata={"help": "Pairs that cannot be trained on (identical, empty, or a response truncated to nothing):"
+                  " drop them, counted in the log and listed in output_dir/dropped_pairs.jsonl, or stop with an error."},
+    )
     # Trainer columns are ours, not the model's forward arguments.
     remove_unused_columns: bool = False
 
@@ -85,3 +93,21 @@ class SimPOConfig(TrainingArguments):
         super().__post_init__()
         if self.padding_free and not self.prefix_sharing:
             raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing=True.")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}): a long"
+                " prompt would leave its responses no tokens. Lower max_prompt_length or raise max_length."
+            )
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive (got {self.beta}); the paper uses 2 to 10.")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0 (got {self.sft_weight}).")
+        if self.generate_during_eval:
+            raise ValueError("generate_during_eval is not supported yet: set it to false.")
+        if self.loss_type == "hinge" and self.label_smoothing > 0:
+            logger.warning("label_smoothing=%s has no effect with loss_type=hinge.", self.label_smoothing)
+        if self.beta < 1:
+            logger.warning("beta=%s is a DPO-scale value; SimPO's rewards are length-normalised and the paper"
+                           " uses beta 2 to 10.", self.beta)

@@ -41,15 +41,22 @@ def sft_nll(token_logps: torch.Tensor, token_seq: torch.Tensor, num_pairs: int) 
     return -token_logps[chosen].sum() / chosen.sum().clamp(min=1)
 
 
-def preference_metrics(chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float) -> dict:
-    """Per-pair tensors behind rewards/* and logps/*; the caller averages them (over ranks and steps)."""
+def preference_metrics(
+    chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float, gamma_beta_ratio: float = 0.0
+) -> dict:
+    """Per-pair tensors behind rewards/* and logps/*; the caller averages them (over ranks and steps).
+
+    rewards/margin_over_gamma is 1 for a pair whose margin r_w - r_l beats the target gamma = beta * gamma_beta_ratio.
+    """
     chosen_rewards = beta * chosen_avg_logps.detach()
     rejected_rewards = beta * rejected_avg_logps.detach()
+    margins = chosen_rewards - rejected_rewards
     return {
         "rewards/chosen": chosen_rewards,
         "rewards/rejected": rejected_rewards,
         "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
-        "rewards/margins": chosen_rewards - rejected_rewards,
+        "rewards/margins": margins,
+        "rewards/margin_over_gamma": (margins > beta * gamma_beta_ratio).float(),
         "logps/chosen": chosen_avg_logps.detach(),
         "logps/rejected": rejected_avg_logps.detach(),
     }

@@ -9,10 +9,14 @@ from transformers import AutoModelForCausalLM, Trainer
 
 from simpo.collator import PairCollator
 from simpo.config import SimPOConfig
+from simpo.launch_checks import check_distributed_setup
 from simpo.logps import plain_token_logps
 from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 from simpo.model import resolve_dtype
+from simpo.prefix_sharing import SharedPrefixCollator
+from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
 from simpo.tokenization import tokenize_row
+from simpo.validation import handle_drops
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,24 @@ def wrap_peft(model: nn.Module, peft_config, args: SimPOConfig) -> nn.Module:
     return get_peft_model(model, peft_config)
 
 
+def default_collator(pad_token_id: int, args: SimPOConfig):
+    if args.prefix_sharing:
+        return SharedPrefixCollator(pad_token_id, args.label_pad_token_id, padding_free=args.padding_free)
+    return PairCollator(pad_token_id, args.label_pad_token_id)
+
+
+def tokenize_and_check(row: dict, label_pad_token_id: int, **kwargs) -> dict:
+    out = tokenize_row(row, label_pad_token_id=label_pad_token_id, **kwargs)
+    scored = lambda labels: any(t != label_pad_token_id for t in labels[1:])  # noqa: E731
+    if not (scored(out["chosen_labels"]) and scored(out["rejected_labels"])):
+        out["drop_reason"] = "response truncated to no tokens"
+    elif out["chosen_input_ids"] == out["rejected_input_ids"]:
+        out["drop_reason"] = "identical chosen and rejected responses"
+    else:
+        out["drop_reason"] = ""
+    return out
+
+
 class SimPOTrainer(Trainer):
     # compute_loss returns a per-batch mean, so the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -67,22 +89,27 @@ class SimPOTrainer(Trainer):
         if args.disable_dropout:
             disable_dropout(model)
         pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
+        self.dropped_pairs = []  # drop records of pairs that cannot be trained on, see tokenize
         with args.main_process_first(desc="tokenizing preference pairs"):
-            train_dataset = self.tokenize(train_dataset, processing_class, args)
-            eval_dataset = self.tokenize(eval_dataset, processing_class, args)
+            train_dataset = self.tokenize(train_dataset, processing_class, args, "train")
+            eval_dataset = self.tokenize(eval_dataset, processing_class, args, "eval")
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or PairCollator(pad_token_id, args.label_pad_token_id),
+            data_collator=data_collator or default_collator(pad_token_id, args),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             **kwargs,
         )
+        check_distributed_setup(self.accelerator, args)  # launches accelerate silently degraded: refuse
         self._stored_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.throughput = TokenThroughput()
+        self.add_callback(RunSummary(self))  # after the report_to callbacks, which set up on_train_begin first
 
-    @staticmethod
-    def tokenize(dataset, tokenizer, args: SimPOConfig):
+    def tokenize(self, dataset, tokenizer, args: SimPOConfig, split: str):
+        """Token ids and labels per pair; pairs left with no response token to score, or with identical responses,
+        are dropped (recorded in self.dropped_pairs) or raise, per args.on_degenerate_pairs."""
         if dataset is None:
             return None
         kwargs = dict(
@@ -92,9 +119,20 @@ class SimPOTrainer(Trainer):
             truncation_mode=args.truncation_mode,
             label_pad_token_id=args.label_pad_token_id,
         )
-        return dataset.map(
-            tokenize_row, fn_kwargs=kwargs, num_proc=args.dataset_num_proc, remove_columns=dataset.column_names
+        dataset = dataset.map(
+            tokenize_and_check, fn_kwargs=kwargs, num_proc=args.dataset_num_proc, remove_columns=dataset.column_names
         )
+        drops = [
+            {"source": "tokenized", "split": split, "row": i, "reason": reason}
+            for i, reason in enumerate(dataset["drop_reason"])
+            if reason
+        ]
+        handle_drops(drops, args.on_degenerate_pairs)
+        self.dropped_pairs += drops
+        if drops:
+            dropped = {d["row"] for d in drops}
+            dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
+        return dataset.remove_columns("drop_reason")
 
     def batch_loss_and_metrics(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         args = self.args
@@ -106,14 +144,27 @@ class SimPOTrainer(Trainer):
         losses = simpo_loss(chosen, rejected, args.beta, args.gamma_beta_ratio, args.loss_type, args.label_smoothing)
         sft_loss = sft_nll(token_logps, batch["score_seq"], num_pairs)
         loss = losses.mean() + args.sft_weight * sft_loss if args.sft_weight > 0 else losses.mean()
+        if not torch.isfinite(loss):
+            # Stop here: one NaN step poisons every weight it touches.
+            phase = "training" if model.training else "evaluation"
+            raise FloatingPointError(
+                f"Non-finite SimPO loss ({loss.item()}) in {phase} at step {self.state.global_step + 1}: per-pair"
+                f" losses {losses.tolist()}, response lengths {batch['response_lengths'].tolist()}. Lower the"
+                " learning rate, check the data, or resume from the last checkpoint."
+            )
 
-        metrics = preference_metrics(chosen, rejected, args.beta)
+        metrics = preference_metrics(chosen, rejected, args.beta, args.gamma_beta_ratio)
         mean_logits = average_logps(token_logit_means, batch["score_seq"], num_seqs)
         metrics["logits/chosen"], metrics["logits/rejected"] = mean_logits[:num_pairs], mean_logits[num_pairs:]
         metrics["sft_loss"] = sft_loss.detach()
+        lengths = batch["response_lengths"].float()
+        metrics["lengths/chosen"], metrics["lengths/rejected"] = lengths[:num_pairs], lengths[num_pairs:]
+        # attention_mask is the 2D [R, L] real-token mask in every layout (prefix sharing builds its 4D mask later).
+        metrics["tokens/padding_share"] = 1 - batch["attention_mask"].sum() / batch["attention_mask"].numel()
         return loss, metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.throughput.add(inputs["attention_mask"])
         loss, metrics = self.batch_loss_and_metrics(model, inputs)
         self.store_metrics(metrics, "train")
         return (loss, metrics) if return_outputs else loss
@@ -144,4 +195,11 @@ class SimPOTrainer(Trainer):
             for name, values in self._stored_metrics[split].items():
                 logs[prefix + name] = sum(values) / len(values)
             self._stored_metrics[split].clear()
+        # Real-token throughput: per logging window in train logs, over the run in the end-of-training metrics.
+        if split == "train":
+            logs.update(self.throughput.window(self.accelerator))
+        elif split == "eval":
+            self.throughput.exclude(logs.get(prefix + "runtime", 0.0))
+        elif "train_runtime" in logs:
+            logs.update(self.throughput.total(self.accelerator), global_batch_size=global_batch_size(self.args))
         super().log(logs, start_time)

@@ -259,3 +259,13 @@ def test_first_argument_must_be_yaml(tmp_path):
 def test_dataclass_post_init_still_runs(run):
     with pytest.raises(ValueError, match="load_in_8bit and load_in_4bit are both true"):
         run("--load_in_8bit", "--load_in_4bit")
+
+
+def test_help_lists_every_group_and_key(capsys):
+    with pytest.raises(SystemExit) as done:
+        parse_args(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: simpo-train CONFIG.yaml")
+    assert "ModelArguments:" in text and "SimPOConfig:" in text
+    assert "--gamma_beta_ratio (float, default 0.25) Target margin gamma = beta * this." in text
