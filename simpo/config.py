@@ -68,13 +68,16 @@ class SimPOConfig(TrainingArguments):
     model_init_kwargs: dict[str, Any] | None = None
     dataset_num_proc: int | None = None
     fused_logps: bool = field(
-        default=False, metadata={"help": "Log-probs from hidden states in tiles, never the full-vocabulary logits."}
+        default=True,
+        metadata={"help": "Log-probs from the hidden states in tiles, never the full-vocabulary logits (much less "
+                  "memory); False computes them from the model's full logits."},
     )
-    prefix_sharing: bool = field(
-        default=False,
+    prefix_sharing: bool | Literal["auto"] = field(
+        default="auto",
         metadata={
             "help": "One row per pair: [prompt | chosen | rejected], the prompt run once, with a custom 4D mask. "
-            "Exact; needs attn_implementation eager or sdpa and a verified family (Llama, Mistral, Gemma-2, Qwen2)."
+            "Exact; needs attn_implementation eager or sdpa and a verified family (Llama, Mistral, Gemma-2, Qwen2). "
+            "auto: on exactly when the model qualifies (the log says which)."
         },
     )
     padding_free: bool = field(
@@ -91,8 +94,8 @@ class SimPOConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.padding_free and not self.prefix_sharing:
-            raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing=True.")
+        if self.padding_free and self.prefix_sharing is False:
+            raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
         if self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}): a long"

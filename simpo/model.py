@@ -62,7 +62,7 @@ def model_init_kwargs(model_args: ModelArguments, training_args: SimPOConfig) ->
         "trust_remote_code": model_args.trust_remote_code,
         "attn_implementation": attn_implementation(model_args.attn_implementation),
         "dtype": model_args.torch_dtype,
-        "use_cache": not training_args.gradient_checkpointing,
+        "use_cache": not training_args.activation_checkpointing,
     }
     if quantization is not None:
         # Each process loads its own quantised copy on its own device.

@@ -136,27 +136,35 @@ def unwrap_model(model):
             return model
 
 
-def mask_layer_types(config) -> list[str]:
-    """The distinct masks the model needs; refuses (never approximates) what this mask cannot express exactly."""
+def prefix_sharing_problem(config) -> str | None:
+    """Why this model cannot use prefix sharing exactly, or None when it can."""
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in EXACT_ATTENTION:
-        raise ValueError(
+        return (
             f"prefix_sharing needs attn_implementation in {EXACT_ATTENTION} (a 4D float mask is the whole mask "
             f"there); this model uses {implementation!r}. Load it with attn_implementation='sdpa' (or 'eager'), "
             "or turn prefix_sharing off."
         )
     if config.model_type not in EXACT_MODEL_TYPES:
-        raise ValueError(
+        return (
             f"prefix_sharing is verified exact only for model types {EXACT_MODEL_TYPES}, not {config.model_type!r}: "
             "its forward may add to or ignore a custom 4D mask. Turn prefix_sharing off for this model."
         )
     layer_types = getattr(config, "layer_types", None) or ["full_attention"]
     unknown = set(layer_types) - set(MASK_LAYER_TYPES)
     if unknown:
-        raise ValueError(f"prefix_sharing cannot build masks for layer types {sorted(unknown)}; turn it off.")
+        return f"prefix_sharing cannot build masks for layer types {sorted(unknown)}; turn it off."
     if "sliding_attention" in layer_types and getattr(config, "sliding_window", None) is None:
-        raise ValueError("The model has sliding_attention layers but config.sliding_window is None.")
-    return sorted(set(layer_types))
+        return "The model has sliding_attention layers but config.sliding_window is None."
+    return None
+
+
+def mask_layer_types(config) -> list[str]:
+    """The distinct masks the model needs; refuses (never approximates) what this mask cannot express exactly."""
+    problem = prefix_sharing_problem(config)
+    if problem:
+        raise ValueError(problem)
+    return sorted(set(getattr(config, "layer_types", None) or ["full_attention"]))
 
 
 def shared_prefix_model_inputs(model, batch: dict) -> dict:

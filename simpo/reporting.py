@@ -12,6 +12,8 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from simpo.prefix_sharing import PROMPT, SharedPrefixCollator
+
 logger = logging.getLogger(__name__)
 RULE = "=" * 78
 
@@ -50,7 +52,7 @@ def distributed(trainer) -> str:
     plugin = getattr(state, "deepspeed_plugin", None)
     if plugin is not None:
         text += f", DeepSpeed ZeRO-{plugin.zero_stage}"
-    if args.gradient_checkpointing:
+    if args.activation_checkpointing:
         text += ", gradient checkpointing"
     return text
 
@@ -81,7 +83,9 @@ def start_summary(trainer, state=None) -> str:
     eval_rows = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     max_steps = state.max_steps if state is not None and state.max_steps else args.max_steps
     report_to = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
-    layout = "prefix sharing" + (" + padding-free" if args.padding_free else "") if args.prefix_sharing else "plain"
+    collator = trainer.data_collator
+    shared = isinstance(collator, SharedPrefixCollator)
+    layout = "prefix sharing" + (" + padding-free" if collator.padding_free else "") if shared else "plain"
     lines = [
         RULE,
         "SimPO run",
@@ -184,10 +188,12 @@ class TokenThroughput:
         self.total_tokens = 0
         self.total_seconds = 0.0
 
-    def add(self, attention_mask: torch.Tensor) -> None:
+    def add(self, batch: dict) -> None:
         if self.window_start is None:
             self.window_start = time.perf_counter()
-        tokens = attention_mask.sum()
+        tokens = batch["attention_mask"].sum()
+        if "branch_ids" in batch:  # prefix sharing runs each prompt once; count it per side, as the plain layout does
+            tokens = tokens + ((batch["branch_ids"] == PROMPT) & batch["attention_mask"].bool()).sum()
         self.pending = tokens if self.pending is None else self.pending + tokens
 
     def exclude(self, seconds: float) -> None:

@@ -9,11 +9,12 @@ from transformers import AutoModelForCausalLM, Trainer
 
 from simpo.collator import PairCollator
 from simpo.config import SimPOConfig
+from simpo.fused_logps import fused_token_logps
 from simpo.launch_checks import check_distributed_setup
 from simpo.logps import plain_token_logps
 from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 from simpo.model import resolve_dtype
-from simpo.prefix_sharing import SharedPrefixCollator
+from simpo.prefix_sharing import SharedPrefixCollator, prefix_sharing_problem, unwrap_model
 from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
 from simpo.tokenization import tokenize_row
 from simpo.validation import handle_drops
@@ -40,17 +41,30 @@ def wrap_peft(model: nn.Module, peft_config, args: SimPOConfig) -> nn.Module:
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=args.gradient_checkpointing,
-            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+            use_gradient_checkpointing=args.activation_checkpointing,
+            gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs,
         )
-    elif args.gradient_checkpointing:
+    elif args.activation_checkpointing:
         # Frozen embeddings give checkpointed blocks inputs without grad; make them require it.
         model.enable_input_require_grads()
     return get_peft_model(model, peft_config)
 
 
-def default_collator(pad_token_id: int, args: SimPOConfig):
-    if args.prefix_sharing:
+def uses_prefix_sharing(model: nn.Module, args: SimPOConfig) -> bool:
+    """prefix_sharing true must be exact for this model or raise; auto turns it on exactly when it is."""
+    if args.prefix_sharing is False:
+        return False
+    problem = prefix_sharing_problem(unwrap_model(model).config)
+    if problem is None:
+        return True
+    if args.prefix_sharing == "auto" and not args.padding_free:
+        logger.info("prefix_sharing=auto: using the plain layout. %s", problem)
+        return False
+    raise ValueError(problem)
+
+
+def default_collator(pad_token_id: int, args: SimPOConfig, model: nn.Module):
+    if uses_prefix_sharing(model, args):
         return SharedPrefixCollator(pad_token_id, args.label_pad_token_id, padding_free=args.padding_free)
     return PairCollator(pad_token_id, args.label_pad_token_id)
 
@@ -96,7 +110,7 @@ class SimPOTrainer(Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or default_collator(pad_token_id, args),
+            data_collator=data_collator or default_collator(pad_token_id, args, model),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
@@ -138,7 +152,7 @@ class SimPOTrainer(Trainer):
         args = self.args
         num_seqs = batch["response_lengths"].numel()
         num_pairs = num_seqs // 2
-        token_logps, token_logit_means = plain_token_logps(model, batch)
+        token_logps, token_logit_means = (fused_token_logps if args.fused_logps else plain_token_logps)(model, batch)
         avg_logps = average_logps(token_logps, batch["score_seq"], num_seqs)
         chosen, rejected = avg_logps[:num_pairs], avg_logps[num_pairs:]
         losses = simpo_loss(chosen, rejected, args.beta, args.gamma_beta_ratio, args.loss_type, args.label_smoothing)
@@ -164,7 +178,7 @@ class SimPOTrainer(Trainer):
         return loss, metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.throughput.add(inputs["attention_mask"])
+        self.throughput.add(inputs)
         loss, metrics = self.batch_loss_and_metrics(model, inputs)
         self.store_metrics(metrics, "train")
         return (loss, metrics) if return_outputs else loss

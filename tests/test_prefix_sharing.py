@@ -4,11 +4,13 @@ Exactness: per-sequence average log-probs, the SimPO loss and every parameter gr
 (fp32) on tiny random Llama, Mistral (window shorter than the rows), Gemma-2 (eager, window, softcaps) and Qwen2.
 """
 
+import logging
 import random
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, GPT2LMHeadModel, LlamaConfig, MistralConfig,
+                          Qwen2Config)
 
 from simpo.collator import PairCollator
 from simpo.config import SimPOConfig
@@ -223,15 +225,28 @@ def test_refuses_what_it_cannot_do_exactly(config, implementation, message):
         shared_prefix_model_inputs(model, SharedPrefixCollator(PAD)(ROWS))
 
 
-def test_config_and_trainer_choose_the_collator():
-    with pytest.raises(ValueError, match="padding_free"):
-        SimPOConfig(output_dir="/tmp/simpo-test", padding_free=True, report_to=[])
+def test_config_and_trainer_choose_the_collator(caplog):
+    with pytest.raises(ValueError, match="padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto"):
+        SimPOConfig(output_dir="/tmp/simpo-test", padding_free=True, prefix_sharing=False, report_to=[])
     from transformers import Trainer
 
     from simpo.trainer import SimPOTrainer
 
-    args = SimPOConfig(output_dir="/tmp/simpo-test", prefix_sharing=True, padding_free=True, report_to=[],
-                       padding_value=PAD)
-    trainer = SimPOTrainer(model=tiny_model("llama-sdpa"), args=args)
-    assert isinstance(trainer.data_collator, SharedPrefixCollator) and trainer.data_collator.padding_free
-    assert isinstance(trainer, Trainer)
+    def collator(model, **kwargs):
+        args = SimPOConfig(output_dir="/tmp/simpo-test", report_to=[], padding_value=PAD, **kwargs)
+        return SimPOTrainer(model=model, args=args).data_collator
+
+    shared = collator(tiny_model("llama-sdpa"), prefix_sharing=True, padding_free=True)
+    assert isinstance(shared, SharedPrefixCollator) and shared.padding_free
+    assert isinstance(collator(tiny_model("llama-sdpa")), SharedPrefixCollator)  # auto, and the model qualifies
+    assert isinstance(collator(tiny_model("llama-sdpa"), prefix_sharing=False), PairCollator)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB))
+    with caplog.at_level(logging.INFO):
+        assert isinstance(collator(gpt2), PairCollator)  # auto: plain, and the log says why
+    assert "prefix_sharing=auto: using the plain layout. prefix_sharing is verified exact only" in caplog.text
+    with pytest.raises(ValueError, match="verified exact only for model types"):
+        collator(gpt2, prefix_sharing=True)  # asked for explicitly: refused before training, not at the first step
+    with pytest.raises(ValueError, match="verified exact only for model types"):
+        collator(gpt2, padding_free=True)
+    assert isinstance(SimPOTrainer(model=tiny_model("llama-sdpa"), args=SimPOConfig(
+        output_dir="/tmp/simpo-test", report_to=[], padding_value=PAD)), Trainer)

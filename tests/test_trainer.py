@@ -121,3 +121,34 @@ def test_tiny_run_end_to_end(tmp_path):
     original = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
     ids = torch.tensor([tokenizer("hello there", add_special_tokens=True)["input_ids"]])
     assert not torch.allclose(reloaded(ids).logits, original(ids).logits)  # the trained weights were saved
+
+
+def test_lora_with_activation_checkpointing_trains_only_adapters_with_dropout_off(tmp_path, tiny):
+    from peft import LoraConfig
+
+    from simpo.config import ModelArguments
+    from simpo.model import get_peft_config
+
+    tokenizer, rows = tiny
+    args = SimPOConfig(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=2, learning_rate=1e-2,
+        per_device_train_batch_size=4, max_length=128, max_prompt_length=64, save_strategy="no",
+        activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False},
+    )
+    peft_config = get_peft_config(ModelArguments(use_peft=True, lora_r=4, lora_dropout=0.3), args)
+    assert isinstance(peft_config, LoraConfig) and peft_config.lora_dropout == 0.0  # disable_dropout wins
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL, attention_dropout=0.2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = SimPOTrainer(model, args=args, train_dataset=rows, processing_class=tokenizer, peft_config=peft_config)
+    assert all(m.p == 0.0 for m in trainer.model.modules() if isinstance(m, torch.nn.Dropout))
+    assert trainer.model.base_model.model.config.attention_dropout == 0.2  # the module-level dropouts are off
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+    changed = {n for n, p in trainer.model.named_parameters() if "lora_" in n
+               and not torch.equal(p, torch.zeros_like(p)) and "lora_B" in n}
+    assert changed  # lora_B starts at zero and moved
+    for name, weight in trainer.model.get_base_model().state_dict().items():
+        if "lora_" not in name and name.replace(".base_layer", "") in before:
+            torch.testing.assert_close(weight, before[name.replace(".base_layer", "")], rtol=0, atol=0)
+    trainer.save_model(str(tmp_path / "adapter"))
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()

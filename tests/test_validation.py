@@ -113,7 +113,7 @@ def test_response_truncated_to_nothing_is_dropped_by_the_trainer(tmp_path, make_
     ({"beta": -1.0}, r"beta must be positive \(got -1.0\); the paper uses 2 to 10"),
     ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\) \(got 0.5\)"),
     ({"sft_weight": -0.1}, r"sft_weight must be >= 0"),
-    ({"padding_free": True}, "padding_free packs prefix-shared pairs: it needs prefix_sharing=True"),
+    ({"padding_free": True, "prefix_sharing": False}, "padding_free packs prefix-shared pairs: it needs prefix_sharing"),
 ])
 def test_config_errors(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,257 @@
+"""simpo/fused_logps.py against the plain path (full logits -> log_softmax): log-probs, logit means, the SimPO loss
+and the gradients, on hand-made tensors (every head variant, tiles that do not divide N or V) and end to end on tiny
+random transformers models (Llama, Gemma 2 with its softcap, Cohere's and Granite's logit scales, PEFT, gradient
+checkpointing, autocast, prefix sharing)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    CohereConfig,
+    CohereForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GraniteConfig,
+    GraniteForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+import simpo.fused_logps
+import simpo.trainer
+from simpo.collator import PairCollator
+from simpo.config import SimPOConfig
+from simpo.fused_logps import fused_token_logps, tiled_logps
+from simpo.logps import plain_token_logps
+from simpo.loss import average_logps, sft_nll, simpo_loss
+from simpo.prefix_sharing import SharedPrefixCollator
+from simpo.trainer import SimPOTrainer
+
+V, H = 53, 16
+SMALL = dict(vocab_size=V, hidden_size=H, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+             num_key_value_heads=1, head_dim=8)
+FP32 = dict(rtol=0, atol=1e-5)
+
+
+def simpo_objective(token_logps, token_seq, num_seqs):
+    """The trainer's loss: SimPO on the averaged log-probs plus an SFT term, so both reach the gradients."""
+    avg = average_logps(token_logps, token_seq, num_seqs)
+    pairs = num_seqs // 2
+    return simpo_loss(avg[:pairs], avg[pairs:], 2.0, 0.5).mean() + 0.3 * sft_nll(token_logps, token_seq, pairs)
+
+
+def plain_head(hidden, weight, bias, labels, scale, softcap):
+    """The reference: the model's head as transformers writes it, then plain_token_logps' log_softmax and gather."""
+    logits = torch.nn.functional.linear(hidden, weight, bias) * scale
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logits = logits.float()
+    return logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1), logits.detach().mean(-1)
+
+
+def run_head(fn, dtype, tied, bias, scale, softcap):
+    """Loss, logps, logit means and gradients of one head variant, with 6 sequences of which 2 have no token."""
+    torch.manual_seed(0)
+    n = 23
+    weight = torch.randn(V, H).mul(0.5).to(dtype).requires_grad_()
+    b = torch.randn(V).to(dtype).requires_grad_() if bias else None
+    x = torch.randn(n, H).to(dtype).requires_grad_()
+    labels, ids = torch.randint(0, V, (n,)), torch.randint(0, V, (n,))
+    hidden = x + weight[ids] if tied else x  # tied: the head's weight is also the input embedding
+    token_seq = torch.tensor([0, 1, 3, 4] * 6)[:n].sort().values  # sequences 2 and 5 are all masked
+    logps, means = fn(hidden, weight, b, labels, scale, softcap)
+    loss = simpo_objective(logps, token_seq, 6)
+    loss.backward()
+    grads = [t.grad for t in (x, weight, b) if t is not None]
+    return [loss.detach(), logps.detach(), means] + grads
+
+
+HEADS = [  # tied, bias, scale, softcap
+    (False, False, 1.0, None), (True, False, 1.0, None), (False, True, 1.0, None), (False, False, 1.0, 3.0),
+    (True, True, 0.25, None), (False, True, 0.5, 2.0), (True, False, 4.0, 30.0),
+]
+
+
+@pytest.mark.parametrize("tied,bias,scale,softcap", HEADS)
+@pytest.mark.parametrize("tiles", [(7, 13), (None, None)])  # None: the default tiles
+def test_tiles_equal_full_logits_in_fp32(tied, bias, scale, softcap, tiles):
+    def fused(*args):
+        return tiled_logps(*args, token_tile=tiles[0], vocab_tile=tiles[1])
+
+    expected = run_head(plain_head, torch.float32, tied, bias, scale, softcap)
+    got = run_head(fused, torch.float32, tied, bias, scale, softcap)
+    for name, a, b in zip(["loss", "logps", "logit means", "grad h", "grad W", "grad b"], got, expected):
+        torch.testing.assert_close(a, b, **FP32, msg=name)
+
+
+@pytest.mark.parametrize("tied,bias,scale,softcap", HEADS)
+def test_bf16_inputs_agree_to_bf16_tolerance_and_are_summed_in_fp32(tied, bias, scale, softcap):
+    def fused(*args):
+        return tiled_logps(*args, token_tile=7, vocab_tile=13)
+
+    plain = run_head(plain_head, torch.bfloat16, tied, bias, scale, softcap)
+    got = run_head(fused, torch.bfloat16, tied, bias, scale, softcap)
+    for name, a, b in zip(["loss", "logps", "logit means", "grad h", "grad W", "grad b"], got, plain):
+        assert a.dtype == b.dtype, name  # fp32 log-probs, gradients in the inputs' dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=5e-2, msg=name)
+
+    # Ours rounds nothing but the inputs: the same bf16 values through an fp32 head give the same log-probs.
+    def upcast_plain(hidden, weight, b, *rest):
+        return plain_head(hidden.float(), weight.float(), None if b is None else b.float(), *rest)
+
+    exact = run_head(upcast_plain, torch.bfloat16, tied, bias, scale, softcap)
+    torch.testing.assert_close(got[1], exact[1], **FP32)
+
+
+def test_no_scored_token_gives_empty_logps_and_zero_gradients():
+    weight = torch.randn(V, H, requires_grad=True)
+    hidden = torch.randn(0, H, requires_grad=True)
+    logps, means = tiled_logps(hidden, weight, None, torch.zeros(0, dtype=torch.long))
+    assert logps.shape == means.shape == (0,) and logps.dtype == torch.float32
+    simpo_objective(logps, torch.zeros(0, dtype=torch.long), 4).backward()
+    assert torch.equal(weight.grad, torch.zeros_like(weight)) and hidden.grad.shape == (0, H)
+
+
+# End to end: fused_token_logps(model, batch) against plain_token_logps(model, batch).
+
+
+def features(label_pad=-100):
+    """Hand-made tokenised pairs; the second pair's chosen response is empty (a sequence with no scored token)."""
+    torch.manual_seed(1)
+    rows = []
+    for prompt, chosen, rejected in [(3, 4, 2), (5, 0, 6), (2, 3, 3), (4, 5, 1)]:
+        p, c, r = (torch.randint(3, V, (k,)).tolist() for k in (prompt, chosen, rejected))
+        rows.append({"chosen_input_ids": p + c, "chosen_labels": [label_pad] * prompt + c,
+                     "rejected_input_ids": p + r, "rejected_labels": [label_pad] * prompt + r})
+    return rows
+
+
+def logps_loss_and_grads(fn, model, batch):
+    model.zero_grad()
+    logps, means = fn(model, batch)
+    loss = simpo_objective(logps, batch["score_seq"], batch["response_lengths"].numel())
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logps.detach(), means, loss.detach(), grads
+
+
+def assert_fused_equals_plain(model, batch=None, **tolerance):
+    batch = batch or PairCollator(pad_token_id=0)(features())
+    tolerance = tolerance or FP32
+    plain = logps_loss_and_grads(plain_token_logps, model, batch)
+    fused = logps_loss_and_grads(fused_token_logps, model, batch)
+    for name, a, b in zip(["logps", "logit means", "loss"], fused, plain):
+        torch.testing.assert_close(a, b, **tolerance, msg=name)
+    assert fused[3].keys() == plain[3].keys()
+    for name in plain[3]:
+        torch.testing.assert_close(fused[3][name], plain[3][name], **tolerance, msg=name)
+
+
+def tiny_llama(**overrides):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(**SMALL, **overrides))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_llama(tied):
+    assert_fused_equals_plain(tiny_llama(tie_word_embeddings=tied))
+
+
+def test_gemma2_with_its_final_logit_softcapping():
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(**SMALL, final_logit_softcapping=2.0))
+    assert model.config.final_logit_softcapping == 2.0
+    assert_fused_equals_plain(model)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: CohereForCausalLM(CohereConfig(**SMALL, logit_scale=0.5, eos_token_id=1)),  # logits * logit_scale
+    lambda: GraniteForCausalLM(GraniteConfig(**SMALL, logits_scaling=4.0)),  # logits / logits_scaling
+])
+def test_models_that_scale_their_logits(make):
+    torch.manual_seed(0)
+    assert_fused_equals_plain(make())
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing(use_reentrant):
+    model = tiny_llama()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    model.enable_input_require_grads()
+    model.train()
+    assert_fused_equals_plain(model)
+
+
+def test_peft_lora_model():
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # zero at init: make the adapters matter
+            torch.nn.init.normal_(param, std=0.1)
+    assert_fused_equals_plain(model)
+
+
+def test_peft_lm_head_in_modules_to_save():
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"]))
+    torch.nn.init.normal_(model.base_model.model.lm_head.modules_to_save["default"].weight)  # differs from original
+    assert_fused_equals_plain(model)
+
+
+def test_peft_lora_on_the_lm_head_is_refused_not_ignored():
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    with pytest.raises(NotImplementedError, match="LM head carries the adapter"):
+        fused_token_logps(model, PairCollator(pad_token_id=0)(features()))
+
+
+def test_a_head_transform_it_does_not_know_is_refused(monkeypatch):
+    monkeypatch.setattr(simpo.fused_logps, "head_transform", lambda config: (1.0, None))
+    torch.manual_seed(0)
+    model = GraniteForCausalLM(GraniteConfig(**SMALL, logits_scaling=4.0))
+    with pytest.raises(NotImplementedError, match="does something this path does not know"):
+        fused_token_logps(model, PairCollator(pad_token_id=0)(features()))
+
+
+def test_bf16_model_and_cpu_autocast():
+    model = tiny_llama().to(torch.bfloat16)
+    assert_fused_equals_plain(model, rtol=3e-2, atol=5e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert_fused_equals_plain(tiny_llama(), rtol=3e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_prefix_shared_batch(padding_free):
+    batch = SharedPrefixCollator(pad_token_id=0, padding_free=padding_free)(features())
+    assert_fused_equals_plain(tiny_llama(attn_implementation="sdpa"), batch)
+
+
+def test_trainer_uses_it_by_default_with_the_same_loss_and_metrics(monkeypatch):
+    assert SimPOConfig(output_dir="unused").fused_logps is True
+    calls = []
+    monkeypatch.setattr(simpo.trainer, "fused_token_logps", lambda *a: calls.append(1) or fused_token_logps(*a))
+    model, batch = tiny_llama(), PairCollator(pad_token_id=0)(features())
+    results = []
+    for fused in (True, False):
+        args = SimpleNamespace(beta=2.0, gamma_beta_ratio=0.5, loss_type="sigmoid", label_smoothing=0.0,
+                               sft_weight=0.3, fused_logps=fused)
+        results.append(SimPOTrainer.batch_loss_and_metrics(SimpleNamespace(args=args), model, batch))
+    assert calls == [1]
+    (loss, metrics), (plain_loss, plain_metrics) = results
+    torch.testing.assert_close(loss, plain_loss, **FP32)
+    assert metrics.keys() == plain_metrics.keys()
+    for name in metrics:
+        torch.testing.assert_close(metrics[name], plain_metrics[name], **FP32, msg=name)
+
+
+def test_fsdp_sharded_heads_fall_back_to_the_plain_path(monkeypatch):
+    zero3 = torch.empty(0)
+    zero3.ds_id = 7  # a ZeRO-3 parameter outside its forward: the head's hooks gather it, no fallback
+    flat_view = torch.empty(40)  # FSDP1's 1-D view of a shard
+    dtensor = SimpleNamespace(full_tensor=None, dim=lambda: 2)  # FSDP2's DTensor shard
+    assert [simpo.fused_logps.fsdp_sharded(w) for w in (torch.empty(V, H), zero3, flat_view, dtensor)] == [
+        False, False, True, True]
+    monkeypatch.setattr(simpo.fused_logps, "fsdp_sharded", lambda weight: True)
+    model, batch = tiny_llama(), PairCollator(pad_token_id=0)(features())
+    logps, _ = fused_token_logps(model, batch)
+    assert logps.grad_fn.name() != "TiledLogProbsBackward"
+    torch.testing.assert_close(logps, plain_token_logps(model, batch)[0], rtol=0, atol=0)
