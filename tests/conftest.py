@@ -1,7 +1,9 @@
+import math
 import os
 import string
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
@@ -29,3 +31,16 @@ def char_tokenizer(specials: list[str], merges: list[tuple[str, str]] = (), bos=
 @pytest.fixture
 def make_tokenizer():
     return char_tokenizer
+
+
+def log_sigmoid(x: float) -> float:
+    """Scalar log(sigmoid(x)), computed independently of torch."""
+    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
+
+
+def reference_avg_logp(model, input_ids: list[int], labels: list[int]) -> float:
+    """One unpadded sequence at a time: mean over response tokens of log p(token | everything before it)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([input_ids])).logits[0].double()
+    logps = [logits[t - 1].log_softmax(-1)[input_ids[t]].item() for t in range(1, len(labels)) if labels[t] != -100]
+    return sum(logps) / len(logps)

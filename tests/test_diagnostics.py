@@ -10,7 +10,7 @@ import torch
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_DATA, TINY_MODEL
+from conftest import TINY_DATA, TINY_MODEL, reference_avg_logp
 from simpo.chat_templates import apply_chat_template
 from simpo.config import SimPOConfig
 from simpo.loss import preference_metrics
@@ -29,14 +29,6 @@ def test_margin_over_gamma_is_the_share_of_margins_beating_gamma():
     # gamma = 0: the same as accuracy (a tie is neither).
     m0 = preference_metrics(chosen, rejected, beta=2.0)
     assert m0["rewards/margin_over_gamma"].tolist() == m0["rewards/accuracies"].tolist()
-
-
-def reference_avg_logp(model, input_ids: list[int], labels: list[int]) -> float:
-    """Unpadded, one sequence at a time: mean log p over the labelled (response) tokens."""
-    with torch.no_grad():
-        logits = model(torch.tensor([input_ids])).logits[0].double()
-    logps = [logits[t - 1].log_softmax(-1)[input_ids[t]].item() for t in range(1, len(labels)) if labels[t] != -100]
-    return sum(logps) / len(logps)
 
 
 def response_length(labels: list[int]) -> int:

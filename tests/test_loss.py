@@ -5,11 +5,8 @@ import math
 import pytest
 import torch
 
+from conftest import log_sigmoid
 from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
-
-
-def log_sigmoid(x: float) -> float:
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
 
 CHOSEN = [-1.2, -0.4, -2.0]

@@ -1,7 +1,6 @@
 """The trainer against an independent computation, and the whole recipe end to end on the shipped tiny model."""
 
 import json
-import math
 import os
 
 import pytest
@@ -9,23 +8,11 @@ import torch
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_DATA, TINY_MODEL
+from conftest import TINY_DATA, TINY_MODEL, log_sigmoid, reference_avg_logp
 from simpo.chat_templates import apply_chat_template
 from simpo.cli import train_main
 from simpo.config import SimPOConfig
 from simpo.trainer import SimPOTrainer
-
-
-def log_sigmoid(x: float) -> float:
-    return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
-
-
-def reference_avg_logp(model, input_ids: list[int], labels: list[int]) -> float:
-    """One unpadded sequence at a time: mean over response tokens of log p(token | everything before it)."""
-    with torch.no_grad():
-        logits = model(torch.tensor([input_ids])).logits[0].double()
-    logps = [logits[t - 1].log_softmax(-1)[input_ids[t]].item() for t in range(1, len(labels)) if labels[t] != -100]
-    return sum(logps) / len(logps)
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +139,20 @@ def test_lora_with_activation_checkpointing_trains_only_adapters_with_dropout_of
             torch.testing.assert_close(weight, before[name.replace(".base_layer", "")], rtol=0, atol=0)
     trainer.save_model(str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_tiny_run_learns_identically_with_each_fast_path_on_or_off(tmp_path):
+    """fused_logps and prefix_sharing change how a step is computed, never what: the same logged losses."""
+    def losses(*overrides):
+        out = tmp_path / "_".join(o.strip("-").replace("=", "") for o in overrides)
+        train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none",
+                    "--max_steps=12", "--logging_steps=1", "--eval_strategy=no", "--do_eval=false",
+                    "--eval_on_start=false", *overrides])
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        return [h["loss"] for h in history if "loss" in h]
+
+    reference = losses("--fused_logps=false", "--prefix_sharing=false")
+    assert len(reference) == 12 and reference[-1] < reference[0]
+    for overrides in (["--fused_logps=true", "--prefix_sharing=false"], ["--fused_logps=false", "--prefix_sharing=true"],
+                      ["--fused_logps=true", "--prefix_sharing=true", "--padding_free=true"]):
+        assert losses(*overrides) == pytest.approx(reference, abs=1e-5), overrides
