@@ -13,7 +13,7 @@ import logging
 import torch
 
 from simpo.logps import model_inputs, plain_token_logps
-from simpo.prefix_sharing import unwrap_model
+from simpo.model import unwrap_model
 
 logger = logging.getLogger(__name__)
 

@@ -85,3 +85,13 @@ def get_peft_config(model_args: ModelArguments, training_args: SimPOConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
+
+def unwrap_model(model):
+    """The transformers model under DDP / DeepSpeed (.module) and PEFT (get_base_model()) wrappers."""
+    while True:
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        else:
+            return model

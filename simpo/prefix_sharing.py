@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from simpo.collator import pad_right
+from simpo.model import unwrap_model
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
 # Kernels that take a 4D additive mask as the whole mask. flash_attention_* ignore a tensor mask (varlen needs
@@ -125,15 +126,6 @@ class SharedPrefixCollator:
         return [sorted(row) for row in rows]
 
 
-def unwrap_model(model):
-    """The transformers model under DDP / DeepSpeed (.module) and PEFT (get_base_model()) wrappers."""
-    while True:
-        if hasattr(model, "get_base_model"):
-            model = model.get_base_model()
-        elif hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-            model = model.module
-        else:
-            return model
 
 
 def prefix_sharing_problem(config) -> str | None:

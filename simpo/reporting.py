@@ -12,6 +12,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from simpo.model import unwrap_model
 from simpo.prefix_sharing import PROMPT, SharedPrefixCollator
 
 logger = logging.getLogger(__name__)
@@ -57,10 +58,6 @@ def distributed(trainer) -> str:
     return text
 
 
-def inner_model(model):
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
 
 
 def tensorboard_dir(trainer) -> str | None:
@@ -73,7 +70,7 @@ def tensorboard_dir(trainer) -> str | None:
 
 def start_summary(trainer, state=None) -> str:
     args = trainer.args
-    model = inner_model(trainer.model)
+    model = unwrap_model(trainer.model)
     config = getattr(model, "config", None)
     total, trainable = count_parameters(model)
     drops = {}

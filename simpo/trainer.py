@@ -13,8 +13,8 @@ from simpo.fused_logps import fused_token_logps
 from simpo.launch_checks import check_distributed_setup
 from simpo.logps import plain_token_logps
 from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
-from simpo.model import resolve_dtype
-from simpo.prefix_sharing import SharedPrefixCollator, prefix_sharing_problem, unwrap_model
+from simpo.model import resolve_dtype, unwrap_model
+from simpo.prefix_sharing import SharedPrefixCollator, prefix_sharing_problem
 from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
 from simpo.tokenization import tokenize_row
 from simpo.validation import handle_drops
