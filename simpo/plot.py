@@ -8,13 +8,14 @@ and tests can check the data rather than pixels.
 """
 
 import argparse
-import glob
 import json
 import os
 import sys
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from simpo.resume import last_complete_checkpoint
 
 CURVES_FILE = "training_curves.png"
 
@@ -38,15 +39,14 @@ COMPARE_PANELS = {
 
 
 def state_file(output_dir: str) -> str:
-    """output_dir/trainer_state.json, or the newest checkpoint's while a run is still going."""
+    """output_dir/trainer_state.json, or the newest complete checkpoint's while a run is still going."""
     path = os.path.join(output_dir, "trainer_state.json")
     if os.path.isfile(path):
         return path
-    checkpoints = glob.glob(os.path.join(output_dir, "checkpoint-*", "trainer_state.json"))
-    checkpoints = [c for c in checkpoints if os.path.basename(os.path.dirname(c)).split("-")[-1].isdigit()]
-    if not checkpoints:
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is None:
         raise FileNotFoundError(f"No trainer_state.json in {output_dir} (nor in a checkpoint-* folder under it).")
-    return max(checkpoints, key=lambda c: int(os.path.basename(os.path.dirname(c)).split("-")[-1]))
+    return os.path.join(checkpoint, "trainer_state.json")
 
 
 def load_history(output_dir: str) -> list[dict]:
