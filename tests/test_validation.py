@@ -178,3 +178,13 @@ def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog):
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
     assert json.loads((out / "train_results.json").read_text())["train_samples"] == 90
+
+
+def test_evaluation_without_a_test_split_stops_before_the_model_loads(tmp_path, monkeypatch):
+    from simpo import cli
+
+    monkeypatch.setattr(cli, "SimPOTrainer", lambda *a, **k: pytest.fail("the model must not be loaded"))
+    with pytest.raises(DataError, match="Evaluation is on \\(do_eval or eval_strategy\\) but dataset_splits has no"
+                                        " test split: add one \\(e.g. test_prefs\\) or set do_eval: false"):
+        cli.train_main(["training_configs/tiny-simpo-cpu.yaml", "--dataset_splits=train",
+                        f"--output_dir={tmp_path}", "--report_to=none"])
