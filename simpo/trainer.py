@@ -191,12 +191,14 @@ class SimPOTrainer(Trainer):
         return loss.detach(), None, None
 
     def store_metrics(self, metrics: dict, split: str) -> None:
-        """Average each metric over this batch and over processes; log() averages over the logging window."""
+        """Keep each metric's batch mean weighted by the batch's pairs, summed over processes: log() then averages
+        over pairs, so a short last batch counts for its pairs, not as much as a full one."""
         names = list(metrics)
-        values = torch.stack([metrics[name].float().mean() for name in names])
-        values = self.accelerator.reduce(values, reduction="mean")
-        for name, value in zip(names, values.tolist()):
-            self._stored_metrics[split][name].append(value)
+        pairs = torch.tensor(float(metrics["rewards/chosen"].numel()), device=metrics["rewards/chosen"].device)
+        values = torch.stack([metrics[name].float().mean() * pairs for name in names] + [pairs])
+        values = self.accelerator.reduce(values, reduction="sum").tolist()
+        for name, value in zip(names, values):
+            self._stored_metrics[split][name].append((value, values[-1]))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -206,8 +208,8 @@ class SimPOTrainer(Trainer):
             eval_loss = next((k for k in logs if k.endswith("_loss") and not k.startswith("train")), None)
             split, prefix = ("eval", eval_loss[: -len("loss")]) if eval_loss else (None, "")
         if split is not None:
-            for name, values in self._stored_metrics[split].items():
-                logs[prefix + name] = sum(values) / len(values)
+            for name, weighted in self._stored_metrics[split].items():
+                logs[prefix + name] = sum(v for v, _ in weighted) / sum(n for _, n in weighted)
             self._stored_metrics[split].clear()
         # Real-token throughput: per logging window in train logs, over the run in the end-of-training metrics.
         if split == "train":

@@ -156,3 +156,17 @@ def test_tiny_run_learns_identically_with_each_fast_path_on_or_off(tmp_path):
     for overrides in (["--fused_logps=true", "--prefix_sharing=false"], ["--fused_logps=false", "--prefix_sharing=true"],
                       ["--fused_logps=true", "--prefix_sharing=true", "--padding_free=true"]):
         assert losses(*overrides) == pytest.approx(reference, abs=1e-5), overrides
+
+
+def test_eval_metrics_average_over_pairs_not_batches(tmp_path, tiny):
+    tokenizer, rows = tiny
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_eval_batch_size=3,
+                       max_length=128, max_prompt_length=64, beta=2.0)
+    trainer = SimPOTrainer(TINY_MODEL, args=args, eval_dataset=rows.select(range(7)), processing_class=tokenizer)
+    metrics = trainer.evaluate()  # batches of 3, 3 and 1 pairs
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL).eval()
+    margins = [2.0 * (reference_avg_logp(model, r["chosen_input_ids"], r["chosen_labels"])
+                      - reference_avg_logp(model, r["rejected_input_ids"], r["rejected_labels"]))
+               for r in trainer.eval_dataset]
+    assert metrics["eval_rewards/margins"] == pytest.approx(sum(margins) / 7, rel=1e-4)
+    assert metrics["eval_rewards/accuracies"] == pytest.approx(sum(m > 0 for m in margins) / 7)
