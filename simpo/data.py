@@ -5,7 +5,7 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
-from simpo.validation import DataError, handle_drops, validate_rows
+from simpo.validation import DataError, handle_drops, validate_rows, without_rows
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,8 @@ def mix_datasets(
                 dataset = dataset.select(range(int(fraction * len(dataset))))
             degenerate = validate_rows(dataset, source, split)
             handle_drops(degenerate, on_degenerate)
-            dropped = {d["row"] for d in degenerate}
             dataset = dataset.select_columns([c for c in COLUMNS if c in dataset.column_names])
-            dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
+            dataset = without_rows(dataset, degenerate)
             parts[side].append(dataset)
             drops += degenerate
             logger.info("Using %d rows of %s [%s] for %s", len(dataset), source, split, side)

@@ -17,7 +17,7 @@ from simpo.model import resolve_dtype, unwrap_model
 from simpo.prefix_sharing import SharedPrefixCollator, prefix_sharing_problem
 from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
 from simpo.tokenization import tokenize_row
-from simpo.validation import handle_drops
+from simpo.validation import handle_drops, without_rows
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +143,7 @@ class SimPOTrainer(Trainer):
         ]
         handle_drops(drops, args.on_degenerate_pairs)
         self.dropped_pairs += drops
-        if drops:
-            dropped = {d["row"] for d in drops}
-            dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
-        return dataset.remove_columns("drop_reason")
+        return without_rows(dataset, drops).remove_columns("drop_reason")
 
     def batch_loss_and_metrics(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         args = self.args

@@ -93,6 +93,14 @@ def handle_drops(drops: list[dict], on_degenerate: str) -> None:
         )
 
 
+def without_rows(dataset, drops: list[dict]):
+    """The dataset less the rows named by drop records (unchanged, not re-indexed, when there are none)."""
+    if not drops:
+        return dataset
+    dropped = {d["row"] for d in drops}
+    return dataset.select([i for i in range(len(dataset)) if i not in dropped])
+
+
 def report_drops(drops: list[dict], output_dir: str | None) -> None:
     """One summary line in the log, every dropped row in output_dir/dropped_pairs.jsonl."""
     if not drops:
