@@ -64,7 +64,10 @@ class SimPOConfig(TrainingArguments):
     truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"
     label_pad_token_id: int = -100
     padding_value: int | None = field(default=None, metadata={"help": "Pad id; defaults to the tokenizer's."})
-    generate_during_eval: bool = False
+    generate_during_eval: bool = field(
+        default=False, metadata={"help": "After each evaluation, greedy replies to a few eval prompts in "
+                                 "output_dir/eval_samples.jsonl, beside their chosen and rejected replies."}
+    )
     model_init_kwargs: dict[str, Any] | None = None
     dataset_num_proc: int | None = None
     fused_logps: bool = field(
@@ -107,8 +110,6 @@ class SimPOConfig(TrainingArguments):
             raise ValueError(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
         if self.sft_weight < 0:
             raise ValueError(f"sft_weight must be >= 0 (got {self.sft_weight}).")
-        if self.generate_during_eval:
-            raise ValueError("generate_during_eval is not supported yet: set it to false.")
         if self.loss_type == "hinge" and self.label_smoothing > 0:
             logger.warning("label_smoothing=%s has no effect with loss_type=hinge.", self.label_smoothing)
         if self.beta < 1:

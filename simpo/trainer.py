@@ -16,6 +16,7 @@ from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 from simpo.model import resolve_dtype, unwrap_model
 from simpo.prefix_sharing import SharedPrefixCollator, prefix_sharing_problem
 from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
+from simpo.samples import EvalSamples
 from simpo.tokenization import tokenize_row
 from simpo.validation import handle_drops, without_rows
 
@@ -119,7 +120,9 @@ class SimPOTrainer(Trainer):
         check_distributed_setup(self.accelerator, args)  # launches accelerate silently degraded: refuse
         self._stored_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.throughput = TokenThroughput()
-        self.add_callback(RunSummary(self))  # after the report_to callbacks, which set up on_train_begin first
+        self.add_callback(RunSummary(self))
+        if args.generate_during_eval:
+            self.add_callback(EvalSamples(self))  # after the report_to callbacks, which set up on_train_begin first
 
     def tokenize(self, dataset, tokenizer, args: SimPOConfig, split: str):
         """Token ids and labels per pair; pairs left with no response token to score, or with identical responses,

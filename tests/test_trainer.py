@@ -170,3 +170,24 @@ def test_eval_metrics_average_over_pairs_not_batches(tmp_path, tiny):
                for r in trainer.eval_dataset]
     assert metrics["eval_rewards/margins"] == pytest.approx(sum(margins) / 7, rel=1e-4)
     assert metrics["eval_rewards/accuracies"] == pytest.approx(sum(m > 0 for m in margins) / 7)
+
+
+def test_generate_during_eval_writes_samples_beside_the_pairs(tmp_path):
+    out = tmp_path / "gen"
+    train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none", "--max_steps=10",
+                "--eval_steps=5", "--generate_during_eval=true"])
+    samples = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    # eval_on_start, steps 5 and 10, and the final evaluation: 4 prompts each
+    assert [s["step"] for s in samples] == [0] * 4 + [5] * 4 + [10] * 4 + [10] * 4
+    test_rows = [json.loads(line) for line in open(f"{TINY_DATA}/test.jsonl")]
+    prompts = {r["chosen"][0]["content"] for r in test_rows}
+    for sample in samples:
+        assert any(p in sample["prompt"] for p in prompts) and sample["chosen"] != sample["rejected"]
+    assert samples[0]["prompt"] == samples[4]["prompt"]  # the same prompts every time
+    # The final evaluation's replies are the saved model's own greedy continuations.
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    for sample in samples[-4:]:
+        ids = torch.tensor([tokenizer(sample["prompt"], add_special_tokens=False)["input_ids"]])
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)
+        assert sample["generated"] == tokenizer.decode(expected[0, ids.shape[1]:]) != ""
