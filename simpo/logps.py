@@ -5,12 +5,12 @@ The plain path reads them off the model's full logits: simple, and the reference
 
 import torch
 
+from simpo.prefix_sharing import shared_prefix_model_inputs
+
 
 def model_inputs(model, batch: dict) -> dict:
     """The forward arguments for a batch's rows. Prefix-shared rows bring position_ids and need their own mask."""
     if "position_ids" in batch:
-        from simpo.prefix_sharing import shared_prefix_model_inputs
-
         return shared_prefix_model_inputs(model, batch)
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
 
