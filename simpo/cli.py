@@ -92,6 +92,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     if stop.signum is not None:
         logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
+        trainer.accelerator.end_training()
         sys.exit(128 + stop.signum)
     metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
     trainer.log_metrics("train", metrics)
@@ -122,3 +123,6 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     logger.info("Training finished; outputs are in %s", training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(end_summary(trainer, train_result.metrics), flush=True)
+    # Close trackers and the process group: gloo threads left running at exit can abort a finished rank (SIGABRT).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
