@@ -3,7 +3,8 @@
 The plain path (simpo/logps.py) keeps the full-vocabulary logits, their log-softmax and its gradient alive: gigabytes
 for N = 2k tokens and V = 128k. Here the LM head is applied one [token_tile, vocab_tile] block at a time: the forward
 keeps a running logsumexp per token, and the backward recomputes each block rather than storing it, one extra GEMM
-for O(tile) memory instead of O(N * V). The maths is fp32 whatever the weights' dtype.
+for O(tile) memory instead of O(N * V). The GEMMs take the model's own dtype, as its head would; everything else, and
+every sum across tiles, is fp32.
 """
 
 import functools
@@ -31,24 +32,34 @@ def transform_grad(z: torch.Tensor, scale: float, softcap: float | None):
 
 
 def gemm_dtype(weight: torch.Tensor) -> torch.dtype:
-    """The GEMM operands' dtype: a bf16/fp16 model's own on CUDA (tensor cores sum the exact products in fp32; an fp32
-    operand is rounded to it, as autograd rounds the plain path's gradient), else fp32 (the same exact products)."""
-    return weight.dtype if weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16) else torch.float32
+    """The GEMM operands' dtype: a bf16/fp16 model's own (an fp32 operand is rounded to it, as autograd rounds the
+    plain path's gradient; bf16 GEMMs run at twice the fp32 rate on GPUs and on CPUs with AVX512-BF16), else fp32."""
+    return weight.dtype if weight.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
-def addmm_fp32(acc, a, b, dtype: torch.dtype, alpha: float = 1.0) -> torch.Tensor:
-    """acc += alpha * a @ b summed in fp32, with the operands in dtype; acc None: return a @ b."""
+def addmm_fp32(acc, a, b, dtype: torch.dtype, alpha: float = 1.0, beta: float = 1.0, scratch=None) -> torch.Tensor:
+    """acc = beta * acc + alpha * a @ b (beta 0 or 1) into fp32 acc, the operands in dtype. CUDA sums the products in
+    fp32 straight into acc; a CPU has no fp32-output kernel for bf16/fp16 operands, so there each product is rounded
+    to dtype (into `scratch` when given), as the model's own head rounds its logits, and then added in fp32."""
     a, b = a.to(dtype), b.to(dtype)
     if dtype == torch.float32:
-        return a @ b if acc is None else acc.addmm_(a, b, alpha=alpha)
-    if acc is None:
-        return torch.mm(a, b, out_dtype=torch.float32)
-    return torch.addmm(acc, a, b, alpha=alpha, out_dtype=torch.float32, out=acc)
+        return torch.addmm(acc, a, b, alpha=alpha, beta=beta, out=acc)
+    if acc.is_cuda:
+        return torch.addmm(acc, a, b, alpha=alpha, beta=beta, out_dtype=torch.float32, out=acc)
+    product = a @ b if scratch is None else torch.mm(a, b, out=scratch)
+    return acc.copy_(product) if beta == 0 else acc.add_(product, alpha=alpha)
 
 
-def tile_logits(hidden, w, b, scale, softcap, dtype) -> torch.Tensor:
-    u = addmm_fp32(None, hidden, w.T, dtype)
-    return transform(u if b is None else u.add_(b.float()), scale, softcap)
+def tile_logits(hidden, w, b, scale, softcap, dtype, out=None, scratch=None) -> torch.Tensor:
+    """The logits block [tokens, vocab tile] in fp32, written into `out` when given: the loops reuse one buffer (and
+    one `scratch` block in dtype for addmm_fp32), as a fresh 4 MB block each GEMM costs a quarter of the GEMM's time
+    in page faults on CPU."""
+    u = torch.empty(hidden.shape[0], w.shape[0], device=hidden.device) if out is None else out
+    if b is None:
+        addmm_fp32(u, hidden, w.T, dtype, beta=0, scratch=scratch)
+    else:
+        addmm_fp32(u.copy_(b.float().expand_as(u)), hidden, w.T, dtype, scratch=scratch)
+    return transform(u, scale, softcap)
 
 
 class TiledLogProbs(torch.autograd.Function):
@@ -62,22 +73,32 @@ class TiledLogProbs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, scale, softcap, token_tile, vocab_tile):
         n, vocab, dtype = hidden.shape[0], weight.shape[0], gemm_dtype(weight)
         lse = torch.full((n,), -torch.inf, device=hidden.device)
-        logit_sum = torch.zeros(n, device=hidden.device)
+        logit_sum = torch.zeros(n, device=hidden.device) if softcap is not None else None
+        buffer, scratch = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
         with _no_autocast(hidden):
             for v0 in range(0, vocab, vocab_tile):
                 w, b = weight[v0 : v0 + vocab_tile], None if bias is None else bias[v0 : v0 + vocab_tile]
                 for t0 in range(0, n, token_tile):
                     rows = slice(t0, t0 + token_tile)
-                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype)
-                    logit_sum[rows] += z.sum(1)
+                    blocks = block(buffer, hidden[rows], w), block(scratch, hidden[rows], w)
+                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, *blocks)
+                    if logit_sum is not None:
+                        logit_sum[rows] += z.sum(1)
                     top = z.amax(1)  # the tile's own logsumexp, in place in z
                     lse[rows] = torch.logaddexp(lse[rows], z.sub_(top[:, None]).exp_().sum(1).log_().add_(top))
             u_label = (hidden.float() * weight[labels].float()).sum(1)
+            if dtype != torch.float32 and not hidden.is_cuda:  # rounded like the tiles' logits (see addmm_fp32)
+                u_label = u_label.to(dtype).float()
             label_z = transform(u_label if bias is None else u_label + bias[labels].float(), scale, softcap)
+            if logit_sum is None:  # without a softcap the mean logit is linear in W: one [N, H] product, no tile pass
+                mean_u = hidden.float() @ weight.mean(0, dtype=torch.float32)
+                mean_logit = transform(mean_u if bias is None else mean_u + bias.float().mean(), scale, None)
+            else:
+                mean_logit = logit_sum.div_(vocab)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, label_z)
         ctx.args = scale, softcap, token_tile, vocab_tile
-        ctx.mark_non_differentiable(logit_sum)
-        return label_z - lse, logit_sum.div_(vocab)
+        ctx.mark_non_differentiable(mean_logit)
+        return label_z - lse, mean_logit
 
     @staticmethod
     def backward(ctx, grad_logps, _):
@@ -87,34 +108,56 @@ class TiledLogProbs(torch.autograd.Function):
         # kept out of the tiles: it scales [N, H] operands and results instead of [N, V] blocks. The onehot term is
         # O(N * H); only q = softmax * dz/du needs the vocabulary.
         g, dtype = grad_logps.float(), gemm_dtype(weight)
-        g_hidden = g[:, None] * hidden.float()
+        g_hidden = (g[:, None] * hidden.float()).to(dtype)
         label_grad = g * transform_grad(label_z, scale, softcap)
         q_weight = torch.zeros(hidden.shape, device=hidden.device)  # sum_v q[n, v] W[v]
         grad_w, grad_b = torch.empty_like(weight), None if bias is None else torch.empty_like(bias)
+        n, vocab = hidden.shape[0], weight.shape[0]
+        buffer, scratch = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
+        # an fp32 weight's gradient is summed in place; a bf16/fp16 one through an fp32 tile, then rounded once
+        direct = grad_w.dtype == torch.float32
+        gw_buffer = None if direct else torch.empty(min(vocab, vocab_tile), hidden.shape[1], device=hidden.device)
         with _no_autocast(hidden):
-            for v0 in range(0, weight.shape[0], vocab_tile):
+            for v0 in range(0, vocab, vocab_tile):
                 w, b = weight[v0 : v0 + vocab_tile], None if bias is None else bias[v0 : v0 + vocab_tile]
                 # this tile's weight and bias gradients, summed over tokens in fp32: onehot term minus softmax term
                 hit = (labels >= v0) & (labels < v0 + w.shape[0])
                 local, label_rows = labels[hit] - v0, label_grad[hit, None] * hidden[hit].float()
-                gw = torch.zeros(w.shape, device=w.device).index_add_(0, local, label_rows)
+                gw = (grad_w[v0 : v0 + vocab_tile] if direct else gw_buffer[: w.shape[0]]).zero_()
+                gw.index_add_(0, local, label_rows)
                 gb = torch.zeros(w.shape[0], device=w.device).index_add_(0, local, label_grad[hit])
                 for t0 in range(0, hidden.shape[0], token_tile):
                     rows = slice(t0, t0 + token_tile)
-                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype)
+                    blocks = block(buffer, hidden[rows], w), block(scratch, hidden[rows], w)
+                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, *blocks)
                     dz_du = transform_grad(z, scale, softcap)
                     q = z.sub_(lse[rows, None]).exp_()  # the softmax, in place in z
                     if softcap is not None or scale != 1:
                         q.mul_(dz_du)
-                    addmm_fp32(q_weight[rows], q, w, dtype)
-                    addmm_fp32(gw, q.T, g_hidden[rows], dtype, alpha=-1)
                     if bias is not None:
                         gb.sub_(q.T @ g[rows])
-                grad_w[v0 : v0 + vocab_tile] = gw
+                    if scratch is not None:  # the GEMM operand in dtype, once for both GEMMs
+                        q = blocks[1].copy_(q)
+                    addmm_fp32(q_weight[rows], q, w, dtype)
+                    addmm_fp32(gw, q.T, g_hidden[rows], dtype, alpha=-1)
+                if not direct:
+                    grad_w[v0 : v0 + vocab_tile] = gw
                 if grad_b is not None:
                     grad_b[v0 : v0 + vocab_tile] = gb
             grad_h = label_grad[:, None] * weight[labels].float() - g[:, None] * q_weight
         return grad_h.to(hidden.dtype), grad_w, grad_b, None, None, None, None, None
+
+
+def tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype):
+    """One flat fp32 block for the logits, and one in the GEMM dtype (None for fp32) for products and operands."""
+    size = min(n, token_tile) * min(vocab, vocab_tile)
+    scratch = None if dtype == torch.float32 else torch.empty(size, dtype=dtype, device=hidden.device)
+    return torch.empty(size, device=hidden.device), scratch
+
+
+def block(buffer: torch.Tensor | None, hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
+    """A contiguous [tokens, vocab tile] view at the start of the flat buffer (edge tiles are smaller)."""
+    return None if buffer is None else buffer[: hidden.shape[0] * w.shape[0]].view(hidden.shape[0], w.shape[0])
 
 
 def _no_autocast(tensor):

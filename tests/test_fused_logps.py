@@ -87,7 +87,7 @@ def test_tiles_equal_full_logits_in_fp32(tied, bias, scale, softcap, tiles):
 
 
 @pytest.mark.parametrize("tied,bias,scale,softcap", HEADS)
-def test_bf16_inputs_agree_to_bf16_tolerance_and_are_summed_in_fp32(tied, bias, scale, softcap):
+def test_bf16_inputs_agree_to_bf16_tolerance_and_round_logits_as_the_model_does(tied, bias, scale, softcap):
     def fused(*args):
         return tiled_logps(*args, token_tile=7, vocab_tile=13)
 
@@ -96,13 +96,10 @@ def test_bf16_inputs_agree_to_bf16_tolerance_and_are_summed_in_fp32(tied, bias, 
     for name, a, b in zip(["loss", "logps", "logit means", "grad h", "grad W", "grad b"], got, plain):
         assert a.dtype == b.dtype, name  # fp32 log-probs, gradients in the inputs' dtype
         torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=5e-2, msg=name)
-
-    # Ours rounds nothing but the inputs: the same bf16 values through an fp32 head give the same log-probs.
-    def upcast_plain(hidden, weight, b, *rest):
-        return plain_head(hidden.float(), weight.float(), None if b is None else b.float(), *rest)
-
-    exact = run_head(upcast_plain, torch.bfloat16, tied, bias, scale, softcap)
-    torch.testing.assert_close(got[1], exact[1], **FP32)
+    if not bias and scale == 1 and softcap is None:
+        # A CPU GEMM on bf16 operands rounds its output to bf16, as the model's own head does; everything after is
+        # fp32 in both paths, so a bare head's log-probs are the plain path's own, not merely close to them.
+        torch.testing.assert_close(got[1], plain[1], **FP32)
 
 
 def test_no_scored_token_gives_empty_logps_and_zero_gradients():
