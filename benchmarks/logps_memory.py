@@ -124,6 +124,27 @@ def worker(args) -> dict:
             "walls": [round(t, 3) for t in walls], "cpus": [round(t, 3) for t in cpus]}
 
 
+def run_worker(args, method: str, vocab: int, tokens: int) -> dict:
+    """One fresh process measuring one (method, V, T): its memory run and timed runs."""
+    cmd = [sys.executable, __file__, "--worker", method, "--vocab", str(vocab), "--tokens", str(tokens)]
+    for flag in ("device", "dtype", "hidden", "token_tile", "vocab_tile", "repeats"):
+        if getattr(args, flag) is not None:
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{method} V={vocab} T={tokens} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One method's rounds as one result: the largest peak, every timed run, and their medians."""
+    walls = [t for r in rounds for t in r["walls"]]
+    cpus = [t for r in rounds for t in r["cpus"]]
+    return {"method": rounds[0]["method"], "V": rounds[0]["V"], "T": rounds[0]["T"],
+            "peak_mb": max(r["peak_mb"] for r in rounds), "walls": walls,
+            "wall_s": round(statistics.median(walls), 3), "cpu_s": round(statistics.median(cpus), 3)}
+
+
 def cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -190,20 +211,9 @@ def main() -> None:
             runs = {m: [] for m in methods}
             for r in range(args.rounds):
                 for method in methods[r % len(methods) :] + methods[: r % len(methods)]:
-                    cmd = [sys.executable, __file__, "--worker", method, "--vocab", str(vocab), "--tokens", str(tokens)]
-                    for flag in ("device", "dtype", "hidden", "token_tile", "vocab_tile", "repeats"):
-                        if getattr(args, flag) is not None:
-                            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-                    proc = subprocess.run(cmd, capture_output=True, text=True)
-                    if proc.returncode != 0:
-                        sys.exit(f"{method} V={vocab} T={tokens} failed:\n{proc.stderr[-3000:]}")
-                    runs[method].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            for method, rounds in runs.items():
-                results.append({**rounds[0], "peak_mb": max(r["peak_mb"] for r in rounds),
-                                "wall_s": round(statistics.median(t for r in rounds for t in r["walls"]), 3),
-                                "cpu_s": round(statistics.median(t for r in rounds for t in r["cpus"]), 3),
-                                "walls": [t for r in rounds for t in r["walls"]]})
-                results[-1].pop("cpus")
+                    runs[method].append(run_worker(args, method, vocab, tokens))
+            for rounds in runs.values():
+                results.append(combine_rounds(rounds))
                 print(json.dumps(results[-1]), flush=True)
 
     trl = trl_function()

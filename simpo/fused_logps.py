@@ -37,14 +37,20 @@ def gemm_dtype(weight: torch.Tensor) -> torch.dtype:
     return weight.dtype if weight.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
+def rounds_products(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a GEMM's products come out rounded to dtype: on a CPU, which has no fp32-output kernel for bf16/fp16
+    operands. CUDA sums them in fp32 straight into the fp32 output."""
+    return dtype != torch.float32 and device.type != "cuda"
+
+
 def addmm_fp32(acc, a, b, dtype: torch.dtype, alpha: float = 1.0, beta: float = 1.0, scratch=None) -> torch.Tensor:
-    """acc = beta * acc + alpha * a @ b (beta 0 or 1) into fp32 acc, the operands in dtype. CUDA sums the products in
-    fp32 straight into acc; a CPU has no fp32-output kernel for bf16/fp16 operands, so there each product is rounded
-    to dtype (into `scratch` when given), as the model's own head rounds its logits, and then added in fp32."""
+    """acc = beta * acc + alpha * a @ b (beta 0 or 1) into fp32 acc, the operands in dtype. Where the products come
+    out rounded (rounds_products), each is rounded to dtype (into `scratch` when given), as the model's own head
+    rounds its logits, and then added in fp32."""
     a, b = a.to(dtype), b.to(dtype)
     if dtype == torch.float32:
         return torch.addmm(acc, a, b, alpha=alpha, beta=beta, out=acc)
-    if acc.is_cuda:
+    if not rounds_products(dtype, acc.device):
         return torch.addmm(acc, a, b, alpha=alpha, beta=beta, out_dtype=torch.float32, out=acc)
     product = a @ b if scratch is None else torch.mm(a, b, out=scratch)
     return acc.copy_(product) if beta == 0 else acc.add_(product, alpha=alpha)
@@ -74,20 +80,19 @@ class TiledLogProbs(torch.autograd.Function):
         n, vocab, dtype = hidden.shape[0], weight.shape[0], gemm_dtype(weight)
         lse = torch.full((n,), -torch.inf, device=hidden.device)
         logit_sum = torch.zeros(n, device=hidden.device) if softcap is not None else None
-        buffer, scratch = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
+        buffers = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
         with _no_autocast(hidden):
             for v0 in range(0, vocab, vocab_tile):
                 w, b = weight[v0 : v0 + vocab_tile], None if bias is None else bias[v0 : v0 + vocab_tile]
                 for t0 in range(0, n, token_tile):
                     rows = slice(t0, t0 + token_tile)
-                    blocks = block(buffer, hidden[rows], w), block(scratch, hidden[rows], w)
-                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, *blocks)
+                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, *views(buffers, hidden[rows], w))
                     if logit_sum is not None:
                         logit_sum[rows] += z.sum(1)
                     top = z.amax(1)  # the tile's own logsumexp, in place in z
                     lse[rows] = torch.logaddexp(lse[rows], z.sub_(top[:, None]).exp_().sum(1).log_().add_(top))
             u_label = (hidden.float() * weight[labels].float()).sum(1)
-            if dtype != torch.float32 and not hidden.is_cuda:  # rounded like the tiles' logits (see addmm_fp32)
+            if rounds_products(dtype, hidden.device):  # rounded like the tiles' logits
                 u_label = u_label.to(dtype).float()
             label_z = transform(u_label if bias is None else u_label + bias[labels].float(), scale, softcap)
             if logit_sum is None:  # without a softcap the mean logit is linear in W: one [N, H] product, no tile pass
@@ -113,7 +118,7 @@ class TiledLogProbs(torch.autograd.Function):
         q_weight = torch.zeros(hidden.shape, device=hidden.device)  # sum_v q[n, v] W[v]
         grad_w, grad_b = torch.empty_like(weight), None if bias is None else torch.empty_like(bias)
         n, vocab = hidden.shape[0], weight.shape[0]
-        buffer, scratch = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
+        buffers = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
         # an fp32 weight's gradient is summed in place; a bf16/fp16 one through an fp32 tile, then rounded once
         direct = grad_w.dtype == torch.float32
         gw_buffer = None if direct else torch.empty(min(vocab, vocab_tile), hidden.shape[1], device=hidden.device)
@@ -126,18 +131,18 @@ class TiledLogProbs(torch.autograd.Function):
                 gw = (grad_w[v0 : v0 + vocab_tile] if direct else gw_buffer[: w.shape[0]]).zero_()
                 gw.index_add_(0, local, label_rows)
                 gb = torch.zeros(w.shape[0], device=w.device).index_add_(0, local, label_grad[hit])
-                for t0 in range(0, hidden.shape[0], token_tile):
+                for t0 in range(0, n, token_tile):
                     rows = slice(t0, t0 + token_tile)
-                    blocks = block(buffer, hidden[rows], w), block(scratch, hidden[rows], w)
-                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, *blocks)
+                    z, low = views(buffers, hidden[rows], w)
+                    z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, z, low)
                     dz_du = transform_grad(z, scale, softcap)
                     q = z.sub_(lse[rows, None]).exp_()  # the softmax, in place in z
                     if softcap is not None or scale != 1:
                         q.mul_(dz_du)
                     if bias is not None:
                         gb.sub_(q.T @ g[rows])
-                    if scratch is not None:  # the GEMM operand in dtype, once for both GEMMs
-                        q = blocks[1].copy_(q)
+                    if low is not None:  # the GEMM operand in dtype, once for both GEMMs
+                        q = low.copy_(q)
                     addmm_fp32(q_weight[rows], q, w, dtype)
                     addmm_fp32(gw, q.T, g_hidden[rows], dtype, alpha=-1)
                 if not direct:
@@ -155,9 +160,10 @@ def tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype):
     return torch.empty(size, device=hidden.device), scratch
 
 
-def block(buffer: torch.Tensor | None, hidden: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
-    """A contiguous [tokens, vocab tile] view at the start of the flat buffer (edge tiles are smaller)."""
-    return None if buffer is None else buffer[: hidden.shape[0] * w.shape[0]].view(hidden.shape[0], w.shape[0])
+def views(buffers, hidden: torch.Tensor, w: torch.Tensor) -> list:
+    """Contiguous [tokens, vocab tile] views at the start of each flat buffer (edge tiles are smaller); None stays."""
+    shape = hidden.shape[0], w.shape[0]
+    return [None if flat is None else flat[: shape[0] * shape[1]].view(shape) for flat in buffers]
 
 
 def _no_autocast(tensor):
