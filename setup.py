@@ -18,7 +18,7 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.17,<0.20"],
     "quantization": ["bitsandbytes>=0.46,<0.51"],
     "flash-attn": ["flash-attn>=2.7"],  # needs CUDA to build; GPU machines only
-    "dev": ["pytest>=8", "deepspeed>=0.17,<0.20"],
+    "dev": ["pytest>=8", "ruff>=0.15,<0.18", "deepspeed>=0.17,<0.20"],
 }
 
 setup(

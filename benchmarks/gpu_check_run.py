@@ -90,14 +90,14 @@ def build(work: Path, smoke: bool) -> None:
     lines = open(ROOT / "data" / "tiny-prefs" / "train.jsonl").read().splitlines()
     words = sorted({w for line in lines for w in line.split() if w.isalpha()})
     rng = random.Random(0)
-    text = lambda n: " ".join(rng.choice(words) for _ in range(n))  # noqa: E731
+    text = lambda n: " ".join(rng.choice(words) for _ in range(n))
     (work / "long-prefs").mkdir(exist_ok=True)
     with open(work / "long-prefs" / "train.jsonl", "w") as f:
         for _ in range(256):
             prompt = text(rng.randint(200, 400))
-            turns = lambda: [{"role": "user", "content": prompt},  # noqa: E731
-                             {"role": "assistant", "content": text(rng.randint(400, 650))}]
-            row = {"chosen": turns(), "rejected": turns()}
+            user = {"role": "user", "content": prompt}
+            row = {side: [user, {"role": "assistant", "content": text(rng.randint(400, 650))}]
+                   for side in ("chosen", "rejected")}
             f.write(json.dumps({"prompt": prompt, **row}) + "\n")
     batch = 2 if smoke else 8
     yaml_text = BIG_YAML.format(model=work / "llama-random", data=work / "long-prefs", work=work, batch=batch)
@@ -175,7 +175,7 @@ def versions() -> dict:
 def report(results_dir: Path, stem: str) -> None:
     runs = []
     modes = ["ddp", "zero3", "fsdp"]
-    order = lambda path: (path.stem.startswith("llama"), modes.index(path.stem.split("__")[1]))  # noqa: E731
+    order = lambda path: (path.stem.startswith("llama"), modes.index(path.stem.split("__")[1]))
     for status_file in sorted(results_dir.glob("*.status"), key=order):
         name = status_file.stem
         model, mode = name.split("__")
@@ -200,7 +200,7 @@ def report(results_dir: Path, stem: str) -> None:
     summary = {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "versions": versions(), "runs": runs}
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=1))
 
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
     lines = [
         f"# GPU check, {summary['date_utc']} UTC",
         "",

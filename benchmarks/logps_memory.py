@@ -38,8 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simpo.fused_logps import DEFAULT_TILES, tiled_logps  # noqa: E402
-from simpo.logps import logps_from_logits  # noqa: E402
+from simpo.fused_logps import DEFAULT_TILES, tiled_logps
+from simpo.logps import logps_from_logits
 
 METHODS = ("plain", "fused", "trl")
 TRL_CHUNK = 32768

@@ -26,10 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simpo.collator import PairCollator  # noqa: E402
-from simpo.logps import plain_token_logps  # noqa: E402
-from simpo.loss import average_logps, simpo_loss  # noqa: E402
-from simpo.prefix_sharing import SharedPrefixCollator  # noqa: E402
+from simpo.collator import PairCollator
+from simpo.logps import plain_token_logps
+from simpo.loss import average_logps, simpo_loss
+from simpo.prefix_sharing import SharedPrefixCollator
 
 MODES = {
     "plain": "plain pairs (PairCollator)",

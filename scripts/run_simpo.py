@@ -1,6 +1,7 @@
 """Train a model with SimPO.
 
-    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml scripts/run_simpo.py CONFIG.yaml [--key=value ...]
+    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml scripts/run_simpo.py \
+        CONFIG.yaml [--key=value ...]
 
 The recipe (parse, seed, data, tokenizer, model, train, save, card) is simpo/cli.py:train_main.
 """

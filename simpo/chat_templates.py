@@ -54,7 +54,7 @@ def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool
         prompt_turns, chosen_turns, rejected_turns = row["chosen"][:-1], row["chosen"][-1:], row["rejected"][-1:]
     if auto_insert_empty_system_msg:
         prompt_turns = maybe_insert_system_message(prompt_turns, tokenizer)
-    render = lambda turns: tokenizer.apply_chat_template(turns, tokenize=False)  # noqa: E731
+    render = lambda turns: tokenizer.apply_chat_template(turns, tokenize=False)
     return {
         "prompt": render(prompt_turns),
         "chosen": strip_bos(render(chosen_turns), tokenizer),

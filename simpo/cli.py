@@ -1,4 +1,5 @@
-"""The training recipe behind scripts/run_simpo.py and `simpo-train`: parse, seed, data, tokenizer, model, train, save."""
+"""The training recipe behind scripts/run_simpo.py and `simpo-train`: parse, seed, data, tokenizer, model, train,
+save."""
 
 import logging
 import sys

@@ -90,7 +90,8 @@ class SimPOConfig(TrainingArguments):
     on_degenerate_pairs: Literal["drop", "error"] = field(
         default="drop",
         metadata={"help": "Pairs that cannot be trained on (identical, empty, or a response truncated to nothing):"
-                  " drop them, counted in the log and listed in output_dir/dropped_pairs.jsonl, or stop with an error."},
+                  " drop them, counted in the log and listed in output_dir/dropped_pairs.jsonl, or stop with an"
+                  " error."},
     )
     # Trainer columns are ours, not the model's forward arguments.
     remove_unused_columns: bool = False

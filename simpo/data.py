@@ -25,7 +25,9 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
     path = Path(source)
     if path.is_file():
         if "train" not in split:
-            raise DataError(f"{source}: a single file is a train split only; for '{split}' use a folder of split files.")
+            raise DataError(
+                f"{source}: a single file is a train split only; for '{split}' use a folder of split files."
+            )
         return load_files(source, split, [path])
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
@@ -69,7 +71,9 @@ def mix_datasets(
         for split in splits:
             side = "train" if "train" in split else "test" if "test" in split else None
             if side is None:
-                raise DataError(f"Split '{split}' names neither train nor test: rename it or drop it from dataset_splits.")
+                raise DataError(
+                    f"Split '{split}' names neither train nor test: rename it or drop it from dataset_splits."
+                )
             dataset = load_split(source, split, config)
             if side == "train":
                 dataset = dataset.select(range(int(fraction * len(dataset))))

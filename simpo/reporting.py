@@ -121,7 +121,7 @@ def plot_curves(trainer) -> str | None:
         path = os.path.join(trainer.args.output_dir, CURVES_FILE)
         plot_run(trainer.args.output_dir, path)
         return path
-    except Exception as error:  # noqa: BLE001 - plotting must never fail a finished run
+    except Exception as error:  # plotting must never fail a finished run
         logger.warning("Could not plot the training curves (%s: %s); try simpo-plot %s", type(error).__name__,
                        error, trainer.args.output_dir)
         return None

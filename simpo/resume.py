@@ -22,7 +22,8 @@ def is_complete(checkpoint: str) -> bool:
             json.load(f)
     except (OSError, ValueError):
         return False
-    return any(name.endswith((".safetensors", ".bin")) or name.startswith("global_step") for name in os.listdir(checkpoint))
+    names = os.listdir(checkpoint)
+    return any(name.endswith((".safetensors", ".bin")) or name.startswith("global_step") for name in names)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

@@ -72,7 +72,7 @@ def default_collator(pad_token_id: int, args: SimPOConfig, model: nn.Module):
 
 def tokenize_and_check(row: dict, label_pad_token_id: int, **kwargs) -> dict:
     out = tokenize_row(row, label_pad_token_id=label_pad_token_id, **kwargs)
-    scored = lambda labels: any(t != label_pad_token_id for t in labels[1:])  # noqa: E731
+    scored = lambda labels: any(t != label_pad_token_id for t in labels[1:])
     if not (scored(out["chosen_labels"]) and scored(out["rejected_labels"])):
         out["drop_reason"] = "response truncated to no tokens"
     elif out["chosen_input_ids"] == out["rejected_input_ids"]:

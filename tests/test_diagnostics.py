@@ -7,10 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import TINY_DATA, TINY_MODEL, reference_avg_logp
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_DATA, TINY_MODEL, reference_avg_logp
 from simpo.chat_templates import apply_chat_template
 from simpo.config import SimPOConfig
 from simpo.loss import preference_metrics
@@ -71,10 +71,10 @@ def test_logged_diagnostics_equal_an_independent_computation(plain):
     tokenised = list(trainer.train_dataset)
     assert len(tokenised) == PAIRS
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL).eval()
-    w = [reference_avg_logp(model, r["chosen_input_ids"], r["chosen_labels"]) for r in tokenised]
-    l = [reference_avg_logp(model, r["rejected_input_ids"], r["rejected_labels"]) for r in tokenised]  # noqa: E741
+    chosen = [reference_avg_logp(model, r["chosen_input_ids"], r["chosen_labels"]) for r in tokenised]
+    rejected = [reference_avg_logp(model, r["rejected_input_ids"], r["rejected_labels"]) for r in tokenised]
     gamma = BETA * RATIO
-    over = [float(BETA * a - BETA * b > gamma) for a, b in zip(w, l)]
+    over = [float(BETA * a - BETA * b > gamma) for a, b in zip(chosen, rejected)]
     assert 0 < sum(over) < PAIRS  # gamma splits this batch, so both sides of the comparison are exercised
     assert logged["rewards/margin_over_gamma"] == pytest.approx(sum(over) / PAIRS)
 

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-
 from conftest import log_sigmoid
-from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 
+from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 
 CHOSEN = [-1.2, -0.4, -2.0]
 REJECTED = [-1.0, -1.5, -2.1]
@@ -17,8 +16,8 @@ REJECTED = [-1.0, -1.5, -2.1]
 def test_sigmoid_loss_matches_paper(beta, ratio, smoothing):
     gamma = beta * ratio
     expected = []
-    for w, l in zip(CHOSEN, REJECTED):
-        z = beta * w - beta * l - gamma  # r_w - r_l - gamma
+    for chosen, rejected in zip(CHOSEN, REJECTED):
+        z = beta * chosen - beta * rejected - gamma  # r_w - r_l - gamma
         expected.append(-(1 - smoothing) * log_sigmoid(z) - smoothing * log_sigmoid(-z))
     got = simpo_loss(torch.tensor(CHOSEN), torch.tensor(REJECTED), beta, ratio, "sigmoid", smoothing)
     assert got.tolist() == pytest.approx(expected, abs=1e-6)
@@ -26,10 +25,11 @@ def test_sigmoid_loss_matches_paper(beta, ratio, smoothing):
 
 def test_hinge_loss_matches_paper():
     beta, ratio = 2.0, 0.5
-    expected = [max(0.0, 1 - (beta * w - beta * l - beta * ratio)) for w, l in zip(CHOSEN, REJECTED)]
+    unclipped = [1 - (beta * chosen - beta * rejected - beta * ratio) for chosen, rejected in zip(CHOSEN, REJECTED)]
     got = simpo_loss(torch.tensor(CHOSEN), torch.tensor(REJECTED), beta, ratio, "hinge")
-    assert got.tolist() == pytest.approx(expected, abs=1e-6)
-    assert expected[1] == 0.0 or got[1] >= 0  # relu really clips
+    assert got.tolist() == pytest.approx([max(0.0, u) for u in unclipped], abs=1e-6)
+    # Pair 1's margin beats 1 + gamma: its unclipped hinge is negative and the loss clips it to exactly 0.
+    assert unclipped[1] < 0 and got[1].item() == 0.0
 
 
 def test_unknown_loss_type_is_an_error():
@@ -38,10 +38,10 @@ def test_unknown_loss_type_is_an_error():
 
 
 def test_gamma_shifts_the_loss():
-    w, l = torch.tensor([-1.0]), torch.tensor([-1.0])
+    chosen, rejected = torch.tensor([-1.0]), torch.tensor([-1.0])
     # Equal rewards: with gamma the pair is still penalised more than without.
-    assert simpo_loss(w, l, 2.0, 0.5) > simpo_loss(w, l, 2.0, 0.0)
-    assert simpo_loss(w, l, 2.0, 0.0).item() == pytest.approx(math.log(2), abs=1e-6)
+    assert simpo_loss(chosen, rejected, 2.0, 0.5) > simpo_loss(chosen, rejected, 2.0, 0.0)
+    assert simpo_loss(chosen, rejected, 2.0, 0.0).item() == pytest.approx(math.log(2), abs=1e-6)
 
 
 def test_average_logps_divides_by_each_sequences_token_count():
@@ -63,7 +63,7 @@ def test_metrics():
     beta = 2.0
     m = preference_metrics(torch.tensor(CHOSEN), torch.tensor(REJECTED), beta)
     assert m["rewards/chosen"].tolist() == pytest.approx([beta * w for w in CHOSEN])
-    assert m["rewards/rejected"].tolist() == pytest.approx([beta * l for l in REJECTED])
+    assert m["rewards/rejected"].tolist() == pytest.approx([beta * r for r in REJECTED])
     assert m["rewards/accuracies"].tolist() == [0.0, 1.0, 1.0]
-    assert m["rewards/margins"].tolist() == pytest.approx([beta * (w - l) for w, l in zip(CHOSEN, REJECTED)])
+    assert m["rewards/margins"].tolist() == pytest.approx([beta * (c - r) for c, r in zip(CHOSEN, REJECTED)])
     assert m["logps/chosen"].tolist() == pytest.approx(CHOSEN)

@@ -2,6 +2,7 @@ import logging
 
 import torch
 from conftest import TINY_MODEL
+
 from simpo.config import DataArguments, ModelArguments, SimPOConfig
 from simpo.model import get_tokenizer, model_init_kwargs
 from simpo.trainer import load_model

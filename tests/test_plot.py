@@ -81,7 +81,7 @@ def test_simpo_plot_compares_the_eval_curves_of_several_runs(run, tmp_path, caps
     panels = compare_runs([str(run), str(other)], str(tmp_path / "again.png"))
     history = json.loads((run / "trainer_state.json").read_text())["log_history"]
     assert [name for name, _, _ in panels["eval loss"]] == ["run", "run-lr2"]
-    for name, xs, ys in panels["eval rewards/margin_over_gamma"]:
+    for _, xs, ys in panels["eval rewards/margin_over_gamma"]:
         assert (xs, ys) == history_series(history, "eval_rewards/margin_over_gamma")
 
 

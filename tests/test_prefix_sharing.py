@@ -9,8 +9,15 @@ import random
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, Gemma2Config, GPT2Config, GPT2LMHeadModel, LlamaConfig, MistralConfig,
-                          Qwen2Config)
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+)
 
 from simpo.collator import PairCollator
 from simpo.config import SimPOConfig
@@ -51,7 +58,7 @@ def pair(prompt: list[int], chosen: list[int], rejected: list[int], chosen_promp
 
 def mixed_pairs() -> list[dict]:
     rng = random.Random(0)
-    tokens = lambda n: [rng.randrange(1, VOCAB) for _ in range(n)]  # noqa: E731
+    tokens = lambda n: [rng.randrange(1, VOCAB) for _ in range(n)]
     prompt = tokens(9)
     return [
         pair(tokens(5), tokens(12), tokens(7)),
@@ -226,7 +233,7 @@ def test_refuses_what_it_cannot_do_exactly(config, implementation, message):
 
 
 def test_config_and_trainer_choose_the_collator(caplog):
-    with pytest.raises(ValueError, match="padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto"):
+    with pytest.raises(ValueError, match="padding_free packs prefix-shared pairs: it needs prefix_sharing true or"):
         SimPOConfig(output_dir="/tmp/simpo-test", padding_free=True, prefix_sharing=False, report_to=[])
     from transformers import Trainer
 

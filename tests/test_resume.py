@@ -9,9 +9,9 @@ import sys
 import time
 
 import torch
+from conftest import REPO
 from safetensors.torch import load_file
 
-from conftest import REPO
 from simpo.resume import last_complete_checkpoint
 
 RUN = [sys.executable, os.path.join(REPO, "scripts", "run_simpo.py"), "training_configs/tiny-simpo-cpu.yaml",

