@@ -22,16 +22,17 @@ def simpo_loss(
     chosen_avg_logps: torch.Tensor,
     rejected_avg_logps: torch.Tensor,
     beta: float,
-    gamma_beta_ratio: float,
+    gamma: float,
     loss_type: str = "sigmoid",
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Per-pair SimPO loss. logits = (avg_w - avg_l) - gamma/beta, so beta * logits = r_w - r_l - gamma."""
-    logits = (chosen_avg_logps - rejected_avg_logps) - gamma_beta_ratio
+    """Per-pair SimPO loss of the margin m = r_w - r_l - gamma, with rewards r = beta * avg_logp:
+    sigmoid -log sigmoid(m), label-smoothed as the reference does; hinge relu(1 - m)."""
+    margin = beta * (chosen_avg_logps - rejected_avg_logps) - gamma
     if loss_type == "sigmoid":
-        return -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+        return -F.logsigmoid(margin) * (1 - label_smoothing) - F.logsigmoid(-margin) * label_smoothing
     if loss_type == "hinge":
-        return torch.relu(1 - beta * logits)
+        return torch.relu(1 - margin)
     raise ValueError(f"Unknown loss_type {loss_type!r}: use 'sigmoid' or 'hinge'.")
 
 
@@ -42,11 +43,11 @@ def sft_nll(token_logps: torch.Tensor, token_seq: torch.Tensor, num_pairs: int) 
 
 
 def preference_metrics(
-    chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float, gamma_beta_ratio: float = 0.0
+    chosen_avg_logps: torch.Tensor, rejected_avg_logps: torch.Tensor, beta: float, gamma: float = 0.0
 ) -> dict:
     """Per-pair tensors behind rewards/* and logps/*; the caller averages them (over ranks and steps).
 
-    rewards/margin_over_gamma is 1 for a pair whose margin r_w - r_l beats the target gamma = beta * gamma_beta_ratio.
+    rewards/margin_over_gamma is 1 for a pair whose margin r_w - r_l beats the target gamma.
     """
     chosen_rewards = beta * chosen_avg_logps.detach()
     rejected_rewards = beta * rejected_avg_logps.detach()
@@ -56,7 +57,7 @@ def preference_metrics(
         "rewards/rejected": rejected_rewards,
         "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
         "rewards/margins": margins,
-        "rewards/margin_over_gamma": (margins > beta * gamma_beta_ratio).float(),
+        "rewards/margin_over_gamma": (margins > gamma).float(),
         "logps/chosen": chosen_avg_logps.detach(),
         "logps/rejected": rejected_avg_logps.detach(),
     }
