@@ -12,6 +12,7 @@ vocabulary [N], detached).
 import functools
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,8 @@ def fused_token_logps(model, inputs: dict, score_index, score_labels, token_tile
 
     The forward runs through `model` with logits for the last position only; a probe keeps the decoder's final
     hidden states and what the head saw and returned there: the dtype it computed in (bf16 under autocast, whatever
-    the weights' dtype) is the dtype the tiles compute in, and its logits check that the tiles reproduce the head.
+    the weights' dtype) is the dtype the tiles compute in, and its logits check that the tiles reproduce the head
+    (once per head and compute dtype: the check reads a result on the host, which would stall every step).
     """
     lm = unwrap_model(model)
     head = head_module(lm)
@@ -55,7 +57,10 @@ def fused_token_logps(model, inputs: dict, score_index, score_labels, token_tile
     def head_logps(scored: torch.Tensor):
         # Runs as the head's forward (call_as_forward): its weight is whole here, gathered by ZeRO-3's hooks.
         weight, bias = head.weight, getattr(head, "bias", None)
-        check_head(outputs.logits[:, -1], seen.head_input[:, -1], weight, bias, scale, softcap, compute_dtype)
+        checked = CHECKED_HEADS.setdefault(head, set())
+        if compute_dtype not in checked:
+            check_head(outputs.logits[:, -1], seen.head_input[:, -1], weight, bias, scale, softcap, compute_dtype)
+            checked.add(compute_dtype)
         return tiled_logps(scored, weight, bias, score_labels, scale, softcap, compute_dtype, token_tile, vocab_tile)
 
     unshard_fsdp2_head(lm, head)
@@ -168,6 +173,10 @@ def head_module(lm) -> torch.nn.Module:
     if not head.weight.dtype.is_floating_point:
         raise NotImplementedError(f"fused_logps: a quantised LM head ({head.weight.dtype}) is not supported.")
     return head
+
+
+# head module -> the compute dtypes its logits were checked in (weak: a model freed is forgotten)
+CHECKED_HEADS = weakref.WeakKeyDictionary()
 
 
 @functools.cache

@@ -1,6 +1,7 @@
 """SimPO as pure functions of per-token log-probs: averaging, the loss, the logged metrics.
 
 Sequences are numbered 0..2B-1: sequence i < B is the chosen response of pair i, sequence B + i its rejected one.
+Nothing here waits for the GPU (no .item(), bincount or boolean indexing): a step runs without host syncs.
 """
 
 import torch
@@ -14,7 +15,7 @@ def average_logps(token_logps: torch.Tensor, token_seq: torch.Tensor, num_seqs: 
     """
     sums = torch.zeros(num_seqs, dtype=token_logps.dtype, device=token_logps.device)
     sums = sums.index_add(0, token_seq, token_logps)
-    counts = torch.bincount(token_seq, minlength=num_seqs).to(token_logps.dtype)
+    counts = torch.zeros_like(sums).index_add_(0, token_seq, torch.ones_like(token_logps))
     return sums / counts.clamp(min=1)
 
 
@@ -38,8 +39,8 @@ def simpo_loss(
 
 def sft_nll(token_logps: torch.Tensor, token_seq: torch.Tensor, num_pairs: int) -> torch.Tensor:
     """Token-mean negative log-likelihood over all chosen response tokens of the batch."""
-    chosen = token_seq < num_pairs
-    return -token_logps[chosen].sum() / chosen.sum().clamp(min=1)
+    chosen = (token_seq < num_pairs).to(token_logps.dtype)
+    return -(token_logps * chosen).sum() / chosen.sum().clamp(min=1)
 
 
 def preference_metrics(

@@ -7,7 +7,6 @@ scored token's log-prob; simpo/loss.py turns them into the loss and the logged m
 """
 
 import logging
-from collections import defaultdict
 
 import torch
 from torch import nn
@@ -18,6 +17,7 @@ from simpo.launch_checks import check_launch
 from simpo.layouts import choose_layout
 from simpo.logps import fused_token_logps, plain_token_logps
 from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
+from simpo.metrics import FiniteLossGuard, PairWeightedMeans
 from simpo.model import resolve_dtype
 from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
 from simpo.samples import EvalSamples
@@ -91,7 +91,8 @@ class SimPOTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
-        self._stored_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._stored_metrics = {"train": PairWeightedMeans(), "eval": PairWeightedMeans()}
+        self.loss_guard = FiniteLossGuard()
         self._eval_prefix = None  # set while evaluate() runs: its logs are evaluation metrics
         self.throughput = TokenThroughput()
         self.add_callback(RunSummary(self))
@@ -115,14 +116,14 @@ class SimPOTrainer(Trainer):
         losses = simpo_loss(chosen, rejected, args.beta, args.gamma, args.loss_type, args.label_smoothing)
         sft_loss = sft_nll(token_logps, batch["score_seq"], num_pairs)
         loss = losses.mean() + args.sft_weight * sft_loss if args.sft_weight > 0 else losses.mean()
-        if not torch.isfinite(loss):
-            # Stop here: one NaN step poisons every weight it touches.
-            phase = "training" if model.training else "evaluation"
-            raise FloatingPointError(
-                f"Non-finite SimPO loss ({loss.item()}) in {phase} at step {self.state.global_step + 1}: per-pair"
-                f" losses {losses.tolist()}, response lengths {batch['response_lengths'].tolist()}. Lower the"
-                " learning rate, check the data, or resume from the last checkpoint."
-            )
+        # A NaN poisons every weight it touches: stop before a second optimizer step, without a host sync per step.
+        phase, step = "training" if model.training else "evaluation", self.state.global_step + 1
+        seen = loss.detach(), losses.detach(), batch["response_lengths"]
+        self.loss_guard.watch(loss, lambda: (
+            f"Non-finite SimPO loss ({seen[0].item()}) in {phase} at step {step}: per-pair losses {seen[1].tolist()},"
+            f" response lengths {seen[2].tolist()}. Lower the learning rate, check the data, or resume from the last"
+            " checkpoint."
+        ))
 
         metrics = preference_metrics(chosen, rejected, args.beta, args.gamma)
         mean_logits = average_logps(token_logit_means, batch["score_seq"], num_seqs)
@@ -148,14 +149,8 @@ class SimPOTrainer(Trainer):
         return loss.detach(), None, None
 
     def store_metrics(self, metrics: dict, split: str) -> None:
-        """Keep each metric's batch mean weighted by the batch's pairs, summed over processes: log() then averages
-        over pairs, so a short last batch counts for its pairs, not as much as a full one."""
-        names = list(metrics)
-        pairs = torch.tensor(float(metrics["rewards/chosen"].numel()), device=metrics["rewards/chosen"].device)
-        values = torch.stack([metrics[name].float().mean() * pairs for name in names] + [pairs])
-        values = self.accelerator.reduce(values, reduction="sum").tolist()
-        for name, value in zip(names, values):
-            self._stored_metrics[split][name].append((value, values[-1]))
+        """Kept on the device until log() averages them over the pairs of all processes."""
+        self._stored_metrics[split].add(metrics)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         self._eval_prefix = metric_key_prefix + "_"
@@ -168,14 +163,14 @@ class SimPOTrainer(Trainer):
         """Adds the stored metrics to the log they belong to: evaluation metrics (with their prefix) while evaluate()
         runs; a training window's to the Trainer's periodic logs (they carry "loss"); none to the end-of-training
         summary (train_runtime, ...), which gets the run's throughput instead."""
+        self.loss_guard.check()  # the last micro-batch before this log
         if self._eval_prefix is not None:
             split, prefix = "eval", self._eval_prefix
         else:
             split, prefix = ("train", "") if "loss" in logs else (None, "")
         if split is not None:
-            for name, weighted in self._stored_metrics[split].items():
-                logs[prefix + name] = sum(v for v, _ in weighted) / sum(n for _, n in weighted)
-            self._stored_metrics[split].clear()
+            means = self._stored_metrics[split].pop(self.accelerator)
+            logs.update({prefix + name: mean for name, mean in means.items()})
         # Real-token throughput: per logging window in train logs, over the run in the end-of-training metrics.
         if split == "train":
             logs.update(self.throughput.window(self.accelerator))

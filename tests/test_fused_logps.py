@@ -25,6 +25,7 @@ from simpo.config import SimPOConfig
 from simpo.fused_logps import tiled_logps
 from simpo.logps import fused_token_logps, plain_token_logps
 from simpo.loss import average_logps, sft_nll, simpo_loss
+from simpo.metrics import FiniteLossGuard
 from simpo.prefix_sharing import SharedPrefixLayout
 from simpo.trainer import SimPOTrainer
 
@@ -234,7 +235,9 @@ def test_trainer_loss_and_metrics_are_the_same_on_either_path():
     model, batch = tiny_llama(), PLAIN(features())
     args = SimpleNamespace(beta=2.0, gamma=1.0, loss_type="sigmoid", label_smoothing=0.0, sft_weight=0.3)
     (loss, metrics), (plain_loss, plain_metrics) = (
-        SimPOTrainer.batch_loss_and_metrics(SimpleNamespace(args=args, layout=PLAIN, token_logps=fn), model, batch)
+        SimPOTrainer.batch_loss_and_metrics(SimpleNamespace(args=args, layout=PLAIN, token_logps=fn,
+                                                            loss_guard=FiniteLossGuard(),
+                                                            state=SimpleNamespace(global_step=0)), model, batch)
         for fn in (fused_token_logps, plain_token_logps)
     )
     torch.testing.assert_close(loss, plain_loss, **FP32)
