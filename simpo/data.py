@@ -1,7 +1,9 @@
 """The dataset mixer: {source: fraction} over hub ids, save_to_disk folders and local json/jsonl/parquet files."""
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
@@ -9,7 +11,17 @@ from simpo.validation import DataError, handle_drops, validate_rows, without_row
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("prompt", "chosen", "rejected")
+
+
+class RowFormat(NamedTuple):
+    """One kind of training row: the columns kept, and the check that raises on a malformed row and returns the
+    degenerate ones as drop records (validate(dataset, source, split))."""
+
+    columns: tuple[str, ...]
+    validate: Callable
+
+
+PREFERENCE_PAIRS = RowFormat(("prompt", "chosen", "rejected"), validate_rows)
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -50,11 +62,13 @@ def mix_datasets(
     configs: list[str] | None = None,
     seed: int = 42,
     on_degenerate: str = "drop",
+    row_format: RowFormat = PREFERENCE_PAIRS,
 ) -> tuple[DatasetDict, list[dict]]:
     """Train splits are subsampled to their fraction, test splits kept whole; each side concatenated and shuffled.
 
-    Malformed rows raise DataError; degenerate pairs (identical or empty replies) are dropped and returned as
-    records {source, split, row, reason}, or raise when on_degenerate is "error".
+    Malformed rows raise DataError; degenerate rows (for pairs: identical or empty replies) are dropped and returned as
+    records {source, split, row, reason}, or raise when on_degenerate is "error". row_format says what a row is
+    (preference pairs by default; simpo.sft_data.CONVERSATIONS for SFT).
     """
     if not dataset_mixer:
         raise DataError("dataset_mixer is empty: give at least one {source: fraction}.")
@@ -77,9 +91,9 @@ def mix_datasets(
             dataset = load_split(source, split, config)
             if side == "train":
                 dataset = dataset.select(range(int(fraction * len(dataset))))
-            degenerate = validate_rows(dataset, source, split)
+            degenerate = row_format.validate(dataset, source, split)
             handle_drops(degenerate, on_degenerate)
-            dataset = dataset.select_columns([c for c in COLUMNS if c in dataset.column_names])
+            dataset = dataset.select_columns([c for c in row_format.columns if c in dataset.column_names])
             dataset = without_rows(dataset, degenerate)
             parts[side].append(dataset)
             drops += degenerate

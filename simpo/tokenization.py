@@ -9,10 +9,15 @@ def split_prompt_answer(tokenizer, prompt: str, answer: str) -> tuple[list[int],
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
-    start = len(prompt_ids)
-    if full_ids[:start] != prompt_ids:
-        start -= 1
+    start = answer_start(prompt_ids, full_ids)
     return full_ids[:start], full_ids[start:]
+
+
+def answer_start(prompt_ids: list[int], full_ids: list[int]) -> int:
+    """Where the answer starts in the joint tokens: after the prompt's own tokens, or one token earlier when they are
+    not a prefix of the joint tokens (a merge across the boundary; the merged token goes to the answer)."""
+    start = len(prompt_ids)
+    return start if full_ids[:start] == prompt_ids else start - 1
 
 
 def tokenize_row(

@@ -101,18 +101,19 @@ def without_rows(dataset, drops: list[dict]):
     return dataset.select([i for i in range(len(dataset)) if i not in dropped])
 
 
-def report_drops(drops: list[dict], output_dir: str | None) -> None:
-    """One summary line in the log, every dropped row in output_dir/dropped_pairs.jsonl."""
+def report_drops(drops: list[dict], output_dir: str | None, noun: str = "preference pairs",
+                 file_name: str = "dropped_pairs.jsonl") -> None:
+    """One summary line in the log, every dropped row in output_dir/<file_name>."""
     if not drops:
-        logger.info("No preference pairs dropped.")
+        logger.info("No %s dropped.", noun)
         return
     counts = Counter(d["reason"] for d in drops)
     where = ""
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, "dropped_pairs.jsonl")
+        path = os.path.join(output_dir, file_name)
         with open(path, "w") as f:
             f.writelines(json.dumps(d) + "\n" for d in drops)
         where = f"; rows listed in {path}"
     summary = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
-    logger.warning("Dropped %d preference pairs (%s)%s.", len(drops), summary, where)
+    logger.warning("Dropped %d %s (%s)%s.", len(drops), noun, summary, where)

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM
 from simpo.launch_checks import check_distributed_setup
 
 TINY_CONFIG = "training_configs/tiny-simpo-cpu.yaml"
+TINY_SFT_CONFIG = "training_configs/tiny-sft-cpu.yaml"
 # 4 optimizer steps of 2 x 16 pairs, nothing else: no evaluation, checkpoint or logger.
 SHORT_RUN = [
     "--max_steps=4", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false", "--report_to=none",
@@ -30,14 +31,16 @@ SHORT_RUN = [
 TIMEOUT_S = 900  # generous: the machine may be busy, and the first ZeRO-3 launch compiles
 
 
-def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = ()) -> SimpleNamespace:
-    """accelerate launch tests/dist_train.py on the tiny config; returns the process, the probe records and dirs."""
+def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = (), recipe: tuple = (TINY_CONFIG,)
+           ) -> SimpleNamespace:
+    """accelerate launch tests/dist_train.py on the tiny config (recipe: ("sft", TINY_SFT_CONFIG) for the SFT
+    recipe); returns the process, the probe records and dirs."""
     probe, out = tmp_path / "probe", tmp_path / "out"
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
         "--main_process_port", "0",  # a free port: other test runs may share the machine
         *launch_args,
-        "tests/dist_train.py", str(probe), TINY_CONFIG, f"--output_dir={out}", *SHORT_RUN, *train_args,
+        "tests/dist_train.py", str(probe), *recipe, f"--output_dir={out}", *SHORT_RUN, *train_args,
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -67,14 +70,14 @@ def assert_same_params(a: dict, b: dict, **tolerance) -> None:
         torch.testing.assert_close(a[name], b[name], **(tolerance or {"rtol": 0, "atol": 0}), msg=name)
 
 
-def assert_really_distributed(run, wrapper: str) -> None:
+def assert_really_distributed(run, wrapper: str, batches_per_rank: int = 19) -> None:
     assert [r["rank"] for r in run.records] == [0, 1], run.output[-5000:]
     for record in run.records:
         assert record["world_size"] == 2 and record["backend"] == "gloo"
         assert record["wrapped_type"] == wrapper
         assert record["global_step"] == 4
         # Each rank iterates its half of the data: 600 pairs / 16 per batch = 38 batches, 19 per rank.
-        assert record["batches_per_epoch"] == 19
+        assert record["batches_per_epoch"] == batches_per_rank
     rank0, rank1 = run.params
     assert_same_params(rank0, rank1)  # replicas in sync, bit for bit
     untrained = dict(AutoModelForCausalLM.from_pretrained(TINY_MODEL).named_parameters())
@@ -107,6 +110,15 @@ def test_zero3_trains_the_same_model_as_ddp(ddp, zero3):
     """Same data, seed and steps: sharding changes where the numbers live, not what they are (up to summation
     order)."""
     assert_same_params(zero3.params[0], ddp.params[0], rtol=1e-4, atol=1e-6)
+
+
+def test_sft_under_ddp_trains_two_gloo_processes_in_sync(tmp_path):
+    """The SFT recipe (TRL's SFTTrainer) under the same launcher: 433 conversations / 16 per batch = 28 batches,
+    14 per rank."""
+    run = finished(launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", recipe=("sft", TINY_SFT_CONFIG)))
+    assert_really_distributed(run, "torch.nn.parallel.distributed.DistributedDataParallel", batches_per_rank=14)
+    assert_saved_model_is(run, run.params[0])
+    assert "distributed     MULTI_CPU, 2 process(es)" in run.output
 
 
 def test_fsdp_on_cpu_is_refused_not_degraded_to_ddp(tmp_path):
