@@ -27,7 +27,6 @@ from simpo.sft_reporting import (
     SFT_OUTPUT_FILES,
     SFTRunSummary,
     throughput,
-    token_counts,
 )
 from simpo.sft_tokenization import tokenize_conversations
 from simpo.trainer import disable_dropout
@@ -37,18 +36,19 @@ logger = logging.getLogger("simpo")
 SFT_ARGUMENTS = (ModelArguments, DataArguments, SFTRunConfig)
 
 
-def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, list[dict]]:
-    """{"train": ..., "test": ...} of input_ids/labels, and the drop records of rows left with nothing to learn."""
-    out, drops = {}, []
+def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, list[dict], dict]:
+    """{"train": ..., "test": ...} of input_ids/labels, the drop records of rows left with nothing to learn, and
+    each split's token counts."""
+    out, drops, counts = {}, [], {}
     with args.main_process_first(desc="tokenizing conversations"):
         for side, split in (("train", "train"), ("test", "eval")):
             if side in datasets:
-                out[side], dropped = tokenize_conversations(
+                out[side], dropped, counts[side] = tokenize_conversations(
                     datasets[side], tokenizer, args.max_length, split, data_args.auto_insert_empty_system_msg,
                     num_proc=data_args.preprocessing_num_workers,
                 )
                 drops += dropped
-    return out, drops
+    return out, drops, counts
 
 
 def sft_model_init_kwargs(model_args, args) -> dict:
@@ -83,12 +83,12 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> No
     require_eval_split(args, raw_datasets)
     tokenizer = get_tokenizer(model_args, data_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
-    tokenized, token_drops = tokenize_splits(raw_datasets, tokenizer, data_args, args)
+    tokenized, token_drops, counts = tokenize_splits(raw_datasets, tokenizer, data_args, args)
     drops += token_drops
     raise_on_drops(drops, args.on_degenerate_rows)
 
     args.model_init_kwargs = sft_model_init_kwargs(model_args, args)
-    stop, summary = StopOnSignal(), SFTRunSummary({k: token_counts(v) for k, v in tokenized.items()}, drops)
+    stop, summary = StopOnSignal(), SFTRunSummary(counts, drops)
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
         args=args,

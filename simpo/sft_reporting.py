@@ -13,15 +13,9 @@ SFT_OUTPUT_FILES = tuple(f for f in OUTPUT_FILES if f != "dropped_pairs.jsonl") 
 DROPPED_FILE = "dropped_conversations.jsonl"
 
 
-def token_counts(dataset) -> dict:
-    """Tokens, labelled (assistant) tokens and the longest row of a tokenised split."""
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    labelled = sum(sum(t != -100 for t in labels) for labels in dataset["labels"])
-    return {"rows": len(lengths), "tokens": sum(lengths), "labelled": labelled, "longest": max(lengths, default=0)}
-
-
 def start_summary(trainer, counts: dict, drops: list[dict], state=None) -> str:
-    """counts: {"train": token_counts(...), "test": ...} of the tokenised splits, before any packing."""
+    """counts: {"train": {rows, tokens, labelled, longest}, "test": ...} of the tokenised splits (before any
+    packing), as simpo.sft_tokenization.tokenize_conversations counts them."""
     args = trainer.args
     model = unwrap_model(trainer.model)
     config = getattr(model, "config", None)

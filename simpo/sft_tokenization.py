@@ -8,6 +8,12 @@ goes to the turn after it, BOS first once, EOS last once (labelled, as the end o
 made of one exchange therefore gets exactly SimPO's chosen ids and labels.
 """
 
+import inspect
+import sys
+
+from datasets.fingerprint import Hasher
+
+from simpo import chat_templates, tokenization
 from simpo.chat_templates import maybe_insert_system_message, strip_bos
 from simpo.tokenization import answer_start
 from simpo.validation import without_rows
@@ -70,21 +76,30 @@ def tokenize_conversation(messages: list[dict], tokenizer, max_length: int,
 
 
 def tokenize_row(row: dict, **kwargs) -> dict:
-    return tokenize_conversation(row["messages"], **kwargs)
+    out = tokenize_conversation(row["messages"], **kwargs)
+    return {**out, "length": len(out["input_ids"]), "num_labelled": sum(t != IGNORE for t in out["labels"])}
 
 
 def tokenize_conversations(dataset, tokenizer, max_length: int, split: str, auto_insert_empty_system_msg: bool = True,
                            num_proc: int | None = None):
-    """(dataset of input_ids/labels, drop records of rows left with nothing to learn). Drop records name the row
-    by its index in the mixed, shuffled split, with source "tokenized", as SimPO's tokenisation drops do."""
+    """(dataset of input_ids/labels, drop records of rows left with nothing to learn, counts {rows, tokens,
+    labelled, longest} of the rows kept). Drop records name the row by its index in the mixed, shuffled split, with
+    source "tokenized", as SimPO's tokenisation drops do."""
     if dataset is None:
-        return None, []
+        return None, [], {}
     kwargs = {"tokenizer": tokenizer, "max_length": max_length,
               "auto_insert_empty_system_msg": auto_insert_empty_system_msg}
+    # datasets fingerprints a module's function by its name, not its code: hash the code too, so that cached rows
+    # tokenised by an older simpo are not reused.
+    code = [inspect.getsource(module) for module in (sys.modules[__name__], chat_templates, tokenization)]
     dataset = dataset.map(
-        tokenize_row, fn_kwargs=kwargs, num_proc=num_proc,
-        remove_columns=dataset.column_names, desc=f"Tokenizing {split} conversations",
+        tokenize_row, fn_kwargs=kwargs, num_proc=num_proc, remove_columns=dataset.column_names,
+        new_fingerprint=Hasher.hash([dataset._fingerprint, kwargs, code]), desc=f"Tokenizing {split} conversations",
     )
     drops = [{"source": "tokenized", "split": split, "row": i, "reason": reason}
              for i, reason in enumerate(dataset["drop_reason"]) if reason]
-    return without_rows(dataset, drops).remove_columns("drop_reason"), drops
+    dataset = without_rows(dataset, drops)
+    lengths = dataset["length"]
+    counts = {"rows": len(dataset), "tokens": sum(lengths), "labelled": sum(dataset["num_labelled"]),
+              "longest": max(lengths, default=0)}
+    return dataset.remove_columns(["drop_reason", "length", "num_labelled"]), drops, counts

@@ -33,7 +33,7 @@ def tiny():
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     tokenizer.pad_token = tokenizer.eos_token
     rows = load_dataset("json", data_files=os.path.join(TINY_CHAT, "test.jsonl"), split="train").select(range(12))
-    dataset, drops = tokenize_conversations(rows.select_columns(["messages"]), tokenizer, 128, "eval")
+    dataset, drops, _ = tokenize_conversations(rows.select_columns(["messages"]), tokenizer, 128, "eval")
     assert drops == [] and len(dataset) == 12
     return tokenizer, dataset
 

@@ -129,9 +129,12 @@ def test_truncation_keeps_the_start_and_a_row_with_no_reply_left_is_dropped(make
     assert gone["drop_reason"] == "assistant turns truncated away (max_length)"
 
     rows = Dataset.from_list([{"messages": MULTI}, {"messages": MULTI[1:3]}, {"messages": MULTI}])
-    dataset, drops = tokenize_conversations(rows, tok, max_length=14, split="train")
+    dataset, drops, counts = tokenize_conversations(rows, tok, max_length=14, split="train")
     assert len(dataset) == 1 and dataset.column_names == ["input_ids", "labels"]
     assert [d["row"] for d in drops] == [0, 2] and {d["split"] for d in drops} == {"train"}
+    kept = dataset[0]
+    assert counts == {"rows": 1, "tokens": len(kept["input_ids"]), "longest": len(kept["input_ids"]),
+                      "labelled": sum(t != -100 for t in kept["labels"])}
 
 
 def test_a_template_that_renders_beginnings_differently_is_refused(make_tokenizer):
@@ -176,3 +179,18 @@ def test_empty_replies_are_dropped_and_counted_or_stop_the_run(tmp_path):
     raise_on_drops(drops, "drop")
     with pytest.raises(DataError, match=r"\[train\] row 1: empty assistant reply \(1 such rows\).*on_degenerate_rows"):
         raise_on_drops(drops, "error")
+
+
+def test_cached_tokenisation_is_reused_only_by_the_same_code(tmp_path, make_tokenizer, monkeypatch):
+    """datasets names a module function's cache by the function's name: an edited simpo must not reuse it."""
+    import simpo.sft_tokenization as module
+
+    tok = make_tokenizer(TAGGED_SPECIALS, bos="<s>", eos="</s>", template=TAGGED)
+    write(tmp_path / "train.jsonl", [{"messages": MULTI}, {"messages": MULTI[1:3]}])
+    rows = mix_datasets({str(tmp_path): 1.0}, ["train"], row_format=CONVERSATIONS)[0]["train"]
+    cache = lambda: tokenize_conversations(rows, tok, 64, "train")[0].cache_files[0]["filename"]
+    first = cache()
+    assert cache() == first  # same code, data and settings: the cached rows
+    real = module.inspect.getsource
+    monkeypatch.setattr(module.inspect, "getsource", lambda m: real(m) + "# edited")
+    assert cache() != first
