@@ -12,7 +12,6 @@ from simpo.validation import DataError, handle_drops, validate_rows, without_row
 logger = logging.getLogger(__name__)
 
 
-
 class RowFormat(NamedTuple):
     """One kind of training row: the columns kept, and the check that raises on a malformed row and returns the
     degenerate ones as drop records (validate(dataset, source, split))."""

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from simpo.resume import last_complete_checkpoint
 
 RUN = [sys.executable, os.path.join(REPO, "scripts", "run_sft.py"), "training_configs/tiny-sft-cpu.yaml",
-       "--max_steps=30", "--save_strategy=steps", "--save_steps=1000", "--logging_steps=1", "--eval_strategy=no",
+       "--max_steps=16", "--save_strategy=steps", "--save_steps=1000", "--logging_steps=1", "--eval_strategy=no",
        "--do_eval=false", "--eval_on_start=false", "--report_to=none", "--per_device_train_batch_size=8"]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
@@ -47,7 +47,7 @@ def test_sigterm_checkpoints_then_the_relaunch_resumes_and_matches_an_uninterrup
     assert "Received SIGTERM: stopping after this step." in output
     checkpoint = last_complete_checkpoint(str(stopped))
     stopped_at = json.loads(open(os.path.join(checkpoint, "trainer_state.json")).read())["global_step"]
-    assert checkpoint.endswith(f"checkpoint-{stopped_at}") and 1 <= stopped_at < 30
+    assert checkpoint.endswith(f"checkpoint-{stopped_at}") and 1 <= stopped_at < 16
     assert not (stopped / "model.safetensors").exists()  # no final save after a stop
 
     with open(tmp_path / "resumed.log", "w") as log:
@@ -55,7 +55,7 @@ def test_sigterm_checkpoints_then_the_relaunch_resumes_and_matches_an_uninterrup
                               stderr=subprocess.STDOUT, timeout=600).returncode == 0
     assert f"Resuming from the last complete checkpoint in output_dir: {checkpoint}" in (
         tmp_path / "resumed.log").read_text()
-    assert final_step(stopped) == final_step(reference) and final_step(stopped)["step"] == 30
+    assert final_step(stopped) == final_step(reference) and final_step(stopped)["step"] == 16
     expected, got = load_file(reference / "model.safetensors"), load_file(stopped / "model.safetensors")
     assert expected.keys() == got.keys()
     for name in expected:
