@@ -7,6 +7,7 @@ INSTALL_REQUIRES = [
     "accelerate>=1.10,<2",
     "datasets>=4,<6",
     "peft>=0.17,<0.22",
+    "trl>=1.16,<1.17",  # SFTTrainer, for the SFT stage (simpo-sft)
     "pyyaml>=6",
     "safetensors>=0.5",
     "sentencepiece>=0.2",
@@ -32,6 +33,7 @@ setup(
     entry_points={
         "console_scripts": [
             "simpo-train=simpo.cli:train_main",
+            "simpo-sft=simpo.sft_cli:sft_main",
             "simpo-plot=simpo.plot:main",
         ]
     },

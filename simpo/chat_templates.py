@@ -1,5 +1,7 @@
 """Message lists -> prompt / chosen / rejected strings with the model's chat template (reference semantics)."""
 
+from simpo.data import map_fingerprint
+
 # Mistral's own template rejects system messages, so (like the reference) we fold the system message into the first
 # user turn. No BOS in the text: tokenisation adds it once.
 MISTRAL_CHAT_TEMPLATE = (
@@ -68,4 +70,14 @@ def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool
         "prompt": render_prompt(prompt_turns, tokenizer, auto_insert_empty_system_msg),
         "chosen": render_response(chosen_turns, tokenizer),
         "rejected": render_response(rejected_turns, tokenizer),
+    }
+
+
+def render_pairs(datasets: dict, tokenizer, auto_insert_empty_system_msg: bool = True, num_proc: int | None = None):
+    """apply_chat_template over every split of {split: dataset}; each row keeps its other columns (its origin)."""
+    template = {"tokenizer": tokenizer, "auto_insert_empty_system_msg": auto_insert_empty_system_msg}
+    return {
+        side: dataset.map(apply_chat_template, fn_kwargs=template, num_proc=num_proc,
+                          new_fingerprint=map_fingerprint(dataset, template), desc="Applying chat template")
+        for side, dataset in datasets.items()
     }

@@ -8,7 +8,7 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from simpo.chat_templates import apply_chat_template, set_chat_template
+from simpo.chat_templates import render_pairs, set_chat_template
 from simpo.data import mix_datasets
 from simpo.launch_checks import check_launch
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
@@ -66,12 +66,8 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         )
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
-    raw_datasets = raw_datasets.map(  # message lists -> prompt/chosen/rejected strings; each row keeps its origin
-        apply_chat_template,
-        fn_kwargs={"tokenizer": tokenizer, "auto_insert_empty_system_msg": data_args.auto_insert_empty_system_msg},
-        num_proc=data_args.preprocessing_num_workers,
-        desc="Applying chat template",
-    )
+    raw_datasets = render_pairs(raw_datasets, tokenizer, data_args.auto_insert_empty_system_msg,
+                                data_args.preprocessing_num_workers)
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     stop = StopOnSignal()

@@ -1,19 +1,44 @@
 """The dataset mixer: {source: fraction} over hub ids, save_to_disk folders and local json/jsonl/parquet files."""
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
+from datasets.fingerprint import Hasher
 
 from simpo.validation import DataError, validate_rows
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("prompt", "chosen", "rejected")
-# Where each row came from, carried through chat templating and tokenisation so that a dropped pair is reported as
+
+class RowFormat(NamedTuple):
+    """One kind of training row: the columns kept, and the check that raises on a malformed row
+    (validate(dataset, source, split)), naming source, split and row."""
+
+    columns: tuple[str, ...]
+    validate: Callable
+
+
+PREFERENCE_PAIRS = RowFormat(("prompt", "chosen", "rejected"), validate_rows)
+# Where each row came from, carried through chat templating and tokenisation so that a dropped row is reported as
 # the row a user can find in their file: {source, split, row}.
 ORIGIN = "origin"
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@functools.cache
+def simpo_code_hash() -> str:
+    """A hash of simpo's own source. datasets fingerprints a module's function by its name, not its code, so a map's
+    cached rows would outlive an edit or upgrade of the code that made them."""
+    return Hasher.hash([path.read_text() for path in sorted(Path(__file__).parent.glob("*.py"))])
+
+
+def map_fingerprint(dataset: Dataset, *arguments) -> str:
+    """The fingerprint of dataset.map(...) over this dataset with these arguments and today's simpo code."""
+    return Hasher.hash([dataset._fingerprint, simpo_code_hash(), *arguments])
 
 
 def load_files(source: str, split: str, files: list[Path]) -> Dataset:
@@ -52,9 +77,11 @@ def mix_datasets(
     splits: list[str],
     configs: list[str] | None = None,
     seed: int = 42,
+    row_format: RowFormat = PREFERENCE_PAIRS,
 ) -> DatasetDict:
     """Train splits are subsampled to their fraction (their first rows), test splits kept whole; each side is
-    concatenated and shuffled. Malformed rows raise DataError. Every row keeps its origin (column ORIGIN)."""
+    concatenated and shuffled. Malformed rows raise DataError. Every row keeps its origin (column ORIGIN).
+    row_format says what a row is (preference pairs by default; simpo.sft_data.CONVERSATIONS for SFT)."""
     if not dataset_mixer:
         raise DataError("dataset_mixer is empty: give at least one {source: fraction}.")
     configs = configs or [None] * len(dataset_mixer)
@@ -76,9 +103,9 @@ def mix_datasets(
             dataset = load_split(source, split, config)
             if side == "train":
                 dataset = dataset.select(range(int(fraction * len(dataset))))
-            validate_rows(dataset, source, split)
+            row_format.validate(dataset, source, split)
             origins = [{"source": source, "split": split, "row": row} for row in range(len(dataset))]
-            dataset = dataset.select_columns([c for c in COLUMNS if c in dataset.column_names])
+            dataset = dataset.select_columns([c for c in row_format.columns if c in dataset.column_names])
             dataset = dataset.add_column(ORIGIN, origins)
             parts[side].append(dataset)
             logger.info("Using %d rows of %s [%s] for %s", len(dataset), source, split, side)

@@ -184,8 +184,8 @@ def _rename_legacy(values: dict, fields: set, source: str) -> dict:
     return out
 
 
-def usage(dataclass_types) -> str:
-    lines = ["usage: simpo-train CONFIG.yaml [--key=value | --key value ...]"]
+def usage(dataclass_types, prog: str = "simpo-train") -> str:
+    lines = [f"usage: {prog} CONFIG.yaml [--key=value | --key value ...]"]
     for cls in dataclass_types:
         lines.append(f"\n{cls.__name__}:")
         hints = typing.get_type_hints(cls)
@@ -196,11 +196,12 @@ def usage(dataclass_types) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None, dataclass_types=(ModelArguments, DataArguments, SimPOConfig)) -> tuple:
+def parse_args(argv: list[str] | None = None, dataclass_types=(ModelArguments, DataArguments, SimPOConfig),
+               prog: str = "simpo-train") -> tuple:
     """`[config.yaml] [--key=value | --key value | --bool_flag]...` -> one instance per dataclass, in order."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(usage(dataclass_types))
+        print(usage(dataclass_types, prog))
         raise SystemExit(0)
     owners = {}  # key -> [(dataclass index, type)]; a key of several dataclasses feeds them all
     for n, cls in enumerate(dataclass_types):

@@ -28,6 +28,13 @@ RUN_PANELS = {
     "response length (tokens)": ["lengths/chosen", "lengths/rejected"],
     "learning rate": ["learning_rate"],
 }
+# An SFT run (simpo-sft, TRL's metrics) logs no rewards: its own panels.
+SFT_PANELS = {
+    "loss (assistant tokens)": ["loss"],
+    "token accuracy": ["mean_token_accuracy"],
+    "entropy": ["entropy"],
+    "learning rate": ["learning_rate"],
+}
 COMPARE_PANELS = {
     "eval loss": "eval_loss",
     "eval rewards/accuracies": "eval_rewards/accuracies",
@@ -92,8 +99,9 @@ def plot_run(output_dir: str, out: str | None = None) -> dict:
     Each panel holds the train series and the eval_ series of its metrics; panels with no data are left out.
     """
     history = load_history(output_dir)
+    sft = any("mean_token_accuracy" in h for h in history)
     panels = {}
-    for panel, keys in RUN_PANELS.items():
+    for panel, keys in (SFT_PANELS if sft else RUN_PANELS).items():
         lines = []
         for key in keys:
             for name in (key, "eval_" + key):
@@ -104,7 +112,8 @@ def plot_run(output_dir: str, out: str | None = None) -> dict:
             panels[panel] = lines
     if not panels:
         raise ValueError(f"{output_dir}: the log history has no metric to plot yet.")
-    draw(panels, out or os.path.join(output_dir, CURVES_FILE), f"SimPO run: {os.path.abspath(output_dir)}")
+    title = f"{'SFT' if sft else 'SimPO'} run: {os.path.abspath(output_dir)}"
+    draw(panels, out or os.path.join(output_dir, CURVES_FILE), title)
     return panels
 
 

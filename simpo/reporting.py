@@ -121,16 +121,19 @@ def plot_curves(trainer) -> str | None:
         return None
 
 
+SIMPO_END_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/margin_over_gamma", "lengths/chosen",
+                  "lengths/rejected")
+
+
 def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict | None = None,
-                written: list[str] | None = None) -> str:
-    """Time, throughput, final train and eval metrics, and the paths a run wrote."""
+                written: list[str] | None = None, title: str = "SimPO run", keys: tuple = SIMPO_END_KEYS,
+                files: tuple = OUTPUT_FILES, unit: str = "pairs") -> str:
+    """Time, throughput, final train and eval metrics (`keys`), and the paths a run wrote (those of `files` found)."""
     train_metrics = train_metrics or {}
     history = trainer.state.log_history
     last_train = next((h for h in reversed(history) if "loss" in h), {})
     if eval_metrics is None:
         eval_metrics = next((h for h in reversed(history) if "eval_loss" in h), {})
-    keys = ("loss", "rewards/accuracies", "rewards/margins", "rewards/margin_over_gamma", "lengths/chosen",
-            "lengths/rejected")
 
     def show(metrics: dict, prefix: str) -> str:
         return ", ".join(f"{k} {metrics[prefix + k]:.4g}" for k in keys if prefix + k in metrics) or "none"
@@ -138,17 +141,17 @@ def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict |
     runtime = train_metrics.get("train_runtime")
     lines = [
         RULE,
-        "SimPO run finished",
+        f"{title} finished",
         f"  time            {runtime:.1f} s for {trainer.state.global_step} steps" if runtime is not None
         else f"  steps           {trainer.state.global_step}",
         f"  throughput      {train_metrics.get('train_tokens_per_second', float('nan')):,.0f} real tokens/s "
-        f"(training only), {train_metrics.get('train_samples_per_second', float('nan')):.3g} pairs/s",
+        f"(training only), {train_metrics.get('train_samples_per_second', float('nan')):.3g} {unit}/s",
         f"  last train log  {show(last_train, '')}",
         f"  final eval      {show(eval_metrics, 'eval_')}",
         f"  written to      {trainer.args.output_dir}",
     ]
     if written is None:
-        written = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(trainer.args.output_dir, f))]
+        written = [f for f in files if os.path.exists(os.path.join(trainer.args.output_dir, f))]
     lines += [f"                  {path}" for path in written]
     tb = tensorboard_dir(trainer)
     if tb is not None:

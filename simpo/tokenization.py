@@ -2,8 +2,8 @@
 the ids a model is prompted with for generation, derived from the same rendering and tokenisation."""
 
 from simpo.chat_templates import render_prompt, render_response
-from simpo.data import ORIGIN
-from simpo.validation import DroppedPair, degenerate_reason, handle_drops
+from simpo.data import ORIGIN, map_fingerprint
+from simpo.validation import DroppedRow, degenerate_reason, handle_drops
 
 # Stands for the assistant's content when the response header is read off the template.
 CONTENT_MARK = "<<simpo-content>>"
@@ -19,10 +19,15 @@ def split_prompt_answer(tokenizer, prompt: str, answer: str) -> tuple[list[int],
     """
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tokenizer(prompt + answer, add_special_tokens=False)["input_ids"]
-    start = len(prompt_ids)
-    if full_ids[:start] != prompt_ids:
-        start -= 1
+    start = answer_start(prompt_ids, full_ids)
     return full_ids[:start], full_ids[start:]
+
+
+def answer_start(prompt_ids: list[int], full_ids: list[int]) -> int:
+    """Where the answer starts in the joint tokens: after the prompt's own tokens, or one token earlier when they are
+    not a prefix of the joint tokens (a merge across the boundary; the merged token goes to the answer)."""
+    start = len(prompt_ids)
+    return start if full_ids[:start] == prompt_ids else start - 1
 
 
 def bos_once(ids: list[int], bos: int | None) -> list[int]:
@@ -120,10 +125,12 @@ def tokenize_pairs(dataset, tokenizer, args, name: str):
         origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
         return {**tokens, "drop_reason": reason or "", ORIGIN: origin}
 
+    settings = (tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id, name)
     dataset = dataset.map(tokenize, with_indices=True, num_proc=args.dataset_num_proc,
-                          remove_columns=dataset.column_names, desc=f"Tokenizing {name}")
+                          remove_columns=dataset.column_names, new_fingerprint=map_fingerprint(dataset, *settings),
+                          desc=f"Tokenizing {name}")
     reasons = dataset["drop_reason"]
-    drops = [DroppedPair(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
+    drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
     handle_drops(drops, args.on_degenerate_pairs)
     if drops:
         dataset = dataset.select([i for i, reason in enumerate(reasons) if not reason])

@@ -78,7 +78,7 @@ class SimPOTrainer(Trainer):
         pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
         self.layout = choose_layout(model, args, pad_token_id)
         self.token_logps = fused_token_logps if args.fused_logps else plain_token_logps
-        self.dropped_pairs = {}  # per dataset ("train", "eval"): DroppedPair records of the pairs left out
+        self.dropped_pairs = {}  # per dataset ("train", "eval"): DroppedRow records of the pairs left out
         with args.main_process_first(desc="tokenizing preference pairs"):
             train_dataset = self.tokenize(train_dataset, processing_class, args, "train")
             eval_dataset = self.tokenize(eval_dataset, processing_class, args, "eval")

@@ -17,8 +17,9 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
-class DroppedPair:
-    """A pair left out of training: where it came from (the row of that split of that source) and why."""
+class DroppedRow:
+    """A row left out of training (a preference pair, an SFT conversation): where it came from (the row of that
+    split of that source) and why."""
 
     source: str
     split: str
@@ -92,28 +93,31 @@ def validate_rows(dataset, source: str, split: str) -> None:
             )
 
 
-def handle_drops(drops: list[DroppedPair], on_degenerate: str) -> None:
-    """Raise on the first degenerate pair when asked to; otherwise leave the counting to report_drops."""
+def handle_drops(drops: list[DroppedRow], on_degenerate: str, key: str = "on_degenerate_pairs",
+                 noun: str = "pairs") -> None:
+    """Raise on the first dropped row when `key` (its value on_degenerate) says error; otherwise leave the counting
+    to report_drops."""
     if drops and on_degenerate == "error":
         first = drops[0]
         raise DataError(
-            f"{first.source} [{first.split}] row {first.row}: {first.reason} ({len(drops)} such pairs)."
-            " Fix the data, or set on_degenerate_pairs: drop to skip them."
+            f"{first.source} [{first.split}] row {first.row}: {first.reason} ({len(drops)} such {noun})."
+            f" Fix the data, or set {key}: drop to skip them."
         )
 
 
-def report_drops(drops: list[DroppedPair], output_dir: str | None) -> None:
-    """One summary line in the log, every dropped row in output_dir/dropped_pairs.jsonl."""
+def report_drops(drops: list[DroppedRow], output_dir: str | None, noun: str = "preference pairs",
+                 file_name: str = "dropped_pairs.jsonl") -> None:
+    """One summary line in the log, every dropped row in output_dir/<file_name>."""
     if not drops:
-        logger.info("No preference pairs dropped.")
+        logger.info("No %s dropped.", noun)
         return
     counts = Counter(d.reason for d in drops)
     where = ""
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, "dropped_pairs.jsonl")
+        path = os.path.join(output_dir, file_name)
         with open(path, "w") as f:
             f.writelines(json.dumps(asdict(d)) + "\n" for d in drops)
         where = f"; rows listed in {path}"
     summary = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
-    logger.warning("Dropped %d preference pairs (%s)%s.", len(drops), summary, where)
+    logger.warning("Dropped %d %s (%s)%s.", len(drops), noun, summary, where)

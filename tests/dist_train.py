@@ -1,6 +1,7 @@
-"""Test launcher: the SimPO recipe (simpo.cli.train_main) plus a probe that records what each rank really ran.
+"""Test launcher: the SimPO recipe (simpo.cli.train_main), or with `sft` before the YAML the SFT recipe
+(simpo.sft_cli.sft_main), plus a probe that records what each rank really ran.
 
-    accelerate launch --config_file CONFIG tests/dist_train.py PROBE_DIR TRAINING.yaml [--key=value ...]
+    accelerate launch --config_file CONFIG tests/dist_train.py PROBE_DIR [sft] TRAINING.yaml [--key=value ...]
 
 At train end every rank writes PROBE_DIR/rank<N>.json (rank, world size, backend, the wrapper type of the model,
 its full parameters' sum, its training batches per epoch and, under ZeRO-3, the size of its local shard) and
@@ -19,6 +20,7 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from simpo.cli import train_main
+from simpo.sft_cli import sft_main
 
 
 def outermost_wrapper(model: torch.nn.Module) -> torch.nn.Module:
@@ -76,4 +78,7 @@ class DistProbe(TrainerCallback):
 
 
 if __name__ == "__main__":
-    train_main(sys.argv[2:], callbacks=[DistProbe(sys.argv[1])])
+    if sys.argv[2] == "sft":
+        sft_main(sys.argv[3:], callbacks=[DistProbe(sys.argv[1])])
+    else:
+        train_main(sys.argv[2:], callbacks=[DistProbe(sys.argv[1])])

@@ -9,8 +9,10 @@ import pytest
 import transformers.training_args
 from conftest import REPO
 
-from simpo.chat_templates import apply_chat_template
+from simpo.chat_templates import MISTRAL_CHAT_TEMPLATE, apply_chat_template, set_chat_template
+from simpo.config import DataArguments, ModelArguments, SimPOConfig
 from simpo.parser import parse_args
+from simpo.sft_cli import SFT_ARGUMENTS
 
 CONFIG_DIR = os.path.join(REPO, "training_configs")
 ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
@@ -44,20 +46,40 @@ PAPER_RUNS = {
 }
 
 
+# The SFT stage of the two base-model runs: file: (model, the SimPO config that starts from its output)
+SFT_RUNS = {
+    "llama-3-8b-base-sft.yaml": ("meta-llama/Meta-Llama-3-8B", "llama-3-8b-base-simpo.yaml"),
+    "mistral-7b-base-sft.yaml": ("mistralai/Mistral-7B-v0.1", "mistral-7b-base-simpo.yaml"),
+}
+# The Llama-3 template of the reference's llama-3-8b-base-sft.yaml.
+LLAMA3_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' +"
+    " message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0"
+    " %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{"
+    " '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+def is_sft(path: str) -> bool:
+    return os.path.basename(path).removesuffix(".yaml").endswith(("-sft", "-sft-cpu"))
+
+
 @pytest.fixture
 def parse(monkeypatch, tmp_path):
-    """parse_args on a config, as on the GPU machine the paper configs are for: TrainingArguments refuses bf16 when
-    it finds no bf16-capable GPU, so say there is one (nothing else in parsing touches the device)."""
+    """parse_args on a config (the SFT recipe's argument groups for SFT configs), as on the GPU machine the paper
+    configs are for: TrainingArguments refuses bf16 when it finds no bf16-capable GPU, so say there is one (nothing
+    else in parsing touches the device)."""
     monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda *a, **k: True)
 
-    def run(path):
-        return parse_args([path, f"--output_dir={tmp_path / 'out'}"])
+    def run(path, *overrides):
+        types = SFT_ARGUMENTS if is_sft(path) else (ModelArguments, DataArguments, SimPOConfig)
+        return parse_args([path, f"--output_dir={tmp_path / 'out'}", *overrides], types)
 
     return run
 
 
 def test_every_paper_run_has_a_config():
-    assert set(PAPER_RUNS) <= {os.path.basename(p) for p in ALL_CONFIGS}
+    assert set(PAPER_RUNS) | set(SFT_RUNS) <= {os.path.basename(p) for p in ALL_CONFIGS}
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=os.path.basename)
@@ -130,3 +152,60 @@ def test_gemma_template_folds_system_into_first_user_turn(parse, make_tokenizer)
         "chosen": "<start_of_turn>model\nHello<end_of_turn>\n",
         "rejected": "<start_of_turn>model\nGo away<end_of_turn>\n",
     }
+
+
+@pytest.mark.parametrize("name", sorted(SFT_RUNS))
+def test_sft_run_values(name, parse):
+    """The reference's SFT values (its llama-3-8b-base-sft.yaml): lr 2e-5, 1 epoch, cosine with 10% warm-up, max
+    length 2048, 8 per device x 4 accumulation (x 4 GPUs = 128), UltraChat-200k's SFT splits, bf16."""
+    model_args, data_args, args = parse(os.path.join(CONFIG_DIR, name))
+    assert model_args.model_name_or_path == SFT_RUNS[name][0]
+    assert model_args.torch_dtype == "bfloat16" and model_args.attn_implementation == "flash_attention_2"
+    assert data_args.dataset_mixer == {"HuggingFaceH4/ultrachat_200k": 1.0}
+    assert data_args.dataset_splits == ["train_sft", "test_sft"]
+    assert args.learning_rate == 2e-5 and args.num_train_epochs == 1 and args.seed == 42
+    assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.1 and args.optim == "adamw_torch"
+    assert args.max_length == 2048 and not args.packing
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 4)
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 4 == 128
+    assert args.bf16 and not args.fp16
+    assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert (args.eval_strategy, args.eval_steps, args.logging_steps) == ("steps", 200, 5) and args.do_eval
+    assert args.output_dir.endswith("out")  # the fixture's; the file names its own:
+    import yaml
+
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+        assert yaml.safe_load(f)["output_dir"] == "outputs/" + name.removesuffix(".yaml")
+    # The Llama-3 template for Llama (the reference's, verbatim); Mistral gets simpo's Mistral template.
+    assert data_args.chat_template == (LLAMA3_TEMPLATE if name.startswith("llama") else None)
+
+
+@pytest.mark.parametrize("name", sorted(SFT_RUNS))
+def test_the_base_simpo_config_takes_the_sft_output_folder_and_renders_as_sft_did(name, parse, make_tokenizer,
+                                                                                  monkeypatch, tmp_path):
+    """The two-stage recipe: the SimPO config with model_name_or_path = the SFT config's output_dir, no other edit,
+    renders conversations with the template SFT trained on (saved with the tokenizer in the SFT output)."""
+    import yaml
+
+    from simpo.model import get_tokenizer
+
+    model_args, data_args, _ = parse(os.path.join(CONFIG_DIR, name))
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+        sft_output = yaml.safe_load(f)["output_dir"]
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
+                "<s>", "</s>", "[INST]", "[/INST]"]
+    llama = name.startswith("llama")
+    tokenizer = make_tokenizer(specials, bos="<|begin_of_text|>" if llama else "<s>",
+                               eos="<|end_of_text|>" if llama else "</s>")  # base models ship no template
+    set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)  # the SFT stage's rule
+    trained_with = tokenizer.chat_template
+    assert trained_with == (LLAMA3_TEMPLATE if llama else MISTRAL_CHAT_TEMPLATE)
+    monkeypatch.chdir(tmp_path)
+    tokenizer.save_pretrained(sft_output)  # what the SFT run leaves in its output_dir, with the model
+
+    simpo_model, simpo_data, simpo_args = parse(os.path.join(CONFIG_DIR, SFT_RUNS[name][1]),
+                                                f"--model_name_or_path={sft_output}")
+    stage_two = get_tokenizer(simpo_model)
+    set_chat_template(stage_two, simpo_data.chat_template, simpo_model.model_name_or_path)  # the SimPO stage's rule
+    assert stage_two.chat_template == trained_with
+    assert simpo_args.max_length <= 2048  # the SFT stage trained on conversations up to 2048 tokens

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM
 from simpo.launch_checks import check_distributed_setup
 
 TINY_CONFIG = "training_configs/tiny-simpo-cpu.yaml"
+TINY_SFT_CONFIG = "training_configs/tiny-sft-cpu.yaml"
 # 4 optimizer steps of 2 x 16 pairs, nothing else: no evaluation, checkpoint or logger.
 SHORT_RUN = [
     "--max_steps=4", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false", "--report_to=none",
@@ -31,23 +32,25 @@ SHORT_RUN = [
 TIMEOUT_S = 900  # generous: the machine may be busy, and the first ZeRO-3 launch compiles
 
 
-def launch_command(config: str, probe, out, *launch_args: str, train_args: tuple = (), port: int = 0) -> list[str]:
-    """accelerate launch tests/dist_train.py on the tiny config (port 0: a free one, other runs may share the
-    machine)."""
+def launch_command(config: str, probe, out, *launch_args: str, train_args: tuple = (), port: int = 0,
+                   recipe: tuple = (TINY_CONFIG,)) -> list[str]:
+    """accelerate launch tests/dist_train.py on the tiny config (recipe: ("sft", TINY_SFT_CONFIG) for the SFT
+    recipe; port 0: a free one, other runs may share the machine)."""
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", str(port),
         *launch_args,
-        "tests/dist_train.py", str(probe), TINY_CONFIG, f"--output_dir={out}", *SHORT_RUN, *train_args,
+        "tests/dist_train.py", str(probe), *recipe, f"--output_dir={out}", *SHORT_RUN, *train_args,
     ]
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = ()) -> SimpleNamespace:
+def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = (), recipe: tuple = (TINY_CONFIG,)
+           ) -> SimpleNamespace:
     """Launch and wait; returns the process, the probe records and dirs."""
     probe, out = tmp_path / "probe", tmp_path / "out"
-    cmd = launch_command(config, probe, out, *launch_args, train_args=train_args)
+    cmd = launch_command(config, probe, out, *launch_args, train_args=train_args, recipe=recipe)
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=TIMEOUT_S)
     return probed(proc.returncode, proc.stdout + proc.stderr, probe, out)
 
@@ -80,14 +83,14 @@ def assert_same_params(a: dict, b: dict, **tolerance) -> None:
         torch.testing.assert_close(a[name], b[name], **(tolerance or {"rtol": 0, "atol": 0}), msg=name)
 
 
-def assert_really_distributed(run, wrapper: str) -> None:
+def assert_really_distributed(run, wrapper: str, batches_per_rank: int = 19) -> None:
     assert [r["rank"] for r in run.records] == [0, 1], run.output[-5000:]
     for record in run.records:
         assert record["world_size"] == 2 and record["backend"] == "gloo"
         assert record["wrapped_type"] == wrapper
         assert record["global_step"] == 4
         # Each rank iterates its half of the data: 600 pairs / 16 per batch = 38 batches, 19 per rank.
-        assert record["batches_per_epoch"] == 19
+        assert record["batches_per_epoch"] == batches_per_rank
     rank0, rank1 = run.params
     assert_same_params(rank0, rank1)  # replicas in sync, bit for bit
     untrained = dict(AutoModelForCausalLM.from_pretrained(TINY_MODEL).named_parameters())
@@ -167,6 +170,15 @@ def test_two_machines_on_localhost_split_the_data_and_save_whole_weights(tmp_pat
     for record in run.records:
         assert record["zero3_shard"]["local_numel"] == record["zero3_shard"]["full_numel"] // 2
     assert_saved_model_is(run, run.params[0])  # gathered from both machines' shards into one whole checkpoint
+
+
+def test_sft_under_ddp_trains_two_gloo_processes_in_sync(tmp_path):
+    """The SFT recipe (TRL's SFTTrainer) under the same launcher: 433 conversations / 16 per batch = 28 batches,
+    14 per rank."""
+    run = finished(launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", recipe=("sft", TINY_SFT_CONFIG)))
+    assert_really_distributed(run, "torch.nn.parallel.distributed.DistributedDataParallel", batches_per_rank=14)
+    assert_saved_model_is(run, run.params[0])
+    assert "distributed     MULTI_CPU, 2 process(es)" in run.output
 
 
 def test_fsdp_on_cpu_is_refused_not_degraded_to_ddp(tmp_path):

@@ -1,0 +1,12 @@
+"""Supervised fine-tuning (SFT), the stage before SimPO for base models.
+
+    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml scripts/run_sft.py \
+        CONFIG.yaml [--key=value ...]
+
+The recipe (parse, seed, data, tokenizer, tokens, trainer, train, save, card) is simpo/sft_cli.py:sft_main.
+"""
+
+from simpo.sft_cli import sft_main
+
+if __name__ == "__main__":
+    sft_main()

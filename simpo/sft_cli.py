@@ -1,0 +1,139 @@
+"""The SFT recipe behind scripts/run_sft.py and `simpo-sft`: parse, seed, data, tokenizer, tokens, model and trainer
+(TRL's SFTTrainer), train, save, card. The SimPO recipe's parser, mixer, chat-template rules, logging, resume and
+launch checks; loss on assistant tokens only (simpo/sft_tokenization.py)."""
+
+import json
+import logging
+import os
+import sys
+
+from transformers import set_seed
+from trl import SFTTrainer
+
+from simpo.chat_templates import set_chat_template
+from simpo.cli import checkpoint_to_resume, setup_logging
+from simpo.config import DataArguments, ModelArguments
+from simpo.data import mix_datasets
+from simpo.launch_checks import check_launch
+from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
+from simpo.parser import parse_args
+from simpo.reporting import end_summary, plot_curves
+from simpo.resume import StopOnSignal
+from simpo.sft_config import SFTRunConfig
+from simpo.sft_data import CONVERSATIONS, require_eval_split
+from simpo.sft_reporting import (
+    DROPPED_FILE,
+    SFT_END_KEYS,
+    SFT_OUTPUT_FILES,
+    SFTRunSummary,
+    throughput,
+)
+from simpo.sft_tokenization import tokenize_conversations
+from simpo.trainer import disable_dropout
+from simpo.validation import report_drops
+
+logger = logging.getLogger("simpo")
+SFT_ARGUMENTS = (ModelArguments, DataArguments, SFTRunConfig)
+
+
+def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, dict, dict]:
+    """{"train": ..., "test": ...} of input_ids/labels, each side's DroppedRow records and its token counts."""
+    out, drops, counts = {}, {}, {}
+    with args.main_process_first(desc="tokenizing conversations"):
+        for side in ("train", "test"):
+            if side in datasets:
+                out[side], drops[side], counts[side] = tokenize_conversations(
+                    datasets[side], tokenizer, args.max_length, f"{side}_dataset",
+                    data_args.auto_insert_empty_system_msg, data_args.preprocessing_num_workers,
+                    args.on_degenerate_rows,
+                )
+    return out, drops, counts
+
+
+def sft_model_init_kwargs(model_args, args) -> dict:
+    """The SimPO recipe's from_pretrained kwargs, with from_pretrained's own defaults where TRL would change them:
+    the checkpoint's dtype (TRL: float32), and no device_map unless quantised (TRL: "auto" on GPUs outside DDP and
+    DeepSpeed, which would spread one process's model over every GPU, e.g. under FSDP)."""
+    return {"dtype": "auto", "device_map": None, **model_init_kwargs(model_args, args)}
+
+
+def checkpoint_state(checkpoint: str | None) -> dict | None:
+    """The trainer state a resumed run starts from (its log history and token count), None for a fresh run."""
+    if checkpoint is None:
+        return None
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        return json.load(f)
+
+
+def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> None:
+    """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
+    model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv, SFT_ARGUMENTS, prog="simpo-sft")
+    setup_logging(args)
+    logger.info("Model arguments %s", model_args)
+    logger.info("Data arguments %s", data_args)
+    logger.info("Training arguments %s", args)
+    if model_args.trust_remote_code:
+        logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
+    check_launch(args)  # a launch accelerate would silently degrade is refused in seconds
+    checkpoint = checkpoint_to_resume(args)
+    set_seed(args.seed)
+
+    raw_datasets = mix_datasets(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
+                                seed=args.seed, row_format=CONVERSATIONS)
+    require_eval_split(args, raw_datasets)
+    tokenizer = get_tokenizer(model_args)
+    set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
+    tokenized, drops, counts = tokenize_splits(raw_datasets, tokenizer, data_args, args)
+
+    args.model_init_kwargs = sft_model_init_kwargs(model_args, args)
+    stop, summary = StopOnSignal(), SFTRunSummary(counts, drops)
+    trainer = SFTTrainer(
+        model=model_args.model_name_or_path,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized.get("test"),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args, args),
+        callbacks=[stop, summary, *(callbacks or [])],
+    )
+    summary.trainer = trainer
+    if args.disable_dropout:
+        disable_dropout(trainer.model)
+    if trainer.accelerator.is_main_process:
+        report_drops(drops["train"] + drops.get("test", []), args.output_dir, noun="conversations",
+                     file_name=DROPPED_FILE)
+
+    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    if stop.signum is not None:
+        logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
+        trainer.accelerator.end_training()
+        sys.exit(128 + stop.signum)
+    metrics = {**train_result.metrics, **throughput(trainer, train_result.metrics, checkpoint_state(checkpoint)),
+               "train_samples": len(tokenized["train"])}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    trainer.save_model(args.output_dir)  # with the tokenizer and its chat template: the SimPO stage reads both
+    logger.info("Model saved to %s", args.output_dir)
+
+    if trainer.accelerator.is_main_process:
+        trainer.create_model_card(model_name=os.path.basename(os.path.normpath(args.output_dir)),
+                                  dataset_name=", ".join(data_args.dataset_mixer), tags=["simpo", "sft"])
+        trainer.model.config.use_cache = True  # generation wants the KV cache back on
+        trainer.model.config.save_pretrained(args.output_dir)
+
+    if args.do_eval and "test" in tokenized:
+        eval_metrics = {**trainer.evaluate(), "eval_samples": len(tokenized["test"])}
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+
+    plot_curves(trainer)  # output_dir/training_curves.png, main process; a failure only warns
+    if args.push_to_hub:
+        trainer.push_to_hub(tags=["simpo", "sft"])
+    logger.info("Training finished; outputs are in %s", args.output_dir)
+    if trainer.accelerator.is_main_process:
+        print(end_summary(trainer, metrics, title="SFT run", keys=SFT_END_KEYS, files=SFT_OUTPUT_FILES,
+                          unit="sequences"), flush=True)
+    # Close trackers and the process group: gloo threads left running at exit can abort a finished rank (SIGABRT).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()

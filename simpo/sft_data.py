@@ -1,0 +1,43 @@
+"""SFT rows (a `messages` conversation, as in UltraChat-200k): the checks run before any tokenisation, with errors
+that name the source, split and row and say how to fix it. Rows that cannot be trained on are decided once, on the
+tokenised conversation (simpo/sft_tokenization.py)."""
+
+from simpo.data import RowFormat
+from simpo.validation import DataError, message_list_problem
+
+FIX = ("SFT rows need 'messages': a list of {role, content} messages in OpenAI format (roles system, user,"
+       " assistant), ending with the assistant's reply.")
+
+
+def conversation_problem(row: dict) -> str | None:
+    """Why a row is not a usable conversation, or None."""
+    problem = message_list_problem(row.get("messages"))
+    if problem:
+        return f"'messages': {problem}"
+    last = row["messages"][-1]["role"]
+    if last != "assistant":
+        return f"'messages': the last message must be the assistant's reply, not {last!r} (nothing to learn after it)"
+    return None
+
+
+def validate_conversations(dataset, source: str, split: str) -> None:
+    """Raise DataError naming source, split and row index for the first malformed row."""
+    if len(dataset) == 0:
+        raise DataError(f"{source} [{split}] is empty: remove it from dataset_mixer or fix the data.")
+    if "messages" not in dataset.column_names:
+        raise DataError(f"{source} [{split}] has no column 'messages' (it has {dataset.column_names}). {FIX}")
+    for index, row in enumerate(dataset.select_columns(["messages"])):
+        problem = conversation_problem(row)
+        if problem:
+            raise DataError(f"{source} [{split}] row {index}: {problem}. {FIX}")
+
+
+CONVERSATIONS = RowFormat(("messages",), validate_conversations)
+
+
+def require_eval_split(args, datasets) -> None:
+    if (args.do_eval or args.eval_strategy != "no") and "test" not in datasets:
+        raise DataError(
+            "Evaluation is on (do_eval or eval_strategy) but dataset_splits has no test split: add one"
+            " (e.g. test_sft) or set do_eval: false and eval_strategy: \"no\"."
+        )

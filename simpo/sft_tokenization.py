@@ -1,0 +1,104 @@
+"""A conversation -> token ids and labels for SFT: every assistant turn labelled, nothing else.
+
+The text is what SimPO training feeds the model for the same conversation (simpo/chat_templates.py): the turns
+before the last rendered with the chat template, no generation prompt, then the last assistant turn rendered alone
+with its BOS stripped, so each assistant header belongs to the labelled turn. Tokenisation follows
+simpo/tokenization.py: the joint text tokenised once without special tokens, a token straddling a turn boundary
+goes to the turn after it, BOS first once, EOS last once (labelled, as the end of the last reply). A conversation
+made of one exchange therefore gets exactly SimPO's chosen ids and labels.
+"""
+
+from simpo.chat_templates import maybe_insert_system_message, strip_bos
+from simpo.data import ORIGIN, map_fingerprint
+from simpo.tokenization import answer_start
+from simpo.validation import DroppedRow, handle_drops
+
+IGNORE = -100  # the label of tokens that carry no loss, as TRL's collator and transformers' loss expect
+
+
+class TemplateError(ValueError):
+    """The chat template renders a conversation's first turns differently inside the whole conversation."""
+
+
+def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_system_msg: bool = True):
+    """(text, [(start, end) character span of each assistant turn])."""
+    turns = maybe_insert_system_message(messages, tokenizer) if auto_insert_empty_system_msg else messages
+    render = lambda some: tokenizer.apply_chat_template(some, tokenize=False)
+    last = len(turns) - 1
+    head = render(turns[:last]) if last else ""
+    text = head + strip_bos(render(turns[last:]), tokenizer)
+    spans = []
+    for k, turn in enumerate(turns):
+        if turn["role"] != "assistant":
+            continue
+        before = render(turns[:k]) if k else ""
+        upto = text if k == last else render(turns[: k + 1])
+        if not (text.startswith(before) and text.startswith(upto)):
+            raise TemplateError(
+                f"The chat template renders the first {k if text.startswith(before) else k + 1} turns of a"
+                " conversation differently from the start of the whole conversation, so its assistant turns cannot"
+                " be located for the loss. Use a template whose rendering of a conversation's beginning is a prefix"
+                " of the whole (Llama-3, ChatML, Zephyr, Gemma and simpo's Mistral templates are). Conversation"
+                f" starts: {text[:200]!r}"
+            )
+        spans.append((len(before), len(upto)))
+    return text, spans
+
+
+def tokenize_conversation(messages: list[dict], tokenizer, max_length: int,
+                          auto_insert_empty_system_msg: bool = True) -> dict:
+    """{input_ids, labels, drop_reason}: labels are the ids on assistant turns and IGNORE elsewhere; the sequence is
+    cut to max_length keeping its start. drop_reason, the one place that decides it, is set for an empty assistant
+    reply (it would train the model to end its turn at once) and when no labelled token is left to predict."""
+    text, spans = render_conversation(messages, tokenizer, auto_insert_empty_system_msg)
+    encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
+    ids = encode(text)
+    token_at = lambda char: len(ids) if char == len(text) else answer_start(encode(text[:char]), ids)
+    labelled = [False] * len(ids)
+    for start, end in spans:
+        for t in range(token_at(start), token_at(end)):
+            labelled[t] = True
+
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids, labelled = [bos] + ids, [False] + labelled
+    if eos is not None and ids[-1] != eos:
+        ids, labelled = ids + [eos], labelled + [True]
+    ids, labelled = ids[:max_length], labelled[:max_length]
+    labels = [t if on else IGNORE for t, on in zip(ids, labelled)]
+    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
+        reason = "empty assistant reply"
+    else:  # position 0 predicts nothing (labels shift by one): a row needs a labelled token after it
+        reason = "" if any(labelled[1:]) else "assistant turns truncated away (max_length)"
+    return {"input_ids": ids, "labels": labels, "drop_reason": reason}
+
+
+def tokenize_row(row: dict, index: int, name: str, **kwargs) -> dict:
+    out = tokenize_conversation(row["messages"], **kwargs)
+    origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
+    return {**out, ORIGIN: origin, "length": len(out["input_ids"]),
+            "num_labelled": sum(t != IGNORE for t in out["labels"])}
+
+
+def tokenize_conversations(dataset, tokenizer, max_length: int, name: str, auto_insert_empty_system_msg: bool = True,
+                           num_proc: int | None = None, on_degenerate_rows: str = "drop"):
+    """(dataset of input_ids/labels, DroppedRow records of the rows left out, counts {rows, tokens, labelled,
+    longest} of the rows kept). A drop names the row's origin from the mixer, or `name` and its index; with
+    on_degenerate_rows: error the first one raises."""
+    if dataset is None:
+        return None, [], {}
+    kwargs = {"tokenizer": tokenizer, "max_length": max_length, "name": name,
+              "auto_insert_empty_system_msg": auto_insert_empty_system_msg}
+    dataset = dataset.map(
+        tokenize_row, fn_kwargs=kwargs, with_indices=True, num_proc=num_proc, remove_columns=dataset.column_names,
+        new_fingerprint=map_fingerprint(dataset, kwargs), desc=f"Tokenizing {name} conversations",
+    )
+    reasons = dataset["drop_reason"]
+    drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
+    handle_drops(drops, on_degenerate_rows, key="on_degenerate_rows", noun="rows")
+    if drops:
+        dataset = dataset.select([i for i, reason in enumerate(reasons) if not reason])
+    lengths = dataset["length"]
+    counts = {"rows": len(dataset), "tokens": sum(lengths), "labelled": sum(dataset["num_labelled"]),
+              "longest": max(lengths, default=0)}
+    return dataset.remove_columns(["drop_reason", ORIGIN, "length", "num_labelled"]), drops, counts
