@@ -18,7 +18,8 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.17,<0.20"],
     "quantization": ["bitsandbytes>=0.46,<0.51"],
     "flash-attn": ["flash-attn>=2.7"],  # needs CUDA to build; GPU machines only
-    "dev": ["pytest>=8", "ruff>=0.15,<0.18", "deepspeed>=0.17,<0.20"],
+    # trl: the peer benchmarks/gpu_train.py measures against (TRL's CPOTrainer with loss_type="simpo")
+    "dev": ["pytest>=8", "ruff>=0.15,<0.18", "deepspeed>=0.17,<0.20", "trl>=1.16,<1.17"],
 }
 
 setup(
