@@ -1,7 +1,12 @@
 """End-to-end SimPO training throughput on one GPU: this project against TRL, same model, data and batch, one run.
 
-    python benchmarks/gpu_train.py            # GPU, about 8 minutes on an H200: the table, then the memory budget
-    python benchmarks/gpu_train.py --smoke    # CPU, CI-sized shapes, under a minute: every row, the same code paths
+    python benchmarks/gpu_train.py                 # GPU: the table, then the memory budget; at most ~8 minutes
+    python benchmarks/gpu_train.py --parts table   # GPU: the table alone, about 3 minutes
+    python benchmarks/gpu_train.py --smoke         # CPU, CI-sized shapes, fp32, under a minute: every row
+
+Expected duration on one H200 (planned from the step times measured there, not yet run): about 20 s to start the
+process server, about half a minute per table row (15 steps at 1-1.5 s, plus the model, tokenising 512 pairs and
+the trainer), then the budget search until --time-budget-s (480 s) is spent; no run starts, or runs on, past it.
 
 Model: random-init Llama with Llama-3.2-1B's shape (hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocabulary
 128256, tied embeddings), built in each process from a seed. Data: 512 synthetic pairs with UltraFeedback-like
@@ -76,7 +81,7 @@ SETTINGS = {
                   lengths={"prompt": [12, 0.5], "response": [30, 0.6], "max": 100},
                   num_pairs=16, batch=4, warmup=1, timed=1, max_length=256, max_prompt_length=128,
                   dtype="float32", device="cpu", memory_budget_gib=0.11, budget_step=4, budget_max_batch=8,
-                  budget_tries=2, budget_warmup=1, budget_timed=1, time_budget_s=240, run_timeout_s=60, min_run_s=2),
+                  budget_tries=2, budget_warmup=1, budget_timed=1, time_budget_s=600, run_timeout_s=120, min_run_s=2),
 }
 
 
@@ -251,8 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-budget-gib", type=float, help="GPU: the memory a run may use (default 80). "
                         "--smoke: how much the data segment may grow once training starts (default 0.11)")
     parser.add_argument("--budget-max-batch", type=int, help="largest batch the search tries (128; 8)")
-    parser.add_argument("--time-budget-s", type=float, help="no run starts after this many seconds (480; 240)")
-    parser.add_argument("--run-timeout-s", type=float, help="one run's limit in seconds (150; 60)")
+    parser.add_argument("--time-budget-s", type=float, help="no run starts after this many seconds (480; 600)")
+    parser.add_argument("--run-timeout-s", type=float, help="one run's limit in seconds (150; 120)")
     parser.add_argument("--out-dir", help="where the results go (benchmarks/results; --smoke: outputs/gpu_train)")
     parser.add_argument("--work-dir", help="keep each run's config, log and result here (default: a temporary one)")
     args = parser.parse_args(argv)

@@ -112,8 +112,9 @@ def render(r: dict) -> str:
         "",
         describe_run(r),
         "",
-        f"Real tokens: non-padding tokens as the plain layout runs them (the prompt once per side). {mfu}. First-step "
-        "loss: before any update, on the same pairs in the same order for every system.",
+        f"Real tokens: non-padding tokens as the plain layout runs them (the prompt once per side, also where prefix "
+        f"sharing runs it once). {mfu}. First-step loss: before any update, on the same pairs in the same order for "
+        "every system.",
         "",
         f"| system | pairs/s | {names} | real tokens/s | {mem} | {names} | peak reserved (GiB) | MFU | "
         "first-step loss | status |",

@@ -195,6 +195,8 @@ def run(spec: dict) -> dict:
     longest = max(c[2] for c in counts)
     if longest > spec["config"]["max_length"]:
         raise ValueError(f"A pair of {longest} tokens exceeds max_length: the trainers would cut it differently.")
+    if spec["device"] == "cpu":
+        torch.set_num_threads(1)  # the CPU mode is a plumbing check of tiny shapes: more threads only contend
     if spec["device"] == "cuda" and spec.get("memory_budget_gib"):
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_budget_gib"] * 2**30 / total))
@@ -229,6 +231,7 @@ def run(spec: dict) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         "attention": model.config._attn_implementation,
+        "activation_checkpointing": getattr(model, "is_gradient_checkpointing", None),
         "collator": type(trainer.data_collator).__name__ + (
             " (padding-free)" if getattr(trainer.data_collator, "padding_free", False) else ""),
         "fused_logps": getattr(trainer.args, "fused_logps", None),

@@ -63,7 +63,7 @@ def test_config_keys_that_would_do_nothing_are_errors(tmp_path):
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_train")
     proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gpu_train.py"), "--smoke", "--out-dir",
-                           str(out)], capture_output=True, text=True, timeout=600, cwd=REPO)
+                           str(out)], capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [json_path] = out.glob("gpu_train_smoke-cpu_*.json")
     return json.loads(json_path.read_text()), json_path.with_suffix(".md").read_text()
@@ -91,6 +91,7 @@ def test_smoke_table_rows_and_what_they_ran(smoke):
             assert row[key] > 0, key
         assert row["pairs_per_s"] == pytest.approx(s["timed"] * s["batch"] / row["timed_seconds"])
         assert row["x_trl"]["pairs_per_s"] > 0 and row["x_simpo_plain"]["memory"] > 0
+        assert row["activation_checkpointing"] is True and row["attention"] == "sdpa"
     # Each row's keys reached the trainer: its batch layout and log-prob path.
     assert rows["simpo"]["collator"] == "SharedPrefixCollator" and rows["simpo"]["fused_logps"] is True
     assert rows["simpo_no_prefix"]["collator"] == "PairCollator" and rows["simpo_no_prefix"]["fused_logps"] is True
