@@ -175,3 +175,47 @@ def test_data_segment_limit_makes_an_allocation_fail():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.stdout.strip() == "True", proc.stderr[-2000:]
     assert torch.ones(2**26).numel() == 2**26  # the test process itself is not limited
+
+
+def test_budget_search_starts_from_the_table_runs_memory_and_time():
+    s = gpu_train.SETTINGS["gpu"]
+    # 10 GiB of weights and optimizer state, 26 GiB reserved at 8 pairs: 2 GiB a pair; 90% of 80 GiB holds 31 pairs.
+    row = {"status": "ok", "static_gib": 10.0, "peak_reserved_gib": 26.0, "wall_s": 40.0, "timed_seconds": 12.0,
+           "pairs_per_s": 8.0}
+    assert gpu_train.predicted_batch(row, 80.0, 8) == 31
+    assert gpu_train.predicted_batch({"status": "ok"}, 80.0, 8) == 8  # no GPU figures: the table's batch
+    # 40 s of which 12 * 15 / 12 = 15 s were steps: 25 s outside them, then 3 steps of 32 pairs at 8 pairs/s
+    assert gpu_train.predicted_seconds(row, s, 32) == pytest.approx(25 + 3 * 32 / 8)
+
+
+def test_report_of_gpu_runs(tmp_path):
+    """The GPU side of the report, from made-up figures: MFU against the H200's peak, ratios, the tables."""
+    import gpu_train_report
+
+    s = gpu_train.SETTINGS["gpu"]
+    common = {"status": "ok", "params": 1_235_814_400, "device_name": "NVIDIA H200", "peak_reserved_gib": 50.0}
+    table = [{"system": "trl", "label": "TRL", "pairs_per_s": 10.0, "tokens_per_s": 10_000.0,
+              "peak_allocated_gib": 40.0, "first_loss": 1.3130, **common},
+             {"system": "simpo", "label": "simpo", "pairs_per_s": 15.0, "tokens_per_s": 15_000.0,
+              "peak_allocated_gib": 13.0, "first_loss": 1.3136, **common},
+             {"system": "simpo_plain", "label": "plain", "status": "failed: exit code -9 without a result"}]
+    budget = [{"system": "trl", "label": "TRL", "status": "ok", "largest": 16, "bound": "exact", "pairs_per_s": 12.0,
+               "tries": {"16": {"status": "ok"}, "24": {"status": "oom"}}},
+              {"system": "simpo", "label": "simpo", "status": "ok", "largest": 128, "bound": "cap",
+               "pairs_per_s": 30.0, "fastest_batch": 128, "fastest_pairs_per_s": 30.0,
+               "tries": {"88": {"status": "ok"}, "128": {"status": "ok"}}}]
+    results = gpu_train_report.assemble(s, False, table, budget, 400.0, 20.0)
+    assert results["device"] == "NVIDIA H200" and results["peak_tflops"] == 989
+    assert table[1]["mfu"] == pytest.approx(6 * 1_235_814_400 * 15_000 / 989e12)
+    assert table[1]["x_trl"] == pytest.approx({"pairs_per_s": 1.5, "memory": 13 / 40})
+    assert "x_simpo_plain" not in table[1]  # the plain path failed: no ratio against it
+    assert budget[1]["x_trl"] == pytest.approx({"pairs_per_s": 2.5, "batch": 8.0})
+    assert results["max_abs_loss_difference"] == pytest.approx(6e-4)
+    stem = gpu_train_report.write(results, tmp_path)
+    assert stem.name.startswith("gpu_train_h200_")
+    markdown = stem.with_suffix(".md").read_text()
+    assert "| simpo | 15.00 | 1.50 | - | 15,000 | 13.00 | 0.33 | - | 50.00 | 11.2% | 1.31360 | ok |" in markdown
+    assert "| plain | - |" in markdown and "failed: exit code -9 without a result" in markdown
+    assert "## Largest per-device batch in 80 GiB of GPU memory" in markdown
+    assert "| simpo | 128 | cap | 30.00 | 2.50 | - | - | 30.00 pairs/s at 128 | 88: ok, 128: ok |" in markdown
+    assert json.loads(stem.with_suffix(".json").read_text())["table"][1]["mfu"] == table[1]["mfu"]
