@@ -100,20 +100,34 @@ def shared_config(s: dict, batch: int, steps: int, output_dir: str) -> dict:
     }
 
 
+def cuda_works() -> None:
+    import torch
+
+    torch.zeros(1, device="cuda")  # fails in a fork of a process whose imports initialised CUDA
+
+
 class Runner:
     """Starts each run in a fresh process, forked from a server that has the libraries imported (a run then costs
-    its own work, not seconds of imports), bounded by a timeout and by what is left of the time budget."""
+    its own work, not seconds of imports), bounded by a timeout and by what is left of the time budget. Should a
+    forked process fail to use the GPU, each run starts a fresh interpreter instead (spawn)."""
 
-    def __init__(self, s: dict, workdir: Path):
+    def __init__(self, s: dict, workdir: Path, start_method: str = "forkserver"):
         self.s, self.workdir, self.runs = s, workdir, 0
         self.deadline = time.monotonic() + s["time_budget_s"]
-        self.context = multiprocessing.get_context("forkserver")
-        # deepspeed: accelerate imports it when installed (a second a run otherwise); missing modules are skipped
-        self.context.set_forkserver_preload(["torch", "transformers", "datasets", "deepspeed", "gpu_train_worker",
-                                             "simpo.trainer", "trl.experimental.cpo"])
         start = time.monotonic()
-        warm = self.context.Process(target=os.getpid)  # starts the server, so no run's time includes it
-        warm.start(), warm.join()
+        # is_available() through NVML: the server's imports (deepspeed's accelerator probe) then leave CUDA alone
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+        self.context = multiprocessing.get_context(start_method)
+        # deepspeed: accelerate imports it when installed (a second a run otherwise); missing modules are skipped
+        if start_method == "forkserver":
+            self.context.set_forkserver_preload(["torch", "transformers", "datasets", "deepspeed", "gpu_train_worker",
+                                                 "simpo.trainer", "trl.experimental.cpo"])
+        warm = self.context.Process(target=cuda_works if s["device"] == "cuda" else os.getpid)
+        warm.start(), warm.join()  # starts the server, so that no run's time includes it
+        if warm.exitcode != 0:
+            print("A forked process cannot use the GPU here: each run starts a fresh interpreter instead.")
+            self.context = multiprocessing.get_context("spawn")
+        self.start_method = self.context.get_start_method()
         self.startup_s = time.monotonic() - start
 
     def left(self) -> float:
@@ -259,6 +273,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-budget-s", type=float, help="no run starts after this many seconds (480; 600)")
     parser.add_argument("--run-timeout-s", type=float, help="one run's limit in seconds (150; 120)")
     parser.add_argument("--out-dir", help="where the results go (benchmarks/results; --smoke: outputs/gpu_train)")
+    parser.add_argument("--start-method", choices=["forkserver", "spawn"], default="forkserver",
+                        help="how runs start: forked from a server with the imports done (falls back to spawn by "
+                        "itself when a forked process cannot use the GPU), or a fresh interpreter each")
     parser.add_argument("--work-dir", help="keep each run's config, log and result here (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -281,11 +298,12 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="simpo-gpu-train-") as temporary:
-        runner = Runner(s, Path(args.work_dir or temporary))
+        runner = Runner(s, Path(args.work_dir or temporary), args.start_method)
         table = throughput_table(runner, systems) if "table" in args.parts else []
         basis = table or [{"status": "ok"}] * len(systems)  # without the table's figures: start at its batch
         budget = budget_search(runner, systems, basis, s["memory_budget_gib"]) if "budget" in args.parts else []
-    results = gpu_train_report.assemble(s, args.smoke, table, budget, time.monotonic() - started, runner.startup_s)
+    results = gpu_train_report.assemble(s, args.smoke, table, budget, time.monotonic() - started,
+                                        {"start_method": runner.start_method, "startup_s": runner.startup_s})
     out_dir = Path(args.out_dir or ROOT / ("outputs/gpu_train" if args.smoke else "benchmarks/results"))
     stem = gpu_train_report.write(results, out_dir)
     print("\n" + Path(f"{stem}.md").read_text())

@@ -38,7 +38,8 @@ def installed(package: str) -> str | None:
 
 
 def assemble(settings: dict, smoke: bool, table: list[dict], budget: list[dict], seconds: float,
-             startup_s: float) -> dict:
+             processes: dict) -> dict:
+    """processes: how runs were started (start_method, forkserver or spawn) and the seconds that took (startup_s)."""
     runs = table + [t for row in budget for t in row.get("tries", {}).values()]
     first = next((run for run in runs if run.get("status") == "ok"), {})  # device, params and data are the same
     device = first.get("device_name", "cpu" if smoke else "unknown GPU")
@@ -65,7 +66,7 @@ def assemble(settings: dict, smoke: bool, table: list[dict], budget: list[dict],
         "table": table,
         "budget": budget,
         "total_seconds": seconds,
-        "startup_seconds": startup_s,
+        "processes": processes,
         "versions": {**versions(), "trl": installed("trl"), "liger-kernel": installed("liger-kernel")},
     }
 
@@ -150,6 +151,8 @@ def render(r: dict) -> str:
             lines.append("| " + " | ".join([
                 row["label"], fmt(row.get("largest"), "d"), row.get("bound", "-"), fmt(row.get("pairs_per_s"), ".2f"),
                 *ratios(row, "pairs_per_s"), fmt(memory(row), ".2f"), fastest, tries]) + " |")
-    lines += ["", f"{r['total_seconds']:.0f} s in all ({r['startup_seconds']:.0f} s to start the process server). "
+    p = r["processes"]
+    lines += ["", f"{r['total_seconds']:.0f} s in all; runs started by {p['start_method']} ({p['startup_s']:.0f} s to "
+              "start). "
               "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
     return "\n".join(lines)

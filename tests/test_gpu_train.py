@@ -204,7 +204,7 @@ def test_report_of_gpu_runs(tmp_path):
               {"system": "simpo", "label": "simpo", "status": "ok", "largest": 128, "bound": "cap",
                "pairs_per_s": 30.0, "fastest_batch": 128, "fastest_pairs_per_s": 30.0,
                "tries": {"88": {"status": "ok"}, "128": {"status": "ok"}}}]
-    results = gpu_train_report.assemble(s, False, table, budget, 400.0, 20.0)
+    results = gpu_train_report.assemble(s, False, table, budget, 400.0, {"start_method": "forkserver", "startup_s": 20})
     assert results["device"] == "NVIDIA H200" and results["peak_tflops"] == 989
     assert table[1]["mfu"] == pytest.approx(6 * 1_235_814_400 * 15_000 / 989e12)
     assert table[1]["x_trl"] == pytest.approx({"pairs_per_s": 1.5, "memory": 13 / 40})
