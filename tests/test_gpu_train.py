@@ -14,7 +14,8 @@ from conftest import REPO, log_sigmoid, reference_avg_logp
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import gpu_train  # noqa: E402
-import gpu_train_worker  # noqa: E402
+import gpu_train_budget  # noqa: E402
+import gpu_train_setup  # noqa: E402
 
 from simpo.parser import ConfigError  # noqa: E402
 from simpo.tokenization import tokenize_row  # noqa: E402
@@ -27,7 +28,7 @@ def search(limit: int, start: int, step: int = 8, max_batch: int = 128, max_trie
         calls.append(batch)
         return None if batch == stop_at else batch <= limit
 
-    return gpu_train.largest_fitting_batch(fits, start, step, max_batch, max_tries), calls
+    return gpu_train_budget.largest_fitting_batch(fits, start, step, max_batch, max_tries), calls
 
 
 @pytest.mark.parametrize("limit, start", [(37, 8), (37, 64), (37, 36), (8, 128), (127, 40)])
@@ -52,10 +53,10 @@ def test_search_cap_nothing_fits_and_stops():
 def test_config_keys_that_would_do_nothing_are_errors(tmp_path):
     base = {"output_dir": str(tmp_path / "out")}
     with pytest.raises(ConfigError, match="Did you mean 'prefix_sharing'"):
-        gpu_train_worker.parse_config({**base, "prefix_sharng": False}, tmp_path)
+        gpu_train_setup.parse_config({**base, "prefix_sharng": False}, tmp_path)
     with pytest.raises(ValueError, match=r"\['chat_template'\] would have no effect"):
-        gpu_train_worker.parse_config({**base, "chat_template": "{{ messages }}"}, tmp_path)
-    _, args = gpu_train_worker.parse_config({**base, "padding_free": True}, tmp_path)
+        gpu_train_setup.parse_config({**base, "chat_template": "{{ messages }}"}, tmp_path)
+    _, args = gpu_train_setup.parse_config({**base, "padding_free": True}, tmp_path)
     assert args.padding_free is True
 
 
@@ -70,8 +71,8 @@ def smoke(tmp_path_factory):
 
 
 def first_pairs(settings: dict, count: int) -> tuple[list[dict], object]:
-    tokenizer = gpu_train_worker.word_tokenizer(settings["shape"]["vocab_size"])
-    pairs = gpu_train_worker.synthetic_pairs(count, settings["lengths"], settings["shape"]["vocab_size"], seed=0)
+    tokenizer = gpu_train_setup.word_tokenizer(settings["shape"]["vocab_size"])
+    pairs = gpu_train_setup.synthetic_pairs(count, settings["lengths"], settings["shape"]["vocab_size"], seed=0)
     return [tokenize_row(p, tokenizer, settings["max_length"], settings["max_prompt_length"]) for p in pairs], tokenizer
 
 
@@ -118,8 +119,8 @@ def test_smoke_first_step_losses_equal_simpo_loss_of_the_first_batch(smoke, tmp_
     s = results["settings"]
     features, tokenizer = first_pairs(s, s["batch"])
     config = gpu_train.shared_config(s, s["batch"], 2, str(tmp_path / "out"))
-    model_args, args = gpu_train_worker.parse_config(config, tmp_path)
-    model = gpu_train_worker.build_model(s["shape"], tokenizer, model_args, args, "cpu").eval()
+    model_args, args = gpu_train_setup.parse_config(config, tmp_path)
+    model = gpu_train_setup.build_model(s["shape"], tokenizer, model_args, args, "cpu").eval()
     beta, gamma = config["beta"], config["beta"] * config["gamma_beta_ratio"]
     losses = []
     for f in features:  # one unpadded sequence at a time
@@ -182,10 +183,10 @@ def test_budget_search_starts_from_the_table_runs_memory_and_time():
     # 10 GiB of weights and optimizer state, 26 GiB reserved at 8 pairs: 2 GiB a pair; 90% of 80 GiB holds 31 pairs.
     row = {"status": "ok", "static_gib": 10.0, "peak_reserved_gib": 26.0, "wall_s": 40.0, "timed_seconds": 12.0,
            "pairs_per_s": 8.0}
-    assert gpu_train.predicted_batch(row, 80.0, 8) == 31
-    assert gpu_train.predicted_batch({"status": "ok"}, 80.0, 8) == 8  # no GPU figures: the table's batch
+    assert gpu_train_budget.predicted_batch(row, 80.0, 8) == 31
+    assert gpu_train_budget.predicted_batch({"status": "ok"}, 80.0, 8) == 8  # no GPU figures: the table's batch
     # 40 s of which 12 * 15 / 12 = 15 s were steps: 25 s outside them, then 3 steps of 32 pairs at 8 pairs/s
-    assert gpu_train.predicted_seconds(row, s, 32) == pytest.approx(25 + 3 * 32 / 8)
+    assert gpu_train_budget.predicted_seconds(row, s, 32) == pytest.approx(25 + 3 * 32 / 8)
 
 
 def test_report_of_gpu_runs(tmp_path):
