@@ -11,7 +11,7 @@ the trainer), then the budget search until --time-budget-s (480 s) is spent; no 
 Model: random-init Llama with Llama-3.2-1B's shape (hidden 2048, 16 layers, 32/8 heads, MLP 8192, vocabulary
 128256, tied embeddings), built in each process from a seed. Data: 512 synthetic pairs with UltraFeedback-like
 token counts (lognormal: prompts median 110, responses median 310, capped at 1000), token ids written as words that
-a WordLevel tokenizer with Llama 3's vocabulary size maps back one to one (see gpu_train_worker.py). 8 pairs a step,
+a WordLevel tokenizer with Llama 3's vocabulary size maps back one to one (gpu_train_setup.py). 8 pairs a step,
 max_length 2048, activation checkpointing, AdamW, bf16, sdpa; 12 timed steps after 3 warm-up steps.
 
 Each system (the SYSTEMS table: one line each) runs in a process of its own, bounded by a timeout, so a crash or an
