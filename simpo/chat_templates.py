@@ -42,6 +42,18 @@ def strip_bos(text: str, tokenizer) -> str:
     return text[len(bos) :] if bos and text.startswith(bos) else text
 
 
+def render_prompt(prompt_turns: list[dict], tokenizer, auto_insert_empty_system_msg: bool = True) -> str:
+    """The prompt as training renders it: the turns (with the empty system turn rule), no generation prompt."""
+    if auto_insert_empty_system_msg:
+        prompt_turns = maybe_insert_system_message(prompt_turns, tokenizer)
+    return tokenizer.apply_chat_template(prompt_turns, tokenize=False)
+
+
+def render_response(turns: list[dict], tokenizer) -> str:
+    """A response as training renders it: its last assistant turn alone, the template's BOS string removed."""
+    return strip_bos(tokenizer.apply_chat_template(turns, tokenize=False), tokenizer)
+
+
 def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool = True) -> dict:
     """A row of message lists -> {prompt, chosen, rejected} strings.
 
@@ -52,11 +64,8 @@ def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool
         prompt_turns, chosen_turns, rejected_turns = row["prompt"], row["chosen"], row["rejected"]
     else:
         prompt_turns, chosen_turns, rejected_turns = row["chosen"][:-1], row["chosen"][-1:], row["rejected"][-1:]
-    if auto_insert_empty_system_msg:
-        prompt_turns = maybe_insert_system_message(prompt_turns, tokenizer)
-    render = lambda turns: tokenizer.apply_chat_template(turns, tokenize=False)
     return {
-        "prompt": render(prompt_turns),
-        "chosen": strip_bos(render(chosen_turns), tokenizer),
-        "rejected": strip_bos(render(rejected_turns), tokenizer),
+        "prompt": render_prompt(prompt_turns, tokenizer, auto_insert_empty_system_msg),
+        "chosen": render_response(chosen_turns, tokenizer),
+        "rejected": render_response(rejected_turns, tokenizer),
     }

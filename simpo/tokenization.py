@@ -1,4 +1,12 @@
-"""Token ids and labels of one preference row (prompt, chosen, rejected strings), as the reference builds them."""
+"""Token ids and labels of one preference row (prompt, chosen, rejected strings), as the reference builds them, and
+the ids a model is prompted with for generation, derived from the same rendering and tokenisation."""
+
+from simpo.chat_templates import render_prompt, render_response
+
+# Stands for the assistant's content when the response header is read off the template.
+CONTENT_MARK = "<<simpo-content>>"
+# A typical first word of a reply: text the header's last token may merge with (e.g. SentencePiece's "▁Hello").
+CONTENT_PROBE = "Hello"
 
 
 def split_prompt_answer(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
@@ -13,6 +21,36 @@ def split_prompt_answer(tokenizer, prompt: str, answer: str) -> tuple[list[int],
     if full_ids[:start] != prompt_ids:
         start -= 1
     return full_ids[:start], full_ids[start:]
+
+
+def bos_once(ids: list[int], bos: int | None) -> list[int]:
+    """BOS first, exactly once (the template may already have written it; a tokenizer may have none)."""
+    return ids if bos is None or (ids and ids[0] == bos) else [bos] + ids
+
+
+def response_header(tokenizer) -> str:
+    """The text the template puts before the assistant's content in a response rendered alone (e.g.
+    `<|start_header_id|>assistant<|end_header_id|>\n\n`, `<start_of_turn>model\n`, Mistral's leading space)."""
+    rendered = render_response([{"role": "assistant", "content": CONTENT_MARK}], tokenizer)
+    if rendered.count(CONTENT_MARK) != 1:
+        raise ValueError(
+            "The chat template does not render an assistant turn's content verbatim, so where a reply starts cannot"
+            f" be found (rendered {rendered!r}): use a template that writes message['content'] (trim is fine) once."
+        )
+    return rendered.split(CONTENT_MARK)[0]
+
+
+def generation_prompt_ids(prompt_turns: list[dict], tokenizer, auto_insert_empty_system_msg: bool = True) -> list[int]:
+    """The token ids a model is prompted with for `prompt_turns`: the ids training builds for the same conversation
+    (prompt rendered without a generation prompt, the response rendered alone, both tokenised jointly, BOS once), up
+    to where the assistant's content begins.
+
+    The header's last token is left for the model to generate when training would merge it with the reply's first
+    word (split_prompt_answer's rule, applied at the header/content boundary).
+    """
+    prompt = render_prompt(prompt_turns, tokenizer, auto_insert_empty_system_msg)
+    ids, _ = split_prompt_answer(tokenizer, prompt + response_header(tokenizer), CONTENT_PROBE)
+    return bos_once(ids, tokenizer.bos_token_id)
 
 
 def tokenize_row(
@@ -33,8 +71,7 @@ def tokenize_row(
     sides = {}
     for side in ("chosen", "rejected"):
         prompt_ids, answer_ids = split_prompt_answer(tokenizer, row["prompt"], row[side])
-        if bos is not None and (not prompt_ids or prompt_ids[0] != bos):
-            prompt_ids = [bos] + prompt_ids
+        prompt_ids = bos_once(prompt_ids, bos)
         if eos is not None and (not answer_ids or answer_ids[-1] != eos):
             answer_ids = answer_ids + [eos]
         sides[side] = [prompt_ids, answer_ids]
