@@ -33,6 +33,9 @@ setup(
         "console_scripts": [
             "simpo-train=simpo.cli:train_main",
             "simpo-plot=simpo.plot:main",
+            "simpo-generate=simpo.generate:main",
+            "simpo-annotate=simpo.annotate:main",
+            "simpo-binarise=simpo.binarise:main",
         ]
     },
 )

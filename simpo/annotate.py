@@ -78,15 +78,19 @@ class RewardModel:
             input_ids[i, : len(ids)] = torch.tensor(ids)
             attention_mask[i, : len(ids)] = 1
         output = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
-        values = getattr(output, "score", None)
-        values = output.logits if values is None else values
-        values = values.float().reshape(len(sequences), -1)
-        if values.shape[1] != 1:
-            raise ValueError(
-                f"The reward model gives {values.shape[1]} values per response and no `score`: use a model with one"
-                " output (num_labels=1) or one whose forward returns `score` (ArmoRM, with reward_trust_remote_code)."
-            )
-        return values[:, 0].tolist()
+        return scores_of(output, len(sequences))
+
+
+def scores_of(output, n: int) -> list[float]:
+    """One score per sequence: a custom head's `score` (ArmoRM), else the classifier's single logit."""
+    values = getattr(output, "score", None)
+    values = (output.logits if values is None else values).float().reshape(n, -1)
+    if values.shape[1] != 1:
+        raise ValueError(
+            f"The reward model gives {values.shape[1]} values per response and no `score`: use a model with one"
+            " output (num_labels=1) or one whose forward returns `score` (ArmoRM, with reward_trust_remote_code)."
+        )
+    return values[:, 0].tolist()
 
 
 def main(argv: list[str] | None = None) -> None:

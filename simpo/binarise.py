@@ -34,12 +34,14 @@ def best_and_worst(row: dict) -> tuple[int, int] | str:
                   if score is not None and reply.strip()]
     if len(candidates) < 2:
         return "fewer than two scored, non-empty responses"
+    if len({row["responses"][k] for k in candidates}) == 1:
+        return "identical responses"
     best = max(candidates, key=lambda k: row["scores"][k])  # max and min keep the first of equal scores
     worst = min(candidates, key=lambda k: row["scores"][k])
-    if row["responses"][best] == row["responses"][worst]:
-        return "identical responses"
     if row["scores"][best] == row["scores"][worst]:
         return "tied scores"
+    if row["responses"][best] == row["responses"][worst]:  # one text scored twice, differently
+        return "identical responses"
     return best, worst
 
 

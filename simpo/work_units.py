@@ -104,11 +104,11 @@ class UnitStore:
         return os.path.exists(self.path(unit))
 
     def write(self, unit: Unit, records: list) -> None:
-        write_atomic(self.path(unit), json.dumps(records))
+        write_atomic(self.path(unit), json.dumps({"process": process_rank()[0], "records": records}))
 
     def read(self, unit: Unit) -> list:
         with open(self.path(unit)) as f:
-            return json.load(f)
+            return json.load(f)["records"]
 
 
 def run_units(units: list[Unit], store: UnitStore, work: Callable[[Unit], list], desc: str, poll_s: float = 1.0
