@@ -39,6 +39,8 @@ setup(
             "simpo-generate=simpo.generate:main",
             "simpo-annotate=simpo.annotate:main",
             "simpo-binarise=simpo.binarise:main",
+            "simpo-eval-setup=simpo.eval_setup:main",
+            "simpo-answer=simpo.answer:main",
         ]
     },
 )

@@ -43,10 +43,10 @@ def plan_units(prompt_ids: dict[str, list[list[int]]], seeds: list[int], batch_s
 
 
 def sample_units(folder: str, prompt_ids: dict[str, list[list[int]]], seeds: list[int], batch_size: int,
-                 settings: dict, make) -> dict[str, list[list[str]]] | None:
-    """Sample every (prompt, seed) of `prompt_ids` into `folder`; on the main process, once all are done,
-    {side: [[one response per seed] per prompt]}; None on the other processes. `make()` builds the backend (only
-    when there is work left)."""
+                 settings: dict, make, everyone_waits: bool = False) -> dict[str, list[list[str]]] | None:
+    """Sample every (prompt, seed) of `prompt_ids` into `folder`; on the main process (on all with
+    `everyone_waits`), once all are done, {side: [[one response per seed] per prompt]}; None on the other processes.
+    `make()` builds the backend (only when there is work left)."""
     store = UnitStore(os.path.join(folder, "units"))
     check_settings(folder, settings)
     units = plan_units(prompt_ids, seeds, batch_size)
@@ -61,7 +61,7 @@ def sample_units(folder: str, prompt_ids: dict[str, list[list[int]]], seeds: lis
         return [{"row": row, "response": text}
                 for row, text in zip(unit.rows, backend.generate(prompts, batch_seed, row_seeds))]
 
-    if not run_units(units, store, work, desc="generating"):
+    if not run_units(units, store, work, desc="generating", everyone_waits=everyone_waits):
         return None
     responses = {side: [[None] * len(seeds) for _ in ids] for side, ids in prompt_ids.items()}
     for unit in units:

@@ -44,10 +44,13 @@ class TransformersBackend:
         ).to(self.device).eval()
         self.tokenizer = tokenizer
         self.stop_ids = eos_ids(self.model.generation_config, tokenizer)
+        self.set_sampling(temperature, top_p, max_tokens)
+
+    def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
             else {"do_sample": False}
         self.config = GenerationConfig(**sampling, max_new_tokens=max_tokens, repetition_penalty=1.0,
-                                       eos_token_id=self.stop_ids, pad_token_id=tokenizer.pad_token_id)
+                                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], batch_seed: int, row_seeds: list[int]) -> list[str]:
@@ -82,8 +85,12 @@ class VLLMBackend:
         self.llm = LLM(model=model_args.model_name_or_path, revision=model_args.model_revision,
                        tokenizer=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                        trust_remote_code=model_args.trust_remote_code, dtype=model_args.torch_dtype or "auto")
-        self.params = lambda seed: SamplingParams(temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
-                                                  max_tokens=max_tokens, seed=seed)
+        self.sampling_params = SamplingParams
+        self.set_sampling(temperature, top_p, max_tokens)
+
+    def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
+        self.params = lambda seed: self.sampling_params(temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                                        top_p=top_p if temperature > 0 else 1.0)
 
     def generate(self, prompts: list[list[int]], batch_seed: int, row_seeds: list[int]) -> list[str]:
         """Each request samples from its own seed, so batching does not change it."""

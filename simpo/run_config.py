@@ -4,6 +4,7 @@ again). Evaluation set-ups read the chat template rule from it, and load the tok
 """
 
 import dataclasses
+import logging
 import os
 
 import yaml
@@ -11,6 +12,8 @@ from transformers import AutoTokenizer
 
 from simpo.chat_templates import set_chat_template
 from simpo.config import DataArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.yaml"
 
@@ -35,6 +38,16 @@ def load_run_config(output_dir: str) -> tuple[ModelArguments, DataArguments] | N
         values = yaml.safe_load(f) or {}
     pick = lambda cls: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
     return pick(ModelArguments), pick(DataArguments)
+
+
+def run_settings(output_dir: str) -> tuple[ModelArguments, DataArguments]:
+    """load_run_config, or (for a folder without one) the saved tokenizer's template and the default rules."""
+    loaded = load_run_config(output_dir)
+    if loaded is None:
+        logger.warning("%s has no %s (written by runs since evaluation set-ups exist): using the saved tokenizer's"
+                       " chat template and the default empty-system-turn rule.", output_dir, RUN_CONFIG)
+        return ModelArguments(model_name_or_path=output_dir), DataArguments()
+    return loaded
 
 
 def training_tokenizer(output_dir: str, model_args: ModelArguments, data_args: DataArguments):

@@ -111,10 +111,11 @@ class UnitStore:
             return json.load(f)["records"]
 
 
-def run_units(units: list[Unit], store: UnitStore, work: Callable[[Unit], list], desc: str, poll_s: float = 1.0
-              ) -> bool:
+def run_units(units: list[Unit], store: UnitStore, work: Callable[[Unit], list], desc: str, poll_s: float = 1.0,
+              everyone_waits: bool = False) -> bool:
     """Do this process's share of `units` that are not done yet; True on the main process once every unit of every
-    process is done (it waits for the others), False on the others."""
+    process is done (it waits for the others), False on the others, unless `everyone_waits` (a next step needs the
+    results everywhere)."""
     rank, world = process_rank()
     mine = units[rank::world]
     todo = [unit for unit in mine if not store.done(unit)]
@@ -125,7 +126,7 @@ def run_units(units: list[Unit], store: UnitStore, work: Callable[[Unit], list],
         for unit in todo:
             store.write(unit, work(unit))
             bar.update()
-    if rank != 0:
+    if rank != 0 and not everyone_waits:
         return False
     waiting = [unit for unit in units if not store.done(unit)]
     if waiting:
