@@ -1,22 +1,27 @@
-"""Per-token log-probs from the final hidden states, without ever holding the [N, V] logits.
+"""Per-token log-probs through the LM head, tile by tile, without ever holding the [N, V] logits.
 
-The plain path (simpo/logps.py) keeps the full-vocabulary logits, their log-softmax and its gradient alive: gigabytes
-for N = 2k tokens and V = 128k. Here the LM head is applied one [token_tile, vocab_tile] block at a time: the forward
-keeps a running logsumexp per token, and the backward recomputes each block rather than storing it, one extra GEMM
-for O(tile) memory instead of O(N * V). The GEMMs take the model's own dtype, as its head would; everything else, and
-every sum across tiles, is fp32.
+For N scored tokens with final hidden states h [N, H], a head weight W [V, H] (bias b [V] or none), labels y [N]:
+
+    u = h W^T + b                                   the head's output                     [N, V]
+    z = softcap * tanh(scale * u / softcap)         the model's logits (z = scale * u without a softcap)
+    log p(y_n) = z[n, y_n] - logsumexp_v z[n, v]    what SimPO averages into its reward (arXiv:2405.14734, eq. 4)
+
+The naive code this equals is simpo/logps.py's plain path:
+    logits = model(...).logits[scored]; logps = logits.float().log_softmax(-1).gather(-1, y[:, None]).squeeze(-1)
+which keeps the logits, their log-softmax and its gradient alive: gigabytes for N = 2k tokens and V = 128k. Here the
+head is applied one [token_tile, vocab_tile] block at a time: the forward keeps a running logsumexp per token, and the
+backward recomputes each block rather than storing it (one extra GEMM for O(tile) memory instead of O(N * V)).
+
+Backward, with g[n] = dL/d log p(y_n) and p = softmax(z):
+    dL/du[n, v] = g[n] * dz/du[n, v] * (onehot(y_n)[v] - p[n, v])
+    dL/dh = dL/du @ W,  dL/dW = dL/du^T @ h,  dL/db = sum_n dL/du[n, :]
+The onehot term is O(N * H) and done once; only q = p * dz/du needs the vocabulary, tile by tile.
+
+The GEMM operands take the dtype the model's own head computes in (bf16 under autocast or for a bf16 model, as its
+nn.Linear would); every softmax, logsumexp and sum across tiles is fp32.
 """
 
-import functools
-import inspect
-import logging
-
 import torch
-
-from simpo.logps import model_inputs, plain_token_logps
-from simpo.model import unwrap_model
-
-logger = logging.getLogger(__name__)
 
 
 def transform(u: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
@@ -31,10 +36,10 @@ def transform_grad(z: torch.Tensor, scale: float, softcap: float | None):
     return scale * (1 - (z / softcap).square_()) if softcap is not None else scale
 
 
-def gemm_dtype(weight: torch.Tensor) -> torch.dtype:
-    """The GEMM operands' dtype: a bf16/fp16 model's own (an fp32 operand is rounded to it, as autograd rounds the
-    plain path's gradient; bf16 GEMMs run at twice the fp32 rate on GPUs and on CPUs with AVX512-BF16), else fp32."""
-    return weight.dtype if weight.dtype in (torch.bfloat16, torch.float16) else torch.float32
+def operand_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+    """The GEMM operands' dtype for a head that computes in compute_dtype: bf16/fp16 as is (an fp32 operand is
+    rounded to it, as autocast rounds nn.Linear's; such GEMMs run at twice the fp32 rate), anything else fp32."""
+    return compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 def rounds_products(dtype: torch.dtype, device: torch.device) -> bool:
@@ -57,7 +62,7 @@ def addmm_fp32(acc, a, b, dtype: torch.dtype, alpha: float = 1.0, beta: float = 
 
 
 def tile_logits(hidden, w, b, scale, softcap, dtype, out=None, scratch=None) -> torch.Tensor:
-    """The logits block [tokens, vocab tile] in fp32, written into `out` when given: the loops reuse one buffer (and
+    """The logits block z [tokens, vocab tile] in fp32, written into `out` when given: the loops reuse one buffer (and
     one `scratch` block in dtype for addmm_fp32), as a fresh 4 MB block each GEMM costs a quarter of the GEMM's time
     in page faults on CPU."""
     u = torch.empty(hidden.shape[0], w.shape[0], device=hidden.device) if out is None else out
@@ -68,16 +73,21 @@ def tile_logits(hidden, w, b, scale, softcap, dtype, out=None, scratch=None) -> 
     return transform(u, scale, softcap)
 
 
-class TiledLogProbs(torch.autograd.Function):
-    """(log p(label), mean logit) per token for hidden [N, H], weight [V, H], bias [V] or None, labels [N].
+def label_logits(hidden, weight, bias, labels, scale, softcap, dtype) -> torch.Tensor:
+    """z[n, y_n] for every token: one dot product each, of operands in dtype, rounded as the tiles' logits are."""
+    u = (hidden.to(dtype).float() * weight[labels].to(dtype).float()).sum(1)
+    if rounds_products(dtype, hidden.device):
+        u = u.to(dtype).float()
+    return transform(u if bias is None else u + bias[labels].float(), scale, softcap)
 
-    log p(label) = z[label] - logsumexp(z). The label's logit is one dot product per token; only the logsumexp and
-    the mean logit (for the logits/* metrics: no gradient) need the vocabulary, tile by tile.
-    """
+
+class TiledLogProbs(torch.autograd.Function):
+    """(log p(label), mean logit) per token for hidden [N, H], weight [V, H], bias [V] or None, labels [N]; the mean
+    logit (for the logits/* metrics) has no gradient."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, scale, softcap, token_tile, vocab_tile):
-        n, vocab, dtype = hidden.shape[0], weight.shape[0], gemm_dtype(weight)
+    def forward(ctx, hidden, weight, bias, labels, scale, softcap, dtype, token_tile, vocab_tile):
+        n, vocab = hidden.shape[0], weight.shape[0]
         lse = torch.full((n,), -torch.inf, device=hidden.device)
         logit_sum = torch.zeros(n, device=hidden.device) if softcap is not None else None
         buffers = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
@@ -89,35 +99,33 @@ class TiledLogProbs(torch.autograd.Function):
                     z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, *views(buffers, hidden[rows], w))
                     if logit_sum is not None:
                         logit_sum[rows] += z.sum(1)
-                    top = z.amax(1)  # the tile's own logsumexp, in place in z
-                    lse[rows] = torch.logaddexp(lse[rows], z.sub_(top[:, None]).exp_().sum(1).log_().add_(top))
-            u_label = (hidden.float() * weight[labels].float()).sum(1)
-            if rounds_products(dtype, hidden.device):  # rounded like the tiles' logits
-                u_label = u_label.to(dtype).float()
-            label_z = transform(u_label if bias is None else u_label + bias[labels].float(), scale, softcap)
+                    # Running logsumexp: lse = logaddexp(lse, logsumexp of this tile); z is overwritten.
+                    tile_max = z.amax(1)
+                    tile_sum_exp = z.sub_(tile_max[:, None]).exp_().sum(1)
+                    tile_lse = tile_sum_exp.log_().add_(tile_max)
+                    lse[rows] = torch.logaddexp(lse[rows], tile_lse)
+            label_z = label_logits(hidden, weight, bias, labels, scale, softcap, dtype)
             if logit_sum is None:  # without a softcap the mean logit is linear in W: one [N, H] product, no tile pass
                 mean_u = hidden.float() @ weight.mean(0, dtype=torch.float32)
                 mean_logit = transform(mean_u if bias is None else mean_u + bias.float().mean(), scale, None)
             else:
                 mean_logit = logit_sum.div_(vocab)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, label_z)
-        ctx.args = scale, softcap, token_tile, vocab_tile
+        ctx.args = scale, softcap, dtype, token_tile, vocab_tile
         ctx.mark_non_differentiable(mean_logit)
         return label_z - lse, mean_logit
 
     @staticmethod
     def backward(ctx, grad_logps, _):
         hidden, weight, bias, labels, lse, label_z = ctx.saved_tensors
-        scale, softcap, token_tile, vocab_tile = ctx.args
-        # d logp[n] / du[n, v] = dz/du[n, v] * (onehot(label[n])[v] - softmax(z[n])[v]). The per-token factor g[n] is
-        # kept out of the tiles: it scales [N, H] operands and results instead of [N, V] blocks. The onehot term is
-        # O(N * H); only q = softmax * dz/du needs the vocabulary.
-        g, dtype = grad_logps.float(), gemm_dtype(weight)
+        scale, softcap, dtype, token_tile, vocab_tile = ctx.args
+        n, vocab = hidden.shape[0], weight.shape[0]
+        # g[n] is kept out of the tiles: it scales [N, H] operands and results instead of [N, V] blocks.
+        g = grad_logps.float()
         g_hidden = (g[:, None] * hidden.float()).to(dtype)
-        label_grad = g * transform_grad(label_z, scale, softcap)
+        label_grad = g * transform_grad(label_z, scale, softcap)  # the onehot term's factor per token
         q_weight = torch.zeros(hidden.shape, device=hidden.device)  # sum_v q[n, v] W[v]
         grad_w, grad_b = torch.empty_like(weight), None if bias is None else torch.empty_like(bias)
-        n, vocab = hidden.shape[0], weight.shape[0]
         buffers = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
         # an fp32 weight's gradient is summed in place; a bf16/fp16 one through an fp32 tile, then rounded once
         direct = grad_w.dtype == torch.float32
@@ -125,18 +133,18 @@ class TiledLogProbs(torch.autograd.Function):
         with _no_autocast(hidden):
             for v0 in range(0, vocab, vocab_tile):
                 w, b = weight[v0 : v0 + vocab_tile], None if bias is None else bias[v0 : v0 + vocab_tile]
-                # this tile's weight and bias gradients, summed over tokens in fp32: onehot term minus softmax term
-                hit = (labels >= v0) & (labels < v0 + w.shape[0])
-                local, label_rows = labels[hit] - v0, label_grad[hit, None] * hidden[hit].float()
+                # This tile's weight and bias gradients, summed over tokens in fp32: onehot term minus softmax term.
+                in_tile = (labels >= v0) & (labels < v0 + w.shape[0])
+                local_labels = labels[in_tile] - v0
                 gw = (grad_w[v0 : v0 + vocab_tile] if direct else gw_buffer[: w.shape[0]]).zero_()
-                gw.index_add_(0, local, label_rows)
-                gb = torch.zeros(w.shape[0], device=w.device).index_add_(0, local, label_grad[hit])
+                gw.index_add_(0, local_labels, label_grad[in_tile, None] * hidden[in_tile].float())
+                gb = torch.zeros(w.shape[0], device=w.device).index_add_(0, local_labels, label_grad[in_tile])
                 for t0 in range(0, n, token_tile):
                     rows = slice(t0, t0 + token_tile)
                     z, low = views(buffers, hidden[rows], w)
                     z = tile_logits(hidden[rows], w, b, scale, softcap, dtype, z, low)
                     dz_du = transform_grad(z, scale, softcap)
-                    q = z.sub_(lse[rows, None]).exp_()  # the softmax, in place in z
+                    q = z.sub_(lse[rows, None]).exp_()  # the softmax p, in place in z
                     if softcap is not None or scale != 1:
                         q.mul_(dz_du)
                     if bias is not None:
@@ -150,7 +158,7 @@ class TiledLogProbs(torch.autograd.Function):
                 if grad_b is not None:
                     grad_b[v0 : v0 + vocab_tile] = gb
             grad_h = label_grad[:, None] * weight[labels].float() - g[:, None] * q_weight
-        return grad_h.to(hidden.dtype), grad_w, grad_b, None, None, None, None, None
+        return grad_h.to(hidden.dtype), grad_w, grad_b, None, None, None, None, None, None
 
 
 def tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype):
@@ -176,107 +184,14 @@ def _no_autocast(tensor):
 DEFAULT_TILES = {"cpu": (512, 2048), "cuda": (4096, 8192)}
 
 
-def tiled_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, token_tile=None, vocab_tile=None):
-    """log p(label) [N] fp32 and mean logit [N] (detached) for hidden [N, H] through a head weight [V, H] (+ bias)."""
+def tiled_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, compute_dtype=None, token_tile=None,
+                vocab_tile=None):
+    """log p(label) [N] fp32 and mean logit [N] (detached) for hidden [N, H] through a head weight [V, H] (+ bias).
+
+    compute_dtype is the dtype the model's head computes in (its output's dtype: bf16 under bf16 autocast even for
+    fp32 weights); None takes the weight's.
+    """
     tiles = DEFAULT_TILES.get(hidden.device.type, DEFAULT_TILES["cuda"])
     token_tile, vocab_tile = token_tile or tiles[0], vocab_tile or tiles[1]
-    return TiledLogProbs.apply(hidden, weight, bias, labels, float(scale), softcap, token_tile, vocab_tile)
-
-
-def head_transform(config) -> tuple[float, float | None]:
-    """(scale, softcap) that the transformers 5.24 CausalLM of this config applies to h W^T + b. check_head catches
-    a transform missing here."""
-    config = config.get_text_config()
-    scale = getattr(config, "logit_scale", None) or 1.0  # Cohere, Cohere2: logits * logit_scale
-    if getattr(config, "logits_scaling", None):  # Granite*: logits / s; MiniCPM3: hidden / s; HyperCLOVA X: logits * s
-        s = config.logits_scaling
-        scale *= s if config.model_type.startswith("hyperclovax") else 1 / s
-    scale *= getattr(config, "lm_head_multiplier", None) or 1.0  # Falcon-H1
-    scale *= getattr(config, "output_multiplier", None) or 1.0  # MuseSpark, MuseGlimmer (before their softcap)
-    softcap = getattr(config, "final_logit_softcapping", None) or getattr(config, "logits_soft_cap", None)
-    return float(scale), softcap
-
-
-def head_module(lm) -> torch.nn.Module:
-    """The module owning the LM head's weight [V, H] (and bias), under PEFT's wrappers; refuses an adapted head."""
-    head = lm.get_output_embeddings()
-    if hasattr(head, "modules_to_save"):  # PEFT's ModulesToSaveWrapper: a trainable copy per adapter
-        active = [a for a in head.active_adapters if a in head.modules_to_save]
-        head = head.original_module if head.disable_adapters or not active else head.modules_to_save[active[0]]
-    if hasattr(head, "get_base_layer"):  # a PEFT tuner layer (LoRA, ...) on the head itself
-        unmerged = set(head.active_adapters) - set(head.merged_adapters)
-        if unmerged and not head.disable_adapters:
-            raise NotImplementedError(
-                f"fused_logps: the LM head carries the adapter(s) {sorted(unmerged)}, whose delta this path would "
-                "ignore. Leave the head out of the adapter's target modules, or set fused_logps=False."
-            )
-        head = head.get_base_layer()
-    if not head.weight.dtype.is_floating_point:
-        raise NotImplementedError(f"fused_logps: a quantised LM head ({head.weight.dtype}) is not supported.")
-    return head
-
-
-def fsdp_sharded(weight: torch.Tensor) -> bool:
-    """FSDP2 (a DTensor shard) or FSDP1 (a flat 1-D view). Gathering a DTensor by hand is not enough: its backward
-    slices the gradient without reducing it over the data-parallel ranks, so the replicas would diverge."""
-    return hasattr(weight, "full_tensor") or (weight.dim() != 2 and not hasattr(weight, "ds_id"))
-
-
-def fused_token_logps(model, batch: dict, token_tile: int | None = None, vocab_tile: int | None = None):
-    """Same contract as plain_token_logps: (log p(label) [N] fp32, mean logit over the vocabulary [N] detached).
-
-    The forward goes through `model` itself, so that DDP / DeepSpeed / PEFT hooks fire; the model computes logits for
-    the last position only, and a hook on the decoder takes its final (post-norm) hidden states.
-    """
-    lm = unwrap_model(model)
-    head = head_module(lm)
-    if fsdp_sharded(head.weight):
-        _info_once("fused_logps: the LM head is sharded by FSDP, which this path cannot gather; using plain logps.")
-        return plain_token_logps(model, batch)
-    captured = []
-    hook = lm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output[0]))
-    try:
-        inputs = model_inputs(model, batch)
-        if "logits_to_keep" in inspect.signature(lm.forward).parameters:
-            inputs["logits_to_keep"] = 1
-        outputs = model(**inputs)
-    finally:
-        hook.remove()
-    hidden, (scale, softcap) = captured[-1], head_transform(lm.config)
-
-    def head_forward(scored):
-        weight, bias = head.weight, getattr(head, "bias", None)
-        if torch.is_autocast_enabled(scored.device.type):  # as in nn.Linear: the operands in the autocast dtype
-            dtype = torch.get_autocast_dtype(scored.device.type)
-            scored, weight, bias = (None if t is None else t.to(dtype) for t in (scored, weight, bias))
-        check_head(outputs.logits[:, -1], hidden[:, -1], weight, bias, scale, softcap)
-        return tiled_logps(scored, weight, bias, batch["score_labels"], scale, softcap, token_tile, vocab_tile)
-
-    # Run as the head module's forward so that its hooks fire around it: DeepSpeed ZeRO-3 gathers the weight for the
-    # forward and again for the backward, and the gradient lands while it is whole, as for any nn.Linear.
-    head.forward = head_forward
-    try:
-        return head(hidden.flatten(0, 1)[batch["score_index"]])
-    finally:
-        del head.forward
-
-
-@functools.cache
-def _info_once(message: str) -> None:
-    logger.info(message)
-
-
-@torch.no_grad()
-def check_head(model_logits, hidden, weight, bias, scale, softcap) -> None:
-    """The model's own logits at the last position must be ours there. Else its head does something this path does
-    not reproduce (a transform missing from head_transform, say), and training on it would be silently wrong."""
-    with _no_autocast(hidden):
-        ours = tile_logits(hidden, weight, bias, scale, softcap, gemm_dtype(weight))
-    theirs = model_logits.float()
-    error = (ours - theirs).abs().max()
-    tolerance = (1 + theirs.abs().max()) * (1e-4 if model_logits.dtype == torch.float32 else 3e-2)
-    if error > tolerance:
-        raise NotImplementedError(
-            f"fused_logps: the model's logits differ by {error:.3g} from {scale} * (hidden @ lm_head.weight.T + bias) "
-            f"with softcap {softcap}: its head does something this path does not know. Set fused_logps=False."
-        )
+    dtype = operand_dtype(compute_dtype or weight.dtype)
+    return TiledLogProbs.apply(hidden, weight, bias, labels, float(scale), softcap, dtype, token_tile, vocab_tile)

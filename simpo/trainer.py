@@ -9,9 +9,8 @@ from transformers import AutoModelForCausalLM, Trainer
 
 from simpo.collator import PairCollator
 from simpo.config import SimPOConfig
-from simpo.fused_logps import fused_token_logps
 from simpo.launch_checks import check_distributed_setup
-from simpo.logps import plain_token_logps
+from simpo.logps import fused_token_logps, plain_token_logps
 from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 from simpo.model import resolve_dtype, unwrap_model
 from simpo.prefix_sharing import SharedPrefixCollator, prefix_sharing_problem

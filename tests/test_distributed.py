@@ -8,6 +8,7 @@ accelerate configs.
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -30,20 +31,32 @@ SHORT_RUN = [
 TIMEOUT_S = 900  # generous: the machine may be busy, and the first ZeRO-3 launch compiles
 
 
-def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = ()) -> SimpleNamespace:
-    """accelerate launch tests/dist_train.py on the tiny config; returns the process, the probe records and dirs."""
-    probe, out = tmp_path / "probe", tmp_path / "out"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
-        "--main_process_port", "0",  # a free port: other test runs may share the machine
+def launch_command(config: str, probe, out, *launch_args: str, train_args: tuple = (), port: int = 0) -> list[str]:
+    """accelerate launch tests/dist_train.py on the tiny config (port 0: a free one, other runs may share the
+    machine)."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", str(port),
         *launch_args,
         "tests/dist_train.py", str(probe), TINY_CONFIG, f"--output_dir={out}", *SHORT_RUN, *train_args,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = ()) -> SimpleNamespace:
+    """Launch and wait; returns the process, the probe records and dirs."""
+    probe, out = tmp_path / "probe", tmp_path / "out"
+    cmd = launch_command(config, probe, out, *launch_args, train_args=train_args)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=TIMEOUT_S)
+    return probed(proc.returncode, proc.stdout + proc.stderr, probe, out)
+
+
+def probed(returncode: int, output: str, probe, out) -> SimpleNamespace:
     records = sorted((json.loads(p.read_text()) for p in probe.glob("rank*.json")), key=lambda r: r["rank"])
     params = [load_file(probe / f"rank{r['rank']}.safetensors") for r in records]
-    return SimpleNamespace(proc=proc, output=proc.stdout + proc.stderr, records=records, params=params, out=out)
+    return SimpleNamespace(proc=SimpleNamespace(returncode=returncode), output=output, records=records,
+                           params=params, out=out)
 
 
 def finished(run) -> SimpleNamespace:
@@ -107,6 +120,53 @@ def test_zero3_trains_the_same_model_as_ddp(ddp, zero3):
     """Same data, seed and steps: sharding changes where the numbers live, not what they are (up to summation
     order)."""
     assert_same_params(zero3.params[0], ddp.params[0], rtol=1e-4, atol=1e-6)
+
+
+def test_ddp_in_bf16_mixed_precision_as_the_gpu_configs_run(tmp_path):
+    """accelerate's bf16 autocast with fp32 outputs, in 2 gloo processes: where the first GPU run crashed at step 1."""
+    run = finished(launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", "--mixed_precision", "bf16",
+                          train_args=("--bf16=true",)))
+    assert_really_distributed(run, "torch.nn.parallel.distributed.DistributedDataParallel")
+
+
+def test_zero3_exits_cleanly_five_times_in_a_row(tmp_path):
+    """Every rank exits 0 after training and saving, every time: a rank aborting at exit (SIGABRT) would stop a
+    script that chains steps after training. The cause was a gloo worker thread still freeing a finished
+    collective's tensors while Python shut down; the recipe now destroys the process group before it returns."""
+    for attempt in range(5):
+        run = launch(tmp_path / str(attempt), "accelerate_configs/deepspeed_zero3_cpu.yaml",
+                     train_args=("--max_steps=1",))
+        assert run.proc.returncode == 0, f"attempt {attempt}: " + run.output[-3000:]
+        assert "terminate called" not in run.output
+        assert (run.out / "model.safetensors").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_on_localhost_split_the_data_and_save_whole_weights(tmp_path):
+    """The multi-node recipe of the README, as 2 machines of 1 process each on localhost (ZeRO-3, gloo)."""
+    probe, out, port = tmp_path / "probe", tmp_path / "out", free_port()
+    machines = [
+        subprocess.Popen(
+            launch_command("accelerate_configs/deepspeed_zero3_cpu.yaml", probe, out, "--num_machines", "2",
+                           "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                           port=port),
+            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [machine.communicate(timeout=TIMEOUT_S)[0] for machine in machines]
+    for machine, output in zip(machines, outputs):
+        assert machine.returncode == 0, output[-5000:]
+    run = probed(0, "\n".join(outputs), probe, out)
+    assert_really_distributed(run, "deepspeed.runtime.engine.DeepSpeedEngine")  # each rank read half the batches
+    for record in run.records:
+        assert record["zero3_shard"]["local_numel"] == record["zero3_shard"]["full_numel"] // 2
+    assert_saved_model_is(run, run.params[0])  # gathered from both machines' shards into one whole checkpoint
 
 
 def test_fsdp_on_cpu_is_refused_not_degraded_to_ddp(tmp_path):

@@ -19,12 +19,12 @@ from transformers import (
     LlamaForCausalLM,
 )
 
-import simpo.fused_logps
+import simpo.logps
 import simpo.trainer
 from simpo.collator import PairCollator
 from simpo.config import SimPOConfig
-from simpo.fused_logps import fused_token_logps, tiled_logps
-from simpo.logps import plain_token_logps
+from simpo.fused_logps import tiled_logps
+from simpo.logps import fused_token_logps, plain_token_logps
 from simpo.loss import average_logps, sft_nll, simpo_loss
 from simpo.prefix_sharing import SharedPrefixCollator
 from simpo.trainer import SimPOTrainer
@@ -202,7 +202,7 @@ def test_peft_lora_on_the_lm_head_is_refused_not_ignored():
 
 
 def test_a_head_transform_it_does_not_know_is_refused(monkeypatch):
-    monkeypatch.setattr(simpo.fused_logps, "head_transform", lambda config: (1.0, None))
+    monkeypatch.setattr(simpo.logps, "head_transform", lambda config: (1.0, None))
     torch.manual_seed(0)
     model = GraniteForCausalLM(GraniteConfig(**SMALL, logits_scaling=4.0))
     with pytest.raises(NotImplementedError, match="does something this path does not know"):
@@ -240,14 +240,12 @@ def test_trainer_uses_it_by_default_with_the_same_loss_and_metrics(monkeypatch):
         torch.testing.assert_close(metrics[name], plain_metrics[name], **FP32, msg=name)
 
 
-def test_fsdp_sharded_heads_fall_back_to_the_plain_path(monkeypatch):
+def test_only_flat_fsdp1_heads_fall_back_to_the_plain_path(monkeypatch):
     zero3 = torch.empty(0)
     zero3.ds_id = 7  # a ZeRO-3 parameter outside its forward: the head's hooks gather it, no fallback
     flat_view = torch.empty(40)  # FSDP1's 1-D view of a shard
-    dtensor = SimpleNamespace(full_tensor=None, dim=lambda: 2)  # FSDP2's DTensor shard
-    assert [simpo.fused_logps.fsdp_sharded(w) for w in (torch.empty(V, H), zero3, flat_view, dtensor)] == [
-        False, False, True, True]
-    monkeypatch.setattr(simpo.fused_logps, "fsdp_sharded", lambda weight: True)
+    assert [simpo.logps.fsdp1_flat(w) for w in (torch.empty(V, H), zero3, flat_view)] == [False, False, True]
+    monkeypatch.setattr(simpo.logps, "fsdp1_flat", lambda weight: True)
     model, batch = tiny_llama(), PairCollator(pad_token_id=0)(features())
     logps, _ = fused_token_logps(model, batch)
     assert logps.grad_fn.name() != "TiledLogProbsBackward"
