@@ -26,13 +26,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simpo.collator import PairCollator
+from simpo.collator import PlainLayout
 from simpo.logps import plain_token_logps
 from simpo.loss import average_logps, simpo_loss
-from simpo.prefix_sharing import SharedPrefixCollator
+from simpo.prefix_sharing import SharedPrefixLayout
 
 MODES = {
-    "plain": "plain pairs (PairCollator)",
+    "plain": "plain pairs (PlainLayout)",
     "prefix_sharing": "prefix sharing, one padded row per pair",
     "prefix_sharing+padding_free": "prefix sharing + padding-free (pairs packed into one row)",
 }
@@ -54,10 +54,11 @@ def make_pairs(rng: np.random.Generator, num_pairs: int, max_length: int) -> lis
     return pairs
 
 
-def collator(mode: str, max_tokens_per_row: int | None):
+def layout(mode: str, max_tokens_per_row: int | None, model):
     if mode == "plain":
-        return PairCollator(PAD)
-    return SharedPrefixCollator(PAD, padding_free=mode.endswith("padding_free"), max_tokens_per_row=max_tokens_per_row)
+        return PlainLayout(PAD)
+    return SharedPrefixLayout(PAD, padding_free=mode.endswith("padding_free"), max_tokens_per_row=max_tokens_per_row,
+                              config=model.config, mask_dtype=model.dtype)
 
 
 def build_model(args):
@@ -78,7 +79,7 @@ def worker(args) -> dict:
     model = build_model(args)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    collate = collator(args.worker, args.max_tokens_per_row)
+    collate = layout(args.worker, args.max_tokens_per_row, model)
     rng = np.random.default_rng(args.seed)
     batches = [make_pairs(rng, args.pairs, args.max_length) for _ in range(args.warmup + args.steps)]
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
@@ -88,10 +89,11 @@ def worker(args) -> dict:
         sync()
         start, cpu_start = time.perf_counter(), time.process_time()
         batch = {k: v.to(args.device) for k, v in collate(pairs).items()}
-        token_logps, _ = plain_token_logps(model, batch)
+        inputs = collate.model_inputs(batch)
+        token_logps, _ = plain_token_logps(model, inputs, batch["score_index"], batch["score_labels"])
         num_seqs = batch["response_lengths"].numel()
         avg = average_logps(token_logps, batch["score_seq"], num_seqs)
-        loss = simpo_loss(avg[: num_seqs // 2], avg[num_seqs // 2 :], beta=2.0, gamma_beta_ratio=0.25).mean()
+        loss = simpo_loss(avg[: num_seqs // 2], avg[num_seqs // 2 :], beta=2.0, gamma=0.5).mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

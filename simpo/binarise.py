@@ -104,13 +104,13 @@ def plot_gaps(gaps: dict[str, list[float]], min_score_gap: float, path: str) -> 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, args = parse_pipeline_args(argv, "simpo-binarise")
+    model_args, _, args = parse_pipeline_args(argv, "simpo-binarise")
     setup_logging(0)
     source, folder = os.path.join(args.output_dir, "annotations"), os.path.join(args.output_dir, "dataset")
     sides = [side for side in ("train", "test") if os.path.exists(os.path.join(source, f"{side}.jsonl"))]
     if not sides:
         raise FileNotFoundError(f"No annotations in {source}: run simpo-annotate with this config first.")
-    tokenizer = get_tokenizer(model_args, data_args)
+    tokenizer = get_tokenizer(model_args)
     summary, all_gaps = {"min_score_gap": args.min_score_gap}, {}
     for side in sides:
         rows = read_jsonl(os.path.join(source, f"{side}.jsonl"))

@@ -10,6 +10,7 @@ from transformers import set_seed
 
 from simpo.chat_templates import apply_chat_template, set_chat_template
 from simpo.data import mix_datasets
+from simpo.launch_checks import check_launch
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
@@ -54,28 +55,24 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         save_run_config(model_args, data_args, training_args)  # for evaluation set-ups and reruns
     if model_args.trust_remote_code:
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
+    check_launch(training_args)  # a launch accelerate would silently degrade is refused in seconds
     checkpoint = checkpoint_to_resume(training_args)
     set_seed(training_args.seed)
 
-    raw_datasets, drops = mix_datasets(
-        data_args.dataset_mixer,
-        data_args.dataset_splits,
-        data_args.dataset_configs,
-        seed=training_args.seed,
-        on_degenerate=training_args.on_degenerate_pairs,
+    raw_datasets = mix_datasets(
+        data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
     )
     if (training_args.do_eval or training_args.eval_strategy != "no") and "test" not in raw_datasets:
         raise DataError(
             "Evaluation is on (do_eval or eval_strategy) but dataset_splits has no test split: add one"
             " (e.g. test_prefs) or set do_eval: false and eval_strategy: \"no\"."
         )
-    tokenizer = get_tokenizer(model_args, data_args)
+    tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
-    raw_datasets = raw_datasets.map(
+    raw_datasets = raw_datasets.map(  # message lists -> prompt/chosen/rejected strings; each row keeps its origin
         apply_chat_template,
         fn_kwargs={"tokenizer": tokenizer, "auto_insert_empty_system_msg": data_args.auto_insert_empty_system_msg},
         num_proc=data_args.preprocessing_num_workers,
-        remove_columns=raw_datasets["train"].column_names,
         desc="Applying chat template",
     )
 
@@ -91,7 +88,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         callbacks=[stop, *(callbacks or [])],
     )
     if trainer.accelerator.is_main_process:
-        report_drops(drops + trainer.dropped_pairs, training_args.output_dir)
+        report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
 
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     if stop.signum is not None:

@@ -1,11 +1,14 @@
-"""Batches of tokenised pairs in the plain layout: chosen rows then rejected rows, right-padded, one forward.
+"""The plain batch layout: chosen rows then rejected rows, right-padded, one forward.
 
-Every layout (this one, and prefix sharing) hands the trainer the same description of what to score:
-    input_ids, attention_mask  [R, L]  the rows the model runs on
+Every layout (simpo/layouts.py chooses one per run) is the trainer's data collator and hands the trainer the same
+description of what to score:
+    input_ids, attention_mask  [R, L]  the rows the model runs on (attention_mask: 1 on real tokens)
     score_index                [N]     flat index (row * L + position) of the position that predicts a token
     score_labels               [N]     the response token predicted there
     score_seq                  [N]     which sequence it belongs to: i < B chosen of pair i, B + i rejected of pair i
     response_lengths           [2B]    response tokens per sequence (so B = len // 2)
+and, for a batch it collated, the model's forward arguments (model_inputs) and the real tokens the plain layout
+would run for it (real_tokens), so that throughput compares across layouts.
 """
 
 from dataclasses import dataclass
@@ -26,9 +29,10 @@ def pad_right(sequences: list[list[int]], value: int) -> torch.Tensor:
 
 
 @dataclass
-class PairCollator:
+class PlainLayout:
     pad_token_id: int
     label_pad_token_id: int = -100
+    name = "plain"
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         ids = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
@@ -45,3 +49,9 @@ class PairCollator:
             "score_seq": score_seq,
             "response_lengths": torch.bincount(score_seq, minlength=len(ids)),
         }
+
+    def model_inputs(self, batch: dict) -> dict:
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+
+    def real_tokens(self, batch: dict) -> torch.Tensor:
+        return batch["attention_mask"].sum()

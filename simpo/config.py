@@ -47,7 +47,6 @@ class DataArguments:
     dataset_splits: list[str] = field(default_factory=lambda: ["train", "test"])
     dataset_configs: list[str] | None = field(default=None, metadata={"help": "One config name per source."})
     preprocessing_num_workers: int | None = None
-    truncation_side: Literal["left", "right"] | None = None
     auto_insert_empty_system_msg: bool = True
 
 
@@ -68,7 +67,11 @@ class SimPOConfig(TrainingArguments):
         default=False, metadata={"help": "After each evaluation, greedy replies to a few eval prompts in "
                                  "output_dir/eval_samples.jsonl, beside their chosen and rejected replies."}
     )
-    model_init_kwargs: dict[str, Any] | None = None
+    model_init_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Further from_pretrained / model config arguments, e.g. {max_position_embeddings: 4096};"
+                  " those a config key sets (dtype, revision, attn_implementation, ...) are refused."},
+    )
     dataset_num_proc: int | None = None
     fused_logps: bool = field(
         default=True,
@@ -87,6 +90,12 @@ class SimPOConfig(TrainingArguments):
         default=False,
         metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart)."},
     )
+    max_tokens_per_row: int | None = field(
+        default=None,
+        metadata={"help": "With padding_free: pack pairs into rows of at most this many tokens (first fit, longest "
+                  "pair first; a longer pair gets a row of its own) instead of one row per batch, which bounds the "
+                  "[rows, 1, L, L] attention mask."},
+    )
     on_degenerate_pairs: Literal["drop", "error"] = field(
         default="drop",
         metadata={"help": "Pairs that cannot be trained on (identical, empty, or a response truncated to nothing):"
@@ -96,10 +105,20 @@ class SimPOConfig(TrainingArguments):
     # Trainer columns are ours, not the model's forward arguments.
     remove_unused_columns: bool = False
 
+    @property
+    def gamma(self) -> float:
+        """SimPO's target reward margin: the loss asks r_w - r_l to exceed gamma = beta * gamma_beta_ratio."""
+        return self.beta * self.gamma_beta_ratio
+
     def __post_init__(self):
         super().__post_init__()
         if self.padding_free and self.prefix_sharing is False:
             raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
+        if self.max_tokens_per_row is not None and not (self.padding_free and self.max_tokens_per_row > 0):
+            raise ValueError(
+                f"max_tokens_per_row={self.max_tokens_per_row} sizes the rows padding_free packs: it needs"
+                " padding_free: true and a positive number of tokens."
+            )
         if self.max_prompt_length >= self.max_length:
             raise ValueError(
                 f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}): a long"

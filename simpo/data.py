@@ -5,11 +5,14 @@ from pathlib import Path
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
-from simpo.validation import DataError, handle_drops, validate_rows, without_rows
+from simpo.validation import DataError, validate_rows
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("prompt", "chosen", "rejected")
+# Where each row came from, carried through chat templating and tokenisation so that a dropped pair is reported as
+# the row a user can find in their file: {source, split, row}.
+ORIGIN = "origin"
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
@@ -49,19 +52,15 @@ def mix_datasets(
     splits: list[str],
     configs: list[str] | None = None,
     seed: int = 42,
-    on_degenerate: str = "drop",
-) -> tuple[DatasetDict, list[dict]]:
-    """Train splits are subsampled to their fraction, test splits kept whole; each side concatenated and shuffled.
-
-    Malformed rows raise DataError; degenerate pairs (identical or empty replies) are dropped and returned as
-    records {source, split, row, reason}, or raise when on_degenerate is "error".
-    """
+) -> DatasetDict:
+    """Train splits are subsampled to their fraction (their first rows), test splits kept whole; each side is
+    concatenated and shuffled. Malformed rows raise DataError. Every row keeps its origin (column ORIGIN)."""
     if not dataset_mixer:
         raise DataError("dataset_mixer is empty: give at least one {source: fraction}.")
     configs = configs or [None] * len(dataset_mixer)
     if len(configs) != len(dataset_mixer):
         raise DataError(f"dataset_configs has {len(configs)} entries for {len(dataset_mixer)} dataset_mixer sources.")
-    parts, drops = {"train": [], "test": []}, []
+    parts = {"train": [], "test": []}
     for (source, fraction), config in zip(dataset_mixer.items(), configs):
         if not 0 < fraction <= 1:
             raise DataError(
@@ -77,12 +76,10 @@ def mix_datasets(
             dataset = load_split(source, split, config)
             if side == "train":
                 dataset = dataset.select(range(int(fraction * len(dataset))))
-            degenerate = validate_rows(dataset, source, split)
-            handle_drops(degenerate, on_degenerate)
+            validate_rows(dataset, source, split)
+            origins = [{"source": source, "split": split, "row": row} for row in range(len(dataset))]
             dataset = dataset.select_columns([c for c in COLUMNS if c in dataset.column_names])
-            dataset = without_rows(dataset, degenerate)
+            dataset = dataset.add_column(ORIGIN, origins)
             parts[side].append(dataset)
-            drops += degenerate
             logger.info("Using %d rows of %s [%s] for %s", len(dataset), source, split, side)
-    mixed = DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})
-    return mixed, drops
+    return DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})

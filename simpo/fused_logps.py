@@ -134,11 +134,14 @@ class TiledLogProbs(torch.autograd.Function):
             for v0 in range(0, vocab, vocab_tile):
                 w, b = weight[v0 : v0 + vocab_tile], None if bias is None else bias[v0 : v0 + vocab_tile]
                 # This tile's weight and bias gradients, summed over tokens in fp32: onehot term minus softmax term.
+                # The onehot term adds label_grad[n] * h[n] to row y_n; tokens whose label lies in another tile add
+                # zero (a mask, not a selection, which would wait for the GPU to count them).
                 in_tile = (labels >= v0) & (labels < v0 + w.shape[0])
-                local_labels = labels[in_tile] - v0
+                local_labels = (labels - v0).clamp_(0, w.shape[0] - 1)
+                tile_label_grad = torch.where(in_tile, label_grad, 0.0)
                 gw = (grad_w[v0 : v0 + vocab_tile] if direct else gw_buffer[: w.shape[0]]).zero_()
-                gw.index_add_(0, local_labels, label_grad[in_tile, None] * hidden[in_tile].float())
-                gb = torch.zeros(w.shape[0], device=w.device).index_add_(0, local_labels, label_grad[in_tile])
+                gw.index_add_(0, local_labels, tile_label_grad[:, None] * hidden.float())
+                gb = torch.zeros(w.shape[0], device=w.device).index_add_(0, local_labels, tile_label_grad)
                 for t0 in range(0, n, token_tile):
                     rows = slice(t0, t0 + token_tile)
                     z, low = views(buffers, hidden[rows], w)

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate")
     rank, world = process_rank()
     setup_logging(rank)
-    tokenizer = get_tokenizer(model_args, data_args)
+    tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     sides = load_prompts(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
                          args.prompt_column)

@@ -1,4 +1,5 @@
-"""Refuse a launch that accelerate silently turned into something other than what was asked for.
+"""Refuse a launch that accelerate silently turns into something other than what was asked for, at start-up, before
+any data or model is loaded.
 
 Two such cases: an FSDP launch on CPU (`use_cpu: true`, or no CUDA) becomes plain DDP over gloo, because accelerate
 only switches to FSDP on accelerator backends, so every process holds the full model and optimizer, exactly what
@@ -27,6 +28,10 @@ ALONE = (
 ALONE_ON_CPU = "There is no GPU: set use_cpu: true in the training YAML (or --use_cpu=true) so they join over gloo."
 ALONE_ON_GPU = "Check that every process sees a GPU (CUDA_VISIBLE_DEVICES) and that use_cpu is not set."
 NOT_LAUNCHED = "FSDP needs a distributed launch: `accelerate launch --config_file accelerate_configs/fsdp.yaml ...`."
+# The process kinds accelerate turns into FSDP when asked (AcceleratorState: accelerator backends only).
+BECOMES_FSDP = {DistributedType.FSDP, DistributedType.MULTI_GPU, DistributedType.MULTI_XPU, DistributedType.MULTI_NPU,
+                DistributedType.MULTI_MLU, DistributedType.MULTI_SDAA, DistributedType.MULTI_MUSA,
+                DistributedType.MULTI_HPU}
 
 
 def _flag(name: str) -> bool:
@@ -43,18 +48,25 @@ def fsdp_requested(args) -> str | None:
     return None
 
 
-def check_distributed_setup(accelerator, args) -> None:
-    """Raise RuntimeError when the launch asked for processes or FSDP that accelerate did not set up."""
-    kind = accelerator.state.distributed_type
+def check_launch(args) -> None:
+    """check_distributed_setup on the processes the training arguments set up (transformers' PartialState)."""
+    _ = args.device  # sets up args.distributed_state
+    check_distributed_setup(args.distributed_state, args)
+
+
+def check_distributed_setup(state, args) -> None:
+    """Raise RuntimeError when the launch asked for processes or FSDP that accelerate will not set up. `state` is
+    accelerate's PartialState (or AcceleratorState) of this process: distributed_type and num_processes."""
+    kind = state.distributed_type
     on_cpu = args.use_cpu or _flag("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     name = kind.value if isinstance(kind, DistributedType) else str(kind)
-    actual = f"{name} on {'CPU' if on_cpu else 'GPU'} with {accelerator.num_processes} process(es)"
+    actual = f"{name} on {'CPU' if on_cpu else 'GPU'} with {state.num_processes} process(es)"
 
     launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun, which accelerate launch uses
-    if launched > 1 and accelerator.num_processes == 1:
+    if launched > 1 and state.num_processes == 1:
         why = ALONE_ON_GPU if torch.cuda.is_available() and not args.use_cpu else ALONE_ON_CPU
         raise RuntimeError(ALONE.format(n=launched, actual=actual, why=why))
 
     how = fsdp_requested(args)
-    if how is not None and kind != DistributedType.FSDP:
+    if how is not None and kind not in BECOMES_FSDP:
         raise RuntimeError(NOT_FSDP.format(how=how, actual=actual, why=ON_CPU if on_cpu else NOT_LAUNCHED))

@@ -1,4 +1,6 @@
-"""Per-token log-probs of a batch's scored response tokens (the batch contract is in simpo/collator.py).
+"""Per-token log-probs of a batch's scored response tokens: the model runs on a layout's forward arguments (`inputs`,
+simpo/layouts.py) and score_index / score_labels say which positions predict which response token
+(simpo/collator.py).
 
 plain_token_logps reads them off the model's full logits: simple, and the reference every faster path is tested
 against. fused_token_logps runs the LM head tile by tile on the final hidden states (simpo/fused_logps.py) and never
@@ -10,29 +12,21 @@ vocabulary [N], detached).
 import functools
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass
 
 import torch
 
 from simpo.fused_logps import _no_autocast, operand_dtype, tile_logits, tiled_logps
 from simpo.model import unwrap_model
-from simpo.prefix_sharing import shared_prefix_model_inputs
 
 logger = logging.getLogger(__name__)
 
 
-def model_inputs(model, batch: dict) -> dict:
-    """The forward arguments for a batch's rows. Prefix-shared rows bring position_ids and need their own mask."""
-    if "position_ids" in batch:
-        return shared_prefix_model_inputs(model, batch)
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-
-
-def plain_token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the model on the batch's rows; return (log p(label), mean logit over the vocabulary) per scored token."""
-    outputs = model(**model_inputs(model, batch))
-    selected = outputs.logits.flatten(0, 1)[batch["score_index"]].float()
-    return logps_from_logits(selected, batch["score_labels"]), selected.detach().mean(-1)
+def plain_token_logps(model, inputs: dict, score_index, score_labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the model on the rows; return (log p(label), mean logit over the vocabulary) per scored token."""
+    selected = model(**inputs).logits.flatten(0, 1)[score_index].float()
+    return logps_from_logits(selected, score_labels), selected.detach().mean(-1)
 
 
 def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -40,21 +34,21 @@ def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
 
 
-def fused_token_logps(model, batch: dict, token_tile: int | None = None, vocab_tile: int | None = None):
+def fused_token_logps(model, inputs: dict, score_index, score_labels, token_tile=None, vocab_tile=None):
     """Same contract as plain_token_logps, without the full logits.
 
     The forward runs through `model` with logits for the last position only; a probe keeps the decoder's final
     hidden states and what the head saw and returned there: the dtype it computed in (bf16 under autocast, whatever
-    the weights' dtype) is the dtype the tiles compute in, and its logits check that the tiles reproduce the head.
+    the weights' dtype) is the dtype the tiles compute in, and its logits check that the tiles reproduce the head
+    (once per head and compute dtype: the check reads a result on the host, which would stall every step).
     """
     lm = unwrap_model(model)
     head = head_module(lm)
     if fsdp1_flat(head.weight):
         _info_once("fused_logps: the LM head is a flat FSDP1 shard, which this path cannot use; using plain logps.")
-        return plain_token_logps(model, batch)
-    inputs = model_inputs(model, batch)
+        return plain_token_logps(model, inputs, score_index, score_labels)
     if "logits_to_keep" in inspect.signature(lm.forward).parameters:
-        inputs["logits_to_keep"] = 1
+        inputs = {**inputs, "logits_to_keep": 1}
     with ForwardProbe(lm.get_decoder(), head) as seen:
         outputs = model(**inputs)
     scale, softcap = head_transform(lm.config)
@@ -63,12 +57,14 @@ def fused_token_logps(model, batch: dict, token_tile: int | None = None, vocab_t
     def head_logps(scored: torch.Tensor):
         # Runs as the head's forward (call_as_forward): its weight is whole here, gathered by ZeRO-3's hooks.
         weight, bias = head.weight, getattr(head, "bias", None)
-        check_head(outputs.logits[:, -1], seen.head_input[:, -1], weight, bias, scale, softcap, compute_dtype)
-        return tiled_logps(scored, weight, bias, batch["score_labels"], scale, softcap, compute_dtype, token_tile,
-                           vocab_tile)
+        checked = CHECKED_HEADS.setdefault(head, set())
+        if compute_dtype not in checked:
+            check_head(outputs.logits[:, -1], seen.head_input[:, -1], weight, bias, scale, softcap, compute_dtype)
+            checked.add(compute_dtype)
+        return tiled_logps(scored, weight, bias, score_labels, scale, softcap, compute_dtype, token_tile, vocab_tile)
 
     unshard_fsdp2_head(lm, head)
-    return call_as_forward(head, seen.hidden.flatten(0, 1)[batch["score_index"]], head_logps)
+    return call_as_forward(head, seen.hidden.flatten(0, 1)[score_index], head_logps)
 
 
 @dataclass
@@ -177,6 +173,10 @@ def head_module(lm) -> torch.nn.Module:
     if not head.weight.dtype.is_floating_point:
         raise NotImplementedError(f"fused_logps: a quantised LM head ({head.weight.dtype}) is not supported.")
     return head
+
+
+# head module -> the compute dtypes its logits were checked in (weak: a model freed is forgotten)
+CHECKED_HEADS = weakref.WeakKeyDictionary()
 
 
 @functools.cache

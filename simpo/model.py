@@ -6,20 +6,19 @@ import logging
 import torch
 from transformers import AutoTokenizer, BitsAndBytesConfig
 
-from simpo.config import DataArguments, ModelArguments, SimPOConfig
+from simpo.config import ModelArguments, SimPOConfig
 
 logger = logging.getLogger(__name__)
 
 MAX_SANE_MODEL_LENGTH = 100_000  # some tokenizers report int(1e30) when they have no limit
 
 
-def get_tokenizer(model_args: ModelArguments, data_args: DataArguments):
+def get_tokenizer(model_args: ModelArguments):
     tokenizer = AutoTokenizer.from_pretrained(
         model_args.tokenizer_name_or_path or model_args.model_name_or_path,
         revision=model_args.model_revision,
         trust_remote_code=model_args.trust_remote_code,
     )
-    tokenizer.truncation_side = data_args.truncation_side or "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.model_max_length > MAX_SANE_MODEL_LENGTH:
@@ -54,8 +53,30 @@ def quantization_config(model_args: ModelArguments) -> BitsAndBytesConfig | None
     return None
 
 
+# from_pretrained kwargs that a config key already sets: model_init_kwargs may not set them a second way.
+SET_BY_KEYS = {
+    "revision": "model_revision",
+    "trust_remote_code": "trust_remote_code",
+    "attn_implementation": "attn_implementation",
+    "dtype": "torch_dtype",
+    "torch_dtype": "torch_dtype",
+    "quantization_config": "load_in_4bit / load_in_8bit (and the bnb_* keys)",
+    "use_cache": "activation_checkpointing (the cache is off while it is on)",
+    "device_map": "nothing: accelerate places the model on each process's device",
+}
+
+
 def model_init_kwargs(model_args: ModelArguments, training_args: SimPOConfig) -> dict:
-    """from_pretrained kwargs. dtype stays a string here (the args are logged as JSON); the trainer converts it."""
+    """from_pretrained kwargs: the YAML's model_init_kwargs (any other from_pretrained or config argument, e.g.
+    max_position_embeddings) plus those the model keys set. dtype stays a string here (the args are logged as JSON);
+    the trainer converts it."""
+    extra = dict(training_args.model_init_kwargs or {})
+    clashes = sorted(set(extra) & set(SET_BY_KEYS))
+    if clashes:
+        raise ValueError(
+            f"model_init_kwargs sets {clashes[0]!r}, which the config key {SET_BY_KEYS[clashes[0]]} sets: use that key"
+            " instead."
+        )
     quantization = quantization_config(model_args)
     kwargs = {
         "revision": model_args.model_revision,
@@ -68,7 +89,7 @@ def model_init_kwargs(model_args: ModelArguments, training_args: SimPOConfig) ->
         # Each process loads its own quantised copy on its own device.
         kwargs["device_map"] = {"": training_args.local_process_index if torch.cuda.is_available() else "cpu"}
         kwargs["quantization_config"] = quantization.to_dict()  # a dict keeps the args JSON-serialisable
-    return {k: v for k, v in kwargs.items() if v is not None}
+    return {**extra, **{k: v for k, v in kwargs.items() if v is not None}}
 
 
 def get_peft_config(model_args: ModelArguments, training_args: SimPOConfig):

@@ -26,15 +26,21 @@ _FLAG = object()  # a bare `--key` with no value
 _NONE = ("none", "null")
 _TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
 
-# Keys of older transformers YAMLs that TrainingArguments 5 lacks: old key -> (today's key, or None to drop; why).
-# Only consulted for keys that are no dataclass field.
+# Keys of older YAMLs (transformers 4, the alignment handbook), only consulted for keys that are no dataclass field.
+# Renamed ones are read as today's key, with a warning: old key -> (today's key, why).
 LEGACY_KEYS = {
     "warmup_ratio": ("warmup_steps", "transformers 5 reads a warmup_steps below 1 as a ratio of the steps"),
     "evaluation_strategy": ("eval_strategy", "renamed in transformers"),
     "no_cuda": ("use_cpu", "renamed in transformers"),
-    "overwrite_output_dir": (None, "removed in transformers 5; output_dir is reused as is"),
-    "logging_dir": (None, "removed in transformers 5; set TENSORBOARD_LOGGING_DIR instead"),
-    "save_safetensors": (None, "removed in transformers 5; checkpoints are always safetensors"),
+}
+# Keys that would do nothing: refused, saying what to use instead (a key a user sets must change something).
+REMOVED_KEYS = {
+    "overwrite_output_dir": "removed in transformers 5: output_dir is reused as is and a run resumes from its last"
+    " checkpoint there; delete the key (or choose a new output_dir)",
+    "logging_dir": "removed in transformers 5: set the TENSORBOARD_LOGGING_DIR environment variable instead",
+    "save_safetensors": "removed in transformers 5: checkpoints are always safetensors; delete the key",
+    "truncation_side": "simpo does not truncate with the tokenizer: truncation_mode says which end of a long prompt"
+    " is kept (keep_end, like truncation_side: left; keep_start, like right)",
 }
 # transformers documents report_to "none" as "no integrations" but turns a None into [None]: keep the word.
 _NONE_IS_A_WORD = {"report_to"}
@@ -159,21 +165,22 @@ def _read_cli(tokens: list[str]) -> dict:
 def _rename_legacy(values: dict, fields: set, source: str) -> dict:
     out = {}
     for key, value in values.items():
+        if key in REMOVED_KEYS and key not in fields:
+            raise ConfigError(f"Config key '{key}' ({source}) is not used: {REMOVED_KEYS[key]}.")
         if key in fields or key not in LEGACY_KEYS:
             out[key] = value
             continue
         new, why = LEGACY_KEYS[key]
-        if new is not None and new in values:
+        if new in values:
             raise ConfigError(f"Both '{key}' and '{new}' are set ({source}); '{key}' is the old name: keep '{new}'.")
         too_big = False  # as warmup_steps, a ratio of 1 or more would count steps
         with contextlib.suppress(TypeError, ValueError):  # a bad number is reported by the cast, later
             too_big = key == "warmup_ratio" and float(value) >= 1
         if too_big:
             raise ConfigError(f"warmup_ratio={value!r} ({source}) must be below 1; use warmup_steps for steps.")
-        done = "ignored" if new is None else f"read as {new}" + ("" if value is _FLAG else f"={value!r}")
+        done = f"read as {new}" + ("" if value is _FLAG else f"={value!r}")
         logger.warning("Config key '%s' (%s) is obsolete and %s: %s.", key, source, done, why)
-        if new is not None:
-            out[new] = value
+        out[new] = value
     return out
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 
 from simpo.collator import pad_right
-from simpo.model import unwrap_model
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
 # Kernels that take a 4D additive mask as the whole mask. flash_attention_* ignore a tensor mask (varlen needs
@@ -46,19 +45,25 @@ def first_label(labels: list[int], label_pad_token_id: int) -> int:
 
 
 @dataclass
-class SharedPrefixCollator:
+class SharedPrefixLayout:
     """Pairs -> rows [prompt | chosen | rejected] with position_ids, segment_ids (pair index) and branch_ids.
 
-    Produces the same score_* contract as PairCollator (sequence i = chosen of pair i, B + i = its rejected), plus
-    the per-token ids shared_prefix_model_inputs turns into the mask. padding_free packs pairs into rows of at most
-    max_tokens_per_row tokens (first fit, longest pair first; a longer pair gets a row to itself), or into a single
-    row when it is None. Rows are right-padded to equal length; each pad token is its own segment.
+    Produces the same score_* contract as the plain layout (sequence i = chosen of pair i, B + i = its rejected),
+    plus the per-token ids model_inputs turns into the mask for `config`'s model. padding_free packs pairs into rows
+    of at most max_tokens_per_row tokens (first fit, longest pair first; a longer pair gets a row to itself), or into
+    a single row when it is None. Rows are right-padded to equal length; each pad token is its own segment.
     """
 
     pad_token_id: int
     label_pad_token_id: int = -100
     padding_free: bool = False
     max_tokens_per_row: int | None = None
+    config: object = None  # the model's config (a PretrainedConfig): which masks, which window, which kernel
+    mask_dtype: torch.dtype = torch.float32  # the dtype attention scores come out in (bf16 under bf16 autocast)
+
+    @property
+    def name(self) -> str:
+        return "prefix sharing" + (" + padding-free" if self.padding_free else "")
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         num_pairs = len(features)
@@ -125,7 +130,44 @@ class SharedPrefixCollator:
             room[r] -= lengths[i]
         return [sorted(row) for row in rows]
 
+    def model_inputs(self, batch: dict) -> dict:
+        """input_ids, position_ids and the mask: one [R, 1, L, L] mask, with the window built in when
+        config.sliding_window is set (Mistral), since none is added later; models with config.layer_types (Gemma2,
+        Qwen2) take {"full_attention": M, "sliding_attention": M_sw}."""
+        problem = prefix_sharing_problem(self.config)  # refuses (never approximates) what the mask cannot express
+        if problem:
+            raise ValueError(problem)
+        config = self.config
+        segments, branches, positions = batch["segment_ids"], batch["branch_ids"], batch["position_ids"]
+        rows = torch.arange(segments.shape[1], device=segments.device)
+        # Built once per forward, as bool [R, L, L] and then one mask per layer type; every layer reuses it.
+        allowed = (rows[None, :] <= rows[:, None]) & (segments[:, :, None] == segments[:, None, :])
+        key_branch = branches[:, None, :]
+        allowed &= (key_branch == PROMPT) | (key_branch == branches[:, :, None])
+        # The window is counted in positions, not row slots (rejected restarts at the prompt end): HF keeps keys with
+        # q - k < window, the token itself included.
+        window = getattr(config, "sliding_window", None)
+        in_window = positions[:, :, None] - positions[:, None, :] < window if window is not None else None
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:
+            mask = {t: self.kernel_mask(allowed & in_window if t == "sliding_attention" else allowed)
+                    for t in sorted(set(layer_types))}
+        else:
+            mask = self.kernel_mask(allowed & in_window if in_window is not None else allowed)
+        return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions, "use_cache": False}
 
+    def kernel_mask(self, keep: torch.Tensor) -> torch.Tensor:
+        """[R, 1, L, L] as the attention kernel takes it: sdpa a bool mask (True attends), eager an additive float
+        one (0 or the dtype's min). Never a bool for eager: it adds the mask to the scores, as 0/1, without error."""
+        if self.config._attn_implementation == "sdpa":
+            return keep[:, None]
+        mask = torch.zeros(keep.shape, dtype=self.mask_dtype, device=keep.device)
+        return mask.masked_fill_(~keep, torch.finfo(self.mask_dtype).min)[:, None]
+
+    def real_tokens(self, batch: dict) -> torch.Tensor:
+        """Tokens as the plain layout runs them: each shared prompt once per side."""
+        real = batch["attention_mask"].bool()
+        return real.sum() + ((batch["branch_ids"] == PROMPT) & real).sum()
 
 
 def prefix_sharing_problem(config) -> str | None:
@@ -149,47 +191,3 @@ def prefix_sharing_problem(config) -> str | None:
     if "sliding_attention" in layer_types and getattr(config, "sliding_window", None) is None:
         return "The model has sliding_attention layers but config.sliding_window is None."
     return None
-
-
-def mask_layer_types(config) -> list[str]:
-    """The distinct masks the model needs; refuses (never approximates) what this mask cannot express exactly."""
-    problem = prefix_sharing_problem(config)
-    if problem:
-        raise ValueError(problem)
-    return sorted(set(getattr(config, "layer_types", None) or ["full_attention"]))
-
-
-def shared_prefix_model_inputs(model, batch: dict) -> dict:
-    """Forward arguments for SharedPrefixCollator rows: input_ids, position_ids and the mask the layout needs.
-
-    Models with config.layer_types (Gemma2, Qwen2) take {"full_attention": M, "sliding_attention": M_sw}; others
-    take one mask, with the window built in when config.sliding_window is set (Mistral), since none is added later.
-    """
-    inner = unwrap_model(model)
-    config = inner.config
-    types = mask_layer_types(config)
-    window = getattr(config, "sliding_window", None)
-    device = batch["input_ids"].device
-    # Under autocast the attention scores come out in the autocast dtype; a mask in that dtype suits both kernels.
-    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else inner.dtype
-
-    segments, branches, positions = batch["segment_ids"], batch["branch_ids"], batch["position_ids"]
-    rows = torch.arange(segments.shape[1], device=device)
-    # Built once per forward, as bool [R, L, L] then one float [R, 1, L, L] per layer type; every layer reuses it.
-    allowed = (rows[None, :] <= rows[:, None]) & (segments[:, :, None] == segments[:, None, :])
-    key_branch = branches[:, None, :]
-    allowed &= (key_branch == PROMPT) | (key_branch == branches[:, :, None])
-    # The window is counted in positions, not row slots (rejected restarts at the prompt end): HF keeps keys with
-    # q - k < window, the token itself included.
-    in_window = positions[:, :, None] - positions[:, None, :] < window if window is not None else None
-
-    def additive(keep: torch.Tensor) -> torch.Tensor:
-        # Float, never bool: eager adds the mask to the scores, and a bool would be added as 0/1 without error.
-        mask = torch.zeros(keep.shape, dtype=dtype, device=device)
-        return mask.masked_fill_(~keep, torch.finfo(dtype).min)[:, None]
-
-    if getattr(config, "layer_types", None):
-        mask = {t: additive(allowed & in_window if t == "sliding_attention" else allowed) for t in types}
-    else:
-        mask = additive(allowed & in_window if in_window is not None else allowed)
-    return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions, "use_cache": False}

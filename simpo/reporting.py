@@ -1,8 +1,8 @@
 """What a run tells its user besides the per-step metrics: a one-screen summary at start and at end, and throughput.
 
 RunSummary (a TrainerCallback SimPOTrainer adds to itself) prints the start summary on the main process;
-end_summary() is printed by simpo/cli.py once everything is written. TokenThroughput counts the real tokens
-(attention_mask == 1) the model ran on, per second of training with evaluation time left out.
+end_summary() is printed by simpo/cli.py once everything is written. TokenThroughput counts the real tokens the
+model ran on (as the plain layout runs them), per second of training with evaluation time left out.
 """
 
 import logging
@@ -13,7 +13,6 @@ import torch
 from transformers import TrainerCallback
 
 from simpo.model import unwrap_model
-from simpo.prefix_sharing import PROMPT, SharedPrefixCollator
 
 logger = logging.getLogger(__name__)
 RULE = "=" * 78
@@ -73,16 +72,11 @@ def start_summary(trainer, state=None) -> str:
     model = unwrap_model(trainer.model)
     config = getattr(model, "config", None)
     total, trainable = count_parameters(model)
-    drops = {}
-    for drop in getattr(trainer, "dropped_pairs", []) or []:
-        drops[drop.get("split")] = drops.get(drop.get("split"), 0) + 1
+    drops = {name: len(records) for name, records in trainer.dropped_pairs.items()}
     train_rows = len(trainer.train_dataset) if trainer.train_dataset is not None else 0
     eval_rows = len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0
     max_steps = state.max_steps if state is not None and state.max_steps else args.max_steps
     report_to = args.report_to if isinstance(args.report_to, (list, tuple)) else [args.report_to]
-    collator = trainer.data_collator
-    shared = isinstance(collator, SharedPrefixCollator)
-    layout = "prefix sharing" + (" + padding-free" if collator.padding_free else "") if shared else "plain"
     lines = [
         RULE,
         "SimPO run",
@@ -94,10 +88,10 @@ def start_summary(trainer, state=None) -> str:
         f"{args.gradient_accumulation_steps} accumulation x {max(args.world_size, 1)} process(es)",
         f"  steps           {max_steps} optimizer steps, lr {args.learning_rate:g} ({args.lr_scheduler_type.value}"
         f" schedule), logging every {args.logging_steps:g}",
-        f"  SimPO           beta {args.beta:g}, gamma {args.beta * args.gamma_beta_ratio:g} "
+        f"  SimPO           beta {args.beta:g}, gamma {args.gamma:g} "
         f"(gamma_beta_ratio {args.gamma_beta_ratio:g}), loss {args.loss_type}, sft_weight {args.sft_weight:g}",
         f"  precision       {precision(args, model)}",
-        f"  attention       {getattr(config, '_attn_implementation', '?')}, layout {layout}"
+        f"  attention       {getattr(config, '_attn_implementation', '?')}, layout {trainer.layout.name}"
         + (", fused log-probs" if getattr(args, "fused_logps", False) else ""),
         f"  distributed     {distributed(trainer)}",
         f"  output_dir      {args.output_dir} (reporting to {', '.join(map(str, report_to)) or 'nothing'})",
@@ -175,8 +169,8 @@ class RunSummary(TrainerCallback):
 
 
 class TokenThroughput:
-    """Real tokens trained on per second. add() per micro-batch (no sync); window() and total() reduce over
-    processes, so every process must call them at the same points (Trainer.log runs on all of them)."""
+    """Real tokens trained on per second. add() a micro-batch's count (a tensor: no sync); window() and total()
+    reduce over processes, so every process must call them at the same points (Trainer.log runs on all of them)."""
 
     def __init__(self):
         self.pending = None  # tokens since the last window, this process, a tensor on the device
@@ -185,12 +179,9 @@ class TokenThroughput:
         self.total_tokens = 0
         self.total_seconds = 0.0
 
-    def add(self, batch: dict) -> None:
+    def add(self, tokens: torch.Tensor) -> None:
         if self.window_start is None:
             self.window_start = time.perf_counter()
-        tokens = batch["attention_mask"].sum()
-        if "branch_ids" in batch:  # prefix sharing runs each prompt once; count it per side, as the plain layout does
-            tokens = tokens + ((batch["branch_ids"] == PROMPT) & batch["attention_mask"].bool()).sum()
         self.pending = tokens if self.pending is None else self.pending + tokens
 
     def exclude(self, seconds: float) -> None:

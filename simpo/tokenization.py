@@ -2,6 +2,8 @@
 the ids a model is prompted with for generation, derived from the same rendering and tokenisation."""
 
 from simpo.chat_templates import render_prompt, render_response
+from simpo.data import ORIGIN
+from simpo.validation import DroppedPair, degenerate_reason, handle_drops
 
 # Stands for the assistant's content when the response header is read off the template.
 CONTENT_MARK = "<<simpo-content>>"
@@ -101,3 +103,28 @@ def truncate_prompt(prompt_ids: list[int], max_prompt_length: int, truncation_mo
     if bos is not None and prompt_ids and prompt_ids[0] == bos:
         return [bos] + prompt_ids[1:][-(max_prompt_length - 1) :] if max_prompt_length > 1 else [bos]
     return prompt_ids[-max_prompt_length:]
+
+
+def tokenize_pairs(dataset, tokenizer, args, name: str):
+    """Token ids and labels of every pair (prompt, chosen, rejected strings) of a dataset, and the pairs left out.
+
+    A pair that teaches nothing (validation.degenerate_reason) is dropped, or raises per args.on_degenerate_pairs;
+    its drop record names the row's origin from the mixer, or `name` (train_dataset, eval_dataset) and its index.
+    """
+    empty_reply = render_response([{"role": "assistant", "content": ""}], tokenizer) if tokenizer.chat_template else ""
+
+    def tokenize(row: dict, index: int) -> dict:
+        tokens = tokenize_row(row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode,
+                              args.label_pad_token_id)
+        reason = degenerate_reason(row, tokens, empty_reply, args.label_pad_token_id)
+        origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
+        return {**tokens, "drop_reason": reason or "", ORIGIN: origin}
+
+    dataset = dataset.map(tokenize, with_indices=True, num_proc=args.dataset_num_proc,
+                          remove_columns=dataset.column_names, desc=f"Tokenizing {name}")
+    reasons = dataset["drop_reason"]
+    drops = [DroppedPair(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
+    handle_drops(drops, args.on_degenerate_pairs)
+    if drops:
+        dataset = dataset.select([i for i, reason in enumerate(reasons) if not reason])
+    return dataset.remove_columns(["drop_reason", ORIGIN]), drops

@@ -1,23 +1,27 @@
-"""SimPOTrainer: a transformers.Trainer whose loss is SimPO's. It overrides compute_loss, prediction_step and log."""
+"""SimPOTrainer: a transformers.Trainer whose loss is SimPO's. It overrides compute_loss, prediction_step, evaluate (to
+know it is evaluating) and log.
+
+The data's way through a step: the layout (simpo/layouts.py, chosen once) collates the tokenised pairs
+(simpo/tokenization.py) and builds the model's forward arguments; simpo/logps.py runs the model and returns each
+scored token's log-prob; simpo/loss.py turns them into the loss and the logged metrics.
+"""
 
 import logging
-from collections import defaultdict
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, Trainer
 
-from simpo.collator import PairCollator
 from simpo.config import SimPOConfig
-from simpo.launch_checks import check_distributed_setup
+from simpo.launch_checks import check_launch
+from simpo.layouts import choose_layout
 from simpo.logps import fused_token_logps, plain_token_logps
 from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
-from simpo.model import resolve_dtype, unwrap_model
-from simpo.prefix_sharing import SharedPrefixCollator, prefix_sharing_problem
+from simpo.metrics import FiniteLossGuard, PairWeightedMeans
+from simpo.model import resolve_dtype
 from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
 from simpo.samples import EvalSamples
-from simpo.tokenization import tokenize_row
-from simpo.validation import handle_drops, without_rows
+from simpo.tokenization import tokenize_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -50,37 +54,6 @@ def wrap_peft(model: nn.Module, peft_config, args: SimPOConfig) -> nn.Module:
     return get_peft_model(model, peft_config)
 
 
-def uses_prefix_sharing(model: nn.Module, args: SimPOConfig) -> bool:
-    """prefix_sharing true must be exact for this model or raise; auto turns it on exactly when it is."""
-    if args.prefix_sharing is False:
-        return False
-    problem = prefix_sharing_problem(unwrap_model(model).config)
-    if problem is None:
-        return True
-    if args.prefix_sharing == "auto" and not args.padding_free:
-        logger.info("prefix_sharing=auto: using the plain layout. %s", problem)
-        return False
-    raise ValueError(problem)
-
-
-def default_collator(pad_token_id: int, args: SimPOConfig, model: nn.Module):
-    if uses_prefix_sharing(model, args):
-        return SharedPrefixCollator(pad_token_id, args.label_pad_token_id, padding_free=args.padding_free)
-    return PairCollator(pad_token_id, args.label_pad_token_id)
-
-
-def tokenize_and_check(row: dict, label_pad_token_id: int, **kwargs) -> dict:
-    out = tokenize_row(row, label_pad_token_id=label_pad_token_id, **kwargs)
-    scored = lambda labels: any(t != label_pad_token_id for t in labels[1:])
-    if not (scored(out["chosen_labels"]) and scored(out["rejected_labels"])):
-        out["drop_reason"] = "response truncated to no tokens"
-    elif out["chosen_input_ids"] == out["rejected_input_ids"]:
-        out["drop_reason"] = "identical chosen and rejected responses"
-    else:
-        out["drop_reason"] = ""
-    return out
-
-
 class SimPOTrainer(Trainer):
     # compute_loss returns a per-batch mean, so the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
@@ -93,9 +66,9 @@ class SimPOTrainer(Trainer):
         eval_dataset=None,
         processing_class=None,
         peft_config=None,
-        data_collator=None,
         **kwargs,
     ):
+        check_launch(args)  # a launch accelerate would silently degrade is refused before anything loads
         if isinstance(model, str):
             model = load_model(model, args)
         if peft_config is not None:
@@ -103,81 +76,67 @@ class SimPOTrainer(Trainer):
         if args.disable_dropout:
             disable_dropout(model)
         pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
-        self.dropped_pairs = []  # drop records of pairs that cannot be trained on, see tokenize
+        self.layout = choose_layout(model, args, pad_token_id)
+        self.token_logps = fused_token_logps if args.fused_logps else plain_token_logps
+        self.dropped_pairs = {}  # per dataset ("train", "eval"): DroppedPair records of the pairs left out
         with args.main_process_first(desc="tokenizing preference pairs"):
             train_dataset = self.tokenize(train_dataset, processing_class, args, "train")
             eval_dataset = self.tokenize(eval_dataset, processing_class, args, "eval")
         super().__init__(
             model=model,
             args=args,
-            data_collator=data_collator or default_collator(pad_token_id, args, model),
+            data_collator=self.layout,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             **kwargs,
         )
-        check_distributed_setup(self.accelerator, args)  # launches accelerate silently degraded: refuse
-        self._stored_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._stored_metrics = {"train": PairWeightedMeans(), "eval": PairWeightedMeans()}
+        self.loss_guard = FiniteLossGuard()
+        self._eval_prefix = None  # set while evaluate() runs: its logs are evaluation metrics
         self.throughput = TokenThroughput()
         self.add_callback(RunSummary(self))
         if args.generate_during_eval:
             self.add_callback(EvalSamples(self))  # after the report_to callbacks, which set up on_train_begin first
 
-    def tokenize(self, dataset, tokenizer, args: SimPOConfig, split: str):
-        """Token ids and labels per pair; pairs left with no response token to score, or with identical responses,
-        are dropped (recorded in self.dropped_pairs) or raise, per args.on_degenerate_pairs."""
+    def tokenize(self, dataset, tokenizer, args: SimPOConfig, name: str):
         if dataset is None:
             return None
-        kwargs = dict(
-            tokenizer=tokenizer,
-            max_length=args.max_length,
-            max_prompt_length=args.max_prompt_length,
-            truncation_mode=args.truncation_mode,
-            label_pad_token_id=args.label_pad_token_id,
-        )
-        dataset = dataset.map(
-            tokenize_and_check, fn_kwargs=kwargs, num_proc=args.dataset_num_proc, remove_columns=dataset.column_names
-        )
-        drops = [
-            {"source": "tokenized", "split": split, "row": i, "reason": reason}
-            for i, reason in enumerate(dataset["drop_reason"])
-            if reason
-        ]
-        handle_drops(drops, args.on_degenerate_pairs)
-        self.dropped_pairs += drops
-        return without_rows(dataset, drops).remove_columns("drop_reason")
+        dataset, self.dropped_pairs[name] = tokenize_pairs(dataset, tokenizer, args, f"{name}_dataset")
+        return dataset
 
     def batch_loss_and_metrics(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         args = self.args
         num_seqs = batch["response_lengths"].numel()
         num_pairs = num_seqs // 2
-        token_logps, token_logit_means = (fused_token_logps if args.fused_logps else plain_token_logps)(model, batch)
+        inputs = self.layout.model_inputs(batch)
+        token_logps, token_logit_means = self.token_logps(model, inputs, batch["score_index"], batch["score_labels"])
         avg_logps = average_logps(token_logps, batch["score_seq"], num_seqs)
         chosen, rejected = avg_logps[:num_pairs], avg_logps[num_pairs:]
-        losses = simpo_loss(chosen, rejected, args.beta, args.gamma_beta_ratio, args.loss_type, args.label_smoothing)
+        losses = simpo_loss(chosen, rejected, args.beta, args.gamma, args.loss_type, args.label_smoothing)
         sft_loss = sft_nll(token_logps, batch["score_seq"], num_pairs)
         loss = losses.mean() + args.sft_weight * sft_loss if args.sft_weight > 0 else losses.mean()
-        if not torch.isfinite(loss):
-            # Stop here: one NaN step poisons every weight it touches.
-            phase = "training" if model.training else "evaluation"
-            raise FloatingPointError(
-                f"Non-finite SimPO loss ({loss.item()}) in {phase} at step {self.state.global_step + 1}: per-pair"
-                f" losses {losses.tolist()}, response lengths {batch['response_lengths'].tolist()}. Lower the"
-                " learning rate, check the data, or resume from the last checkpoint."
-            )
+        # A NaN poisons every weight it touches: stop before a second optimizer step, without a host sync per step.
+        phase, step = "training" if model.training else "evaluation", self.state.global_step + 1
+        seen = loss.detach(), losses.detach(), batch["response_lengths"]
+        self.loss_guard.watch(loss, lambda: (
+            f"Non-finite SimPO loss ({seen[0].item()}) in {phase} at step {step}: per-pair losses {seen[1].tolist()},"
+            f" response lengths {seen[2].tolist()}. Lower the learning rate, check the data, or resume from the last"
+            " checkpoint."
+        ))
 
-        metrics = preference_metrics(chosen, rejected, args.beta, args.gamma_beta_ratio)
+        metrics = preference_metrics(chosen, rejected, args.beta, args.gamma)
         mean_logits = average_logps(token_logit_means, batch["score_seq"], num_seqs)
         metrics["logits/chosen"], metrics["logits/rejected"] = mean_logits[:num_pairs], mean_logits[num_pairs:]
         metrics["sft_loss"] = sft_loss.detach()
         lengths = batch["response_lengths"].float()
         metrics["lengths/chosen"], metrics["lengths/rejected"] = lengths[:num_pairs], lengths[num_pairs:]
-        # attention_mask is the 2D [R, L] real-token mask in every layout (prefix sharing builds its 4D mask later).
+        # attention_mask is the 2D [R, L] real-token mask in every layout (the forward's mask comes from the layout).
         metrics["tokens/padding_share"] = 1 - batch["attention_mask"].sum() / batch["attention_mask"].numel()
         return loss, metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.throughput.add(inputs)
+        self.throughput.add(self.layout.real_tokens(inputs))
         loss, metrics = self.batch_loss_and_metrics(model, inputs)
         self.store_metrics(metrics, "train")
         return (loss, metrics) if return_outputs else loss
@@ -190,26 +149,28 @@ class SimPOTrainer(Trainer):
         return loss.detach(), None, None
 
     def store_metrics(self, metrics: dict, split: str) -> None:
-        """Keep each metric's batch mean weighted by the batch's pairs, summed over processes: log() then averages
-        over pairs, so a short last batch counts for its pairs, not as much as a full one."""
-        names = list(metrics)
-        pairs = torch.tensor(float(metrics["rewards/chosen"].numel()), device=metrics["rewards/chosen"].device)
-        values = torch.stack([metrics[name].float().mean() * pairs for name in names] + [pairs])
-        values = self.accelerator.reduce(values, reduction="sum").tolist()
-        for name, value in zip(names, values):
-            self._stored_metrics[split][name].append((value, values[-1]))
+        """Kept on the device until log() averages them over the pairs of all processes."""
+        self._stored_metrics[split].add(metrics)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        self._eval_prefix = metric_key_prefix + "_"
+        try:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        finally:
+            self._eval_prefix = None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            split, prefix = "train", ""
+        """Adds the stored metrics to the log they belong to: evaluation metrics (with their prefix) while evaluate()
+        runs; a training window's to the Trainer's periodic logs (they carry "loss"); none to the end-of-training
+        summary (train_runtime, ...), which gets the run's throughput instead."""
+        self.loss_guard.check()  # the last micro-batch before this log
+        if self._eval_prefix is not None:
+            split, prefix = "eval", self._eval_prefix
         else:
-            # Evaluation logs carry "<prefix>loss"; the end-of-training summary's "train_loss" is not one.
-            eval_loss = next((k for k in logs if k.endswith("_loss") and not k.startswith("train")), None)
-            split, prefix = ("eval", eval_loss[: -len("loss")]) if eval_loss else (None, "")
+            split, prefix = ("train", "") if "loss" in logs else (None, "")
         if split is not None:
-            for name, weighted in self._stored_metrics[split].items():
-                logs[prefix + name] = sum(v for v, _ in weighted) / sum(n for _, n in weighted)
-            self._stored_metrics[split].clear()
+            means = self._stored_metrics[split].pop(self.accelerator)
+            logs.update({prefix + name: mean for name, mean in means.items()})
         # Real-token throughput: per logging window in train logs, over the run in the end-of-training metrics.
         if split == "train":
             logs.update(self.throughput.window(self.accelerator))

@@ -1,9 +1,11 @@
-"""Checks on preference rows, run before any tokenisation, with errors that say where and how to fix."""
+"""Checks on preference rows: malformed rows stop the run before any tokenisation, with errors that say where and how
+to fix; pairs that teach nothing are dropped (or stop the run), decided once, on the tokenised pair."""
 
 import json
 import logging
 import os
 from collections import Counter
+from dataclasses import asdict, dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -12,6 +14,16 @@ ROLES = {"system", "user", "assistant"}
 
 class DataError(ValueError):
     """A problem with the training data, named by source, split and row."""
+
+
+@dataclass(frozen=True)
+class DroppedPair:
+    """A pair left out of training: where it came from (the row of that split of that source) and why."""
+
+    source: str
+    split: str
+    row: int
+    reason: str
 
 
 def message_list_problem(value) -> str | None:
@@ -48,19 +60,21 @@ def row_problem(row: dict) -> str | None:
     return None
 
 
-def degenerate_reason(row: dict) -> str | None:
-    """Why a well-formed pair teaches nothing (identical or empty replies), or None."""
-    chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
-    if not chosen.strip() or not rejected.strip():
+def degenerate_reason(pair: dict, tokens: dict, empty_reply: str, label_pad_token_id: int) -> str | None:
+    """Why a pair teaches nothing, or None; the one place that decides it, on the rendered strings (pair: prompt,
+    chosen, rejected) and their tokens (tokenize_row's output). empty_reply is the template's rendering of an empty
+    assistant turn: a response that renders as it, whitespace aside, has no content."""
+    if any(pair[side].split() == empty_reply.split() for side in ("chosen", "rejected")):
         return "empty response"
-    if chosen == rejected:
+    if tokens["chosen_input_ids"] == tokens["rejected_input_ids"]:
         return "identical chosen and rejected responses"
+    if not all(any(t != label_pad_token_id for t in tokens[f"{side}_labels"][1:]) for side in ("chosen", "rejected")):
+        return "response with no token to score"
     return None
 
 
-def validate_rows(dataset, source: str, split: str) -> list[dict]:
-    """Raise DataError naming source, split and row index for the first malformed row; return the degenerate rows
-    as drop records {source, split, row, reason}."""
+def validate_rows(dataset, source: str, split: str) -> None:
+    """Raise DataError naming source, split and row index for the first malformed row."""
     if len(dataset) == 0:
         raise DataError(f"{source} [{split}] is empty: remove it from dataset_mixer or fix the data.")
     missing = [c for c in ("chosen", "rejected") if c not in dataset.column_names]
@@ -69,7 +83,6 @@ def validate_rows(dataset, source: str, split: str) -> list[dict]:
             f"{source} [{split}] has no column {missing[0]!r} (it has {dataset.column_names}): preference data needs"
             " 'chosen' and 'rejected' message lists."
         )
-    degenerate = []
     for index, row in enumerate(dataset):
         problem = row_problem(row)
         if problem:
@@ -77,42 +90,30 @@ def validate_rows(dataset, source: str, split: str) -> list[dict]:
                 f"{source} [{split}] row {index}: {problem}. Rows need 'chosen' and 'rejected' as lists of "
                 "{role, content} messages in OpenAI format, ending with the assistant's reply."
             )
-        reason = degenerate_reason(row)
-        if reason:
-            degenerate.append({"source": source, "split": split, "row": index, "reason": reason})
-    return degenerate
 
 
-def handle_drops(drops: list[dict], on_degenerate: str) -> None:
+def handle_drops(drops: list[DroppedPair], on_degenerate: str) -> None:
     """Raise on the first degenerate pair when asked to; otherwise leave the counting to report_drops."""
     if drops and on_degenerate == "error":
         first = drops[0]
         raise DataError(
-            f"{first['source']} [{first['split']}] row {first['row']}: {first['reason']} ({len(drops)} such pairs)."
+            f"{first.source} [{first.split}] row {first.row}: {first.reason} ({len(drops)} such pairs)."
             " Fix the data, or set on_degenerate_pairs: drop to skip them."
         )
 
 
-def without_rows(dataset, drops: list[dict]):
-    """The dataset less the rows named by drop records (unchanged, not re-indexed, when there are none)."""
-    if not drops:
-        return dataset
-    dropped = {d["row"] for d in drops}
-    return dataset.select([i for i in range(len(dataset)) if i not in dropped])
-
-
-def report_drops(drops: list[dict], output_dir: str | None) -> None:
+def report_drops(drops: list[DroppedPair], output_dir: str | None) -> None:
     """One summary line in the log, every dropped row in output_dir/dropped_pairs.jsonl."""
     if not drops:
         logger.info("No preference pairs dropped.")
         return
-    counts = Counter(d["reason"] for d in drops)
+    counts = Counter(d.reason for d in drops)
     where = ""
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, "dropped_pairs.jsonl")
         with open(path, "w") as f:
-            f.writelines(json.dumps(d) + "\n" for d in drops)
+            f.writelines(json.dumps(asdict(d)) + "\n" for d in drops)
         where = f"; rows listed in {path}"
     summary = ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
     logger.warning("Dropped %d preference pairs (%s)%s.", len(drops), summary, where)

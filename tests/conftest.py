@@ -33,6 +33,21 @@ def make_tokenizer():
     return char_tokenizer
 
 
+def tiny_rows(count: int):
+    """The shipped tiny tokenizer (padding with EOS) and the first `count` pairs of the tiny train data, rendered with
+    its chat template: the prompt/chosen/rejected strings SimPOTrainer takes."""
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    from simpo.chat_templates import apply_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tokenizer.pad_token = tokenizer.eos_token
+    rows = load_dataset("json", data_files=os.path.join(TINY_DATA, "train.jsonl"), split="train").select(range(count))
+    rows = rows.map(apply_chat_template, fn_kwargs={"tokenizer": tokenizer}, remove_columns=rows.column_names)
+    return tokenizer, rows
+
+
 def log_sigmoid(x: float) -> float:
     """Scalar log(sigmoid(x)), computed independently of torch."""
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))

@@ -20,7 +20,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from simpo.collator import PairCollator
+from simpo.collator import PlainLayout
 from simpo.logps import fused_token_logps, plain_token_logps
 from simpo.loss import average_logps, simpo_loss
 
@@ -43,15 +43,16 @@ def micro_batches() -> list[dict]:
             prompt, chosen, rejected = (torch.randint(3, V, (k,)).tolist() for k in (p, c, r))
             rows.append({"chosen_input_ids": prompt + chosen, "chosen_labels": [-100] * p + chosen,
                          "rejected_input_ids": prompt + rejected, "rejected_labels": [-100] * p + rejected})
-        batches.append(PairCollator(pad_token_id=0)(rows))
+        batches.append(PlainLayout(pad_token_id=0)(rows))
     return batches
 
 
 def loss_and_logps(token_logps, model, batch):
-    logps, _ = token_logps(model, batch)
+    inputs = PlainLayout(pad_token_id=0).model_inputs(batch)
+    logps, _ = token_logps(model, inputs, batch["score_index"], batch["score_labels"])
     avg = average_logps(logps, batch["score_seq"], batch["response_lengths"].numel())
     pairs = avg.numel() // 2
-    return simpo_loss(avg[:pairs], avg[pairs:], 2.0, 0.5).mean(), logps
+    return simpo_loss(avg[:pairs], avg[pairs:], 2.0, 1.0).mean(), logps
 
 
 def accumulate(token_logps, model, batches, before_backward=lambda i: None):

@@ -37,10 +37,13 @@ def sources(tmp_path):
 
 def test_fractions_subsample_train_and_keep_test_whole(sources):
     files, saved = sources
-    mixed, _ = mix_datasets({str(files): 0.5}, ["train", "test"])
+    mixed = mix_datasets({str(files): 0.5}, ["train", "test"])
     assert len(mixed["train"]) == 5 and len(mixed["test"]) == 4
-    assert sorted(mixed["train"].column_names) == ["chosen", "prompt", "rejected"]  # score dropped
-    mixed, _ = mix_datasets({str(saved): 0.25}, ["train_prefs", "test_prefs"])
+    assert sorted(mixed["train"].column_names) == ["chosen", "origin", "prompt", "rejected"]  # score dropped
+    # each row's origin: the source, the split and its row there, whatever the shuffle did
+    assert sorted(o["row"] for o in mixed["train"]["origin"]) == list(range(5))
+    assert {(o["source"], o["split"]) for o in mixed["test"]["origin"]} == {(str(files), "test")}
+    mixed = mix_datasets({str(saved): 0.25}, ["train_prefs", "test_prefs"])
     assert len(mixed["train"]) == 5 and len(mixed["test"]) == 6
     # the first 25% of the source, in shuffled order
     assert sorted(r["prompt"] for r in mixed["train"]) == [f"train question {100 + i}" for i in range(5)]
@@ -50,9 +53,9 @@ def test_two_sources_are_concatenated_and_shuffled_with_the_seed(sources, tmp_pa
     files, _ = sources
     single = tmp_path / "extra.jsonl"
     write_jsonl(single, [pair(50 + i) for i in range(4)])
-    a, _ = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=3)
-    b, _ = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=3)
-    c, _ = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=4)
+    a = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=3)
+    b = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=3)
+    c = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=4)
     assert len(a["train"]) == 14 and "test" not in a
     assert a["train"]["prompt"] == b["train"]["prompt"] != c["train"]["prompt"]
     assert a["train"]["prompt"] != sorted(a["train"]["prompt"], key=lambda p: int(p.split()[-1]))

@@ -2,16 +2,13 @@
 computation from the tokenised rows and a per-sequence forward pass."""
 
 import math
-import os
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_MODEL, reference_avg_logp
-from datasets import load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from conftest import TINY_MODEL, reference_avg_logp, tiny_rows
+from transformers import AutoModelForCausalLM
 
-from simpo.chat_templates import apply_chat_template
 from simpo.config import SimPOConfig
 from simpo.loss import preference_metrics
 from simpo.reporting import TokenThroughput, global_batch_size, start_summary
@@ -23,7 +20,7 @@ BETA, RATIO, PAIRS = 2.5, 0.025, 8
 def test_margin_over_gamma_is_the_share_of_margins_beating_gamma():
     chosen = torch.tensor([-1.0, -1.0, -2.0, -1.0])
     rejected = torch.tensor([-1.5, -1.2, -1.0, -1.4])  # avg_w - avg_l = 0.5, 0.2, -1.0, 0.4
-    m = preference_metrics(chosen, rejected, beta=2.0, gamma_beta_ratio=0.3)  # gamma = 0.6; margins 1, .4, -2, .8
+    m = preference_metrics(chosen, rejected, beta=2.0, gamma=0.6)  # gamma = 0.6; margins 1, .4, -2, .8
     assert m["rewards/margin_over_gamma"].tolist() == [1.0, 0.0, 0.0, 1.0]
     assert m["rewards/accuracies"].tolist() == [1.0, 1.0, 0.0, 1.0]
     # gamma = 0: the same as accuracy (a tie is neither).
@@ -41,11 +38,7 @@ def first_label(labels: list[int]) -> int:
 
 @pytest.fixture(scope="module")
 def rows():
-    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
-    tokenizer.pad_token = tokenizer.eos_token
-    data = load_dataset("json", data_files=os.path.join(TINY_DATA, "train.jsonl"), split="train").select(range(PAIRS))
-    data = data.map(apply_chat_template, fn_kwargs={"tokenizer": tokenizer}, remove_columns=data.column_names)
-    return tokenizer, data
+    return tiny_rows(PAIRS)
 
 
 def one_logged_step(tmp_path, rows, **overrides):
@@ -132,8 +125,8 @@ def test_throughput_leaves_evaluation_time_out(monkeypatch):
     monkeypatch.setattr("simpo.reporting.time.perf_counter", lambda: next(clock))
     accelerator = SimpleNamespace(reduce=lambda tensor, reduction: tensor)
     meter = TokenThroughput()
-    meter.add({"attention_mask": torch.ones(2, 50, dtype=torch.long)})
-    meter.add({"attention_mask": torch.tensor([[1, 1, 0, 0]])})
+    meter.add(torch.ones(2, 50, dtype=torch.long).sum())
+    meter.add(torch.tensor([[1, 1, 0, 0]]).sum())
     meter.exclude(6.0)  # 6 of the 10 seconds were evaluation
     assert meter.window(accelerator) == {"tokens/per_second": pytest.approx(102 / 4)}
     assert meter.window(accelerator) == {}  # nothing new

@@ -102,6 +102,7 @@ def assert_saved_model_is(run, params: dict) -> None:
 
 def test_ddp_trains_two_gloo_processes_in_sync(ddp):
     assert_really_distributed(ddp, "torch.nn.parallel.distributed.DistributedDataParallel")
+    assert "Using 600 rows of data/tiny-prefs [train]" in ddp.output  # what a refused launch must not get to
     assert_saved_model_is(ddp, ddp.params[0])
 
 
@@ -134,8 +135,7 @@ def test_zero3_exits_cleanly_five_times_in_a_row(tmp_path):
     script that chains steps after training. The cause was a gloo worker thread still freeing a finished
     collective's tensors while Python shut down; the recipe now destroys the process group before it returns."""
     for attempt in range(5):
-        run = launch(tmp_path / str(attempt), "accelerate_configs/deepspeed_zero3_cpu.yaml",
-                     train_args=("--max_steps=1",))
+        run = launch(tmp_path / str(attempt), "accelerate_configs/deepspeed_zero3_cpu.yaml")
         assert run.proc.returncode == 0, f"attempt {attempt}: " + run.output[-3000:]
         assert "terminate called" not in run.output
         assert (run.out / "model.safetensors").exists()
@@ -176,6 +176,7 @@ def test_fsdp_on_cpu_is_refused_not_degraded_to_ddp(tmp_path):
     assert "FSDP was requested (accelerate config, FSDP_VERSION=2) but accelerate set up MULTI_CPU" in run.output
     assert "deepspeed_zero3_cpu.yaml" in run.output
     assert run.records == []  # refused before any training step
+    assert "Using 600 rows" not in run.output  # and at start-up, before the data (or the model) is loaded
 
 
 def test_processes_that_would_train_alone_are_refused(tmp_path):
@@ -184,12 +185,12 @@ def test_processes_that_would_train_alone_are_refused(tmp_path):
     assert run.proc.returncode != 0
     assert "2 processes were launched (WORLD_SIZE=2) but accelerate set up NO on CPU with 1 process(es)" in run.output
     assert "set use_cpu: true" in run.output
-    assert run.records == []
+    assert run.records == [] and "Using 600 rows" not in run.output
 
 
 # The check itself, without launching anything.
 def fake(distributed_type, num_processes=2):
-    return SimpleNamespace(state=SimpleNamespace(distributed_type=distributed_type), num_processes=num_processes)
+    return SimpleNamespace(distributed_type=distributed_type, num_processes=num_processes)
 
 
 @pytest.fixture(autouse=True)

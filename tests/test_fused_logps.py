@@ -20,13 +20,13 @@ from transformers import (
 )
 
 import simpo.logps
-import simpo.trainer
-from simpo.collator import PairCollator
+from simpo.collator import PlainLayout
 from simpo.config import SimPOConfig
 from simpo.fused_logps import tiled_logps
 from simpo.logps import fused_token_logps, plain_token_logps
 from simpo.loss import average_logps, sft_nll, simpo_loss
-from simpo.prefix_sharing import SharedPrefixCollator
+from simpo.metrics import FiniteLossGuard
+from simpo.prefix_sharing import SharedPrefixLayout
 from simpo.trainer import SimPOTrainer
 
 V, H = 53, 16
@@ -39,7 +39,7 @@ def simpo_objective(token_logps, token_seq, num_seqs):
     """The trainer's loss: SimPO on the averaged log-probs plus an SFT term, so both reach the gradients."""
     avg = average_logps(token_logps, token_seq, num_seqs)
     pairs = num_seqs // 2
-    return simpo_loss(avg[:pairs], avg[pairs:], 2.0, 0.5).mean() + 0.3 * sft_nll(token_logps, token_seq, pairs)
+    return simpo_loss(avg[:pairs], avg[pairs:], 2.0, 1.0).mean() + 0.3 * sft_nll(token_logps, token_seq, pairs)
 
 
 def plain_head(hidden, weight, bias, labels, scale, softcap):
@@ -111,7 +111,14 @@ def test_no_scored_token_gives_empty_logps_and_zero_gradients():
     assert torch.equal(weight.grad, torch.zeros_like(weight)) and hidden.grad.shape == (0, H)
 
 
-# End to end: fused_token_logps(model, batch) against plain_token_logps(model, batch).
+# End to end: fused_token_logps against plain_token_logps on a model, for a layout's batch.
+
+PLAIN = PlainLayout(pad_token_id=0)
+
+
+def call(token_logps, model, batch, layout=PLAIN):
+    """What the trainer does: the layout's forward arguments, then the log-probs of the scored tokens."""
+    return token_logps(model, layout.model_inputs(batch), batch["score_index"], batch["score_labels"])
 
 
 def features(label_pad=-100):
@@ -125,20 +132,20 @@ def features(label_pad=-100):
     return rows
 
 
-def logps_loss_and_grads(fn, model, batch):
+def logps_loss_and_grads(fn, model, batch, layout=PLAIN):
     model.zero_grad()
-    logps, means = fn(model, batch)
+    logps, means = call(fn, model, batch, layout)
     loss = simpo_objective(logps, batch["score_seq"], batch["response_lengths"].numel())
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return logps.detach(), means, loss.detach(), grads
 
 
-def assert_fused_equals_plain(model, batch=None, **tolerance):
-    batch = batch or PairCollator(pad_token_id=0)(features())
+def assert_fused_equals_plain(model, batch=None, layout=PLAIN, **tolerance):
+    batch = batch or layout(features())
     tolerance = tolerance or FP32
-    plain = logps_loss_and_grads(plain_token_logps, model, batch)
-    fused = logps_loss_and_grads(fused_token_logps, model, batch)
+    plain = logps_loss_and_grads(plain_token_logps, model, batch, layout)
+    fused = logps_loss_and_grads(fused_token_logps, model, batch, layout)
     for name, a, b in zip(["logps", "logit means", "loss"], fused, plain):
         torch.testing.assert_close(a, b, **tolerance, msg=name)
     assert fused[3].keys() == plain[3].keys()
@@ -198,7 +205,7 @@ def test_peft_lm_head_in_modules_to_save():
 def test_peft_lora_on_the_lm_head_is_refused_not_ignored():
     model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
     with pytest.raises(NotImplementedError, match="LM head carries the adapter"):
-        fused_token_logps(model, PairCollator(pad_token_id=0)(features()))
+        call(fused_token_logps, model, PLAIN(features()))
 
 
 def test_a_head_transform_it_does_not_know_is_refused(monkeypatch):
@@ -206,7 +213,7 @@ def test_a_head_transform_it_does_not_know_is_refused(monkeypatch):
     torch.manual_seed(0)
     model = GraniteForCausalLM(GraniteConfig(**SMALL, logits_scaling=4.0))
     with pytest.raises(NotImplementedError, match="does something this path does not know"):
-        fused_token_logps(model, PairCollator(pad_token_id=0)(features()))
+        call(fused_token_logps, model, PLAIN(features()))
 
 
 def test_bf16_model_and_cpu_autocast():
@@ -218,22 +225,21 @@ def test_bf16_model_and_cpu_autocast():
 
 @pytest.mark.parametrize("padding_free", [False, True])
 def test_prefix_shared_batch(padding_free):
-    batch = SharedPrefixCollator(pad_token_id=0, padding_free=padding_free)(features())
-    assert_fused_equals_plain(tiny_llama(attn_implementation="sdpa"), batch)
+    model = tiny_llama(attn_implementation="sdpa")
+    layout = SharedPrefixLayout(pad_token_id=0, padding_free=padding_free, config=model.config)
+    assert_fused_equals_plain(model, layout=layout)
 
 
-def test_trainer_uses_it_by_default_with_the_same_loss_and_metrics(monkeypatch):
-    assert SimPOConfig(output_dir="unused").fused_logps is True
-    calls = []
-    monkeypatch.setattr(simpo.trainer, "fused_token_logps", lambda *a: calls.append(1) or fused_token_logps(*a))
-    model, batch = tiny_llama(), PairCollator(pad_token_id=0)(features())
-    results = []
-    for fused in (True, False):
-        args = SimpleNamespace(beta=2.0, gamma_beta_ratio=0.5, loss_type="sigmoid", label_smoothing=0.0,
-                               sft_weight=0.3, fused_logps=fused)
-        results.append(SimPOTrainer.batch_loss_and_metrics(SimpleNamespace(args=args), model, batch))
-    assert calls == [1]
-    (loss, metrics), (plain_loss, plain_metrics) = results
+def test_trainer_loss_and_metrics_are_the_same_on_either_path():
+    assert SimPOConfig(output_dir="unused").fused_logps is True  # the default
+    model, batch = tiny_llama(), PLAIN(features())
+    args = SimpleNamespace(beta=2.0, gamma=1.0, loss_type="sigmoid", label_smoothing=0.0, sft_weight=0.3)
+    (loss, metrics), (plain_loss, plain_metrics) = (
+        SimPOTrainer.batch_loss_and_metrics(SimpleNamespace(args=args, layout=PLAIN, token_logps=fn,
+                                                            loss_guard=FiniteLossGuard(),
+                                                            state=SimpleNamespace(global_step=0)), model, batch)
+        for fn in (fused_token_logps, plain_token_logps)
+    )
     torch.testing.assert_close(loss, plain_loss, **FP32)
     assert metrics.keys() == plain_metrics.keys()
     for name in metrics:
@@ -246,7 +252,52 @@ def test_only_flat_fsdp1_heads_fall_back_to_the_plain_path(monkeypatch):
     flat_view = torch.empty(40)  # FSDP1's 1-D view of a shard
     assert [simpo.logps.fsdp1_flat(w) for w in (torch.empty(V, H), zero3, flat_view)] == [False, False, True]
     monkeypatch.setattr(simpo.logps, "fsdp1_flat", lambda weight: True)
-    model, batch = tiny_llama(), PairCollator(pad_token_id=0)(features())
-    logps, _ = fused_token_logps(model, batch)
+    model, batch = tiny_llama(), PLAIN(features())
+    logps, _ = call(fused_token_logps, model, batch)
     assert logps.grad_fn.name() != "TiledLogProbsBackward"
-    torch.testing.assert_close(logps, plain_token_logps(model, batch)[0], rtol=0, atol=0)
+    torch.testing.assert_close(logps, call(plain_token_logps, model, batch)[0], rtol=0, atol=0)
+
+
+# check_head: the model's logits against ours, within a rounding bound for the dtype the head computed in.
+
+
+def head_case(dtype, scale=1.0, softcap=None):
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(6, 64), torch.randn(V, 64) * 0.2, torch.randn(V)
+    return hidden, weight.to(dtype), bias.to(dtype), scale, softcap
+
+
+def split_k_logits(hidden, weight, bias, scale, softcap, dtype, splits=4):
+    """The head as another kernel computes it: partial sums over `splits` chunks of H, each rounded to dtype, then
+    the transform in dtype; handed over in fp32, as accelerate hands over a model's outputs."""
+    u = bias.to(dtype)
+    for h, w in zip(hidden.to(dtype).chunk(splits, -1), weight.to(dtype).chunk(splits, -1)):
+        u = (u.float() + h.float() @ w.float().T).to(dtype)
+    z = u * scale if softcap is None else torch.tanh(u * scale / softcap) * softcap
+    return z.to(dtype).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("scale,softcap", [(1.0, None), (0.25, None), (1.0, 3.0)])
+def test_check_head_accepts_another_kernels_rounding_in_the_compute_dtype(dtype, scale, softcap):
+    hidden, weight, bias, *_ = head_case(dtype)
+    theirs = split_k_logits(hidden, weight, bias, scale, softcap, dtype)
+    simpo.logps.check_head(theirs, hidden, weight, bias, scale, softcap, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_check_head_refuses_a_transform_it_does_not_apply(dtype):
+    hidden, weight, bias, *_ = head_case(dtype)
+    theirs = split_k_logits(hidden, weight, bias, 1.0, None, dtype) * 1.2  # a logit scale head_transform missed
+    with pytest.raises(NotImplementedError, match=f"allowed .* in {str(dtype)[6:]}"):
+        simpo.logps.check_head(theirs, hidden, weight, bias, 1.0, None, dtype)
+
+
+def test_check_head_tolerance_comes_from_the_compute_dtype_not_the_tensor_handed_over():
+    """bf16 logits handed over in fp32 pass as bf16 computations, and are refused as fp32 ones."""
+    hidden, weight, bias, *_ = head_case(torch.float32)
+    theirs = split_k_logits(hidden, weight, bias, 1.0, None, torch.bfloat16)
+    assert theirs.dtype == torch.float32
+    simpo.logps.check_head(theirs, hidden, weight, bias, 1.0, None, torch.bfloat16)
+    with pytest.raises(NotImplementedError, match="in float32"):
+        simpo.logps.check_head(theirs, hidden, weight, bias, 1.0, None, torch.float32)

@@ -90,3 +90,11 @@ def test_overrides_apply_and_keys_the_pipeline_does_not_use_are_refused():
         parse_pipeline_args([tiny, "--learning_rate=1e-6"], "simpo-generate")
     with pytest.raises(ConfigError, match="seeds must be distinct"):
         parse_pipeline_args([tiny, "--seeds=1,1"], "simpo-generate")
+
+
+def test_every_pipeline_key_is_read():
+    from test_config_fields import unread_fields
+
+    from simpo.onpolicy_config import OnPolicyArguments
+
+    assert unread_fields(OnPolicyArguments) == []

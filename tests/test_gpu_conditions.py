@@ -18,12 +18,11 @@ import pytest
 import torch
 from accelerate.utils import convert_outputs_to_fp32
 from conftest import REPO
-from test_fused_logps import assert_fused_equals_plain, features, logps_loss_and_grads, tiny_llama
+from test_fused_logps import PLAIN, assert_fused_equals_plain, call, features, logps_loss_and_grads, tiny_llama
 from transformers import TrainerCallback
 
 import simpo.logps
 from simpo.cli import train_main
-from simpo.collator import PairCollator
 from simpo.logps import fused_token_logps, plain_token_logps
 
 BF16 = dict(rtol=3e-2, atol=5e-2)
@@ -57,7 +56,7 @@ def with_split_k_head(model):
 def test_fused_path_under_accelerates_bf16_autocast_computes_in_bf16():
     """fp32 weights, bf16 autocast inside the forward, fp32 logits out: the head computed in bf16, so must the tiles
     (the check compared fp32 tiles with bf16 logits at an fp32 tolerance, the step-1 crash)."""
-    batch = PairCollator(pad_token_id=0)(features())
+    batch = PLAIN(features())
     model = accelerate_bf16(tiny_llama())
     assert model(input_ids=batch["input_ids"]).logits.dtype == torch.float32  # what the check is handed
     assert_fused_equals_plain(model, batch, **BF16)
@@ -80,7 +79,7 @@ def test_an_instance_level_head_forward_survives_the_fused_call():
     model = with_split_k_head(tiny_llama())
     head = model.get_output_embeddings()
     forward = head.forward
-    fused_token_logps(model, PairCollator(pad_token_id=0)(features()))
+    call(fused_token_logps, model, PLAIN(features()))
     assert head.forward is forward and not head._forward_hooks and not head._forward_pre_hooks
 
 

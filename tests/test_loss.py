@@ -19,14 +19,14 @@ def test_sigmoid_loss_matches_paper(beta, ratio, smoothing):
     for chosen, rejected in zip(CHOSEN, REJECTED):
         z = beta * chosen - beta * rejected - gamma  # r_w - r_l - gamma
         expected.append(-(1 - smoothing) * log_sigmoid(z) - smoothing * log_sigmoid(-z))
-    got = simpo_loss(torch.tensor(CHOSEN), torch.tensor(REJECTED), beta, ratio, "sigmoid", smoothing)
+    got = simpo_loss(torch.tensor(CHOSEN), torch.tensor(REJECTED), beta, gamma, "sigmoid", smoothing)
     assert got.tolist() == pytest.approx(expected, abs=1e-6)
 
 
 def test_hinge_loss_matches_paper():
     beta, ratio = 2.0, 0.5
     unclipped = [1 - (beta * chosen - beta * rejected - beta * ratio) for chosen, rejected in zip(CHOSEN, REJECTED)]
-    got = simpo_loss(torch.tensor(CHOSEN), torch.tensor(REJECTED), beta, ratio, "hinge")
+    got = simpo_loss(torch.tensor(CHOSEN), torch.tensor(REJECTED), beta, beta * ratio, "hinge")
     assert got.tolist() == pytest.approx([max(0.0, u) for u in unclipped], abs=1e-6)
     # Pair 1's margin beats 1 + gamma: its unclipped hinge is negative and the loss clips it to exactly 0.
     assert unclipped[1] < 0 and got[1].item() == 0.0
@@ -40,7 +40,7 @@ def test_unknown_loss_type_is_an_error():
 def test_gamma_shifts_the_loss():
     chosen, rejected = torch.tensor([-1.0]), torch.tensor([-1.0])
     # Equal rewards: with gamma the pair is still penalised more than without.
-    assert simpo_loss(chosen, rejected, 2.0, 0.5) > simpo_loss(chosen, rejected, 2.0, 0.0)
+    assert simpo_loss(chosen, rejected, 2.0, 1.0) > simpo_loss(chosen, rejected, 2.0, 0.0)
     assert simpo_loss(chosen, rejected, 2.0, 0.0).item() == pytest.approx(math.log(2), abs=1e-6)
 
 

@@ -3,15 +3,14 @@ import logging
 import torch
 from conftest import TINY_MODEL
 
-from simpo.config import DataArguments, ModelArguments, SimPOConfig
+from simpo.config import ModelArguments, SimPOConfig
 from simpo.model import get_tokenizer, model_init_kwargs
 from simpo.trainer import load_model
 
 
-def test_tokenizer_pads_with_eos_truncates_left_and_caps_absurd_lengths():
-    tokenizer = get_tokenizer(ModelArguments(model_name_or_path=TINY_MODEL), DataArguments())
+def test_tokenizer_pads_with_eos_and_caps_absurd_lengths():
+    tokenizer = get_tokenizer(ModelArguments(model_name_or_path=TINY_MODEL))
     assert tokenizer.pad_token == tokenizer.eos_token == "<|eot_id|>"
-    assert tokenizer.truncation_side == "left"
     assert tokenizer.model_max_length <= 2048
 
 

@@ -1,9 +1,10 @@
 """Prefix sharing and padding-free packing must give the plain layout's numbers, pair for pair.
 
-Exactness: per-sequence average log-probs, the SimPO loss and every parameter gradient match PairCollator's to 1e-5
+Exactness: per-sequence average log-probs, the SimPO loss and every parameter gradient match the plain layout's to 1e-5
 (fp32) on tiny random Llama, Mistral (window shorter than the rows), Gemma-2 (eager, window, softcaps) and Qwen2.
 """
 
+import copy
 import logging
 import random
 
@@ -19,11 +20,12 @@ from transformers import (
     Qwen2Config,
 )
 
-from simpo.collator import PairCollator
+from simpo.collator import PlainLayout
 from simpo.config import SimPOConfig
+from simpo.layouts import choose_layout
 from simpo.logps import plain_token_logps
 from simpo.loss import average_logps, simpo_loss
-from simpo.prefix_sharing import SharedPrefixCollator, shared_prefix_model_inputs
+from simpo.prefix_sharing import SharedPrefixLayout
 from simpo.tokenization import tokenize_row
 
 PAD, IGNORE, VOCAB, WINDOW = 0, -100, 128, 8
@@ -42,8 +44,8 @@ CONFIGS = {
 
 def tiny_model(name: str):
     config, implementation = CONFIGS[name]
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=implementation).float()
+    torch.manual_seed(0)  # a copy of the config: tests change the model's (its window, its kernel)
+    return AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation=implementation).float()
 
 
 def pair(prompt: list[int], chosen: list[int], rejected: list[int], chosen_prompt: list[int] | None = None) -> dict:
@@ -81,12 +83,21 @@ def tokenized_pairs(make_tokenizer) -> list[dict]:
     return [tokenize_row(r, tokenizer, max_length=48, max_prompt_length=20) for r in rows]
 
 
-def layout_results(model, batch: dict, num_pairs: int):
-    """(average log-probs [2B], SimPO loss, gradients) of one forward/backward on a batch."""
+def shared(model, **kwargs) -> SharedPrefixLayout:
+    return SharedPrefixLayout(PAD, config=model.config, **kwargs)
+
+
+def logps(model, layout, batch: dict):
+    return plain_token_logps(model, layout.model_inputs(batch), batch["score_index"], batch["score_labels"])[0]
+
+
+def layout_results(model, layout, features: list[dict]):
+    """(average log-probs [2B], SimPO loss, gradients) of one forward/backward on the layout's batch."""
+    batch, num_pairs = layout(features), len(features)
     model.zero_grad()
-    token_logps, _ = plain_token_logps(model, batch)
+    token_logps = logps(model, layout, batch)
     avg = average_logps(token_logps, batch["score_seq"], 2 * num_pairs)
-    loss = simpo_loss(avg[:num_pairs], avg[num_pairs:], beta=2.0, gamma_beta_ratio=0.25).mean()
+    loss = simpo_loss(avg[:num_pairs], avg[num_pairs:], beta=2.0, gamma=0.5).mean()
     loss.backward()
     return avg.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -106,13 +117,12 @@ def features(make_tokenizer):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_shared_and_packed_layouts_match_the_plain_layout(name, features):
     model = tiny_model(name)
-    num_pairs = len(features)
-    avg, loss, grads = layout_results(model, PairCollator(PAD)(features), num_pairs)
+    avg, loss, grads = layout_results(model, PlainLayout(PAD), features)
     assert torch.isfinite(avg).all() and avg.abs().min() > 0.1  # every sequence scored
     for layout, kwargs in LAYOUTS.items():
-        batch = SharedPrefixCollator(PAD, **kwargs)(features)
-        assert batch["response_lengths"].tolist() == PairCollator(PAD)(features)["response_lengths"].tolist()
-        avg2, loss2, grads2 = layout_results(model, batch, num_pairs)
+        batch = shared(model, **kwargs)(features)
+        assert batch["response_lengths"].tolist() == PlainLayout(PAD)(features)["response_lengths"].tolist()
+        avg2, loss2, grads2 = layout_results(model, shared(model, **kwargs), features)
         assert (avg2 - avg).abs().max() < TOL, (layout, (avg2 - avg).abs().max())
         assert (loss2 - loss).abs() < TOL, layout
         worst = max((grads2[n] - g).abs().max().item() for n, g in grads.items())
@@ -122,10 +132,11 @@ def test_shared_and_packed_layouts_match_the_plain_layout(name, features):
 def test_mask_without_the_window_would_be_caught(features):
     """Guard against a vacuous check: the window matters on these rows, so a mask that forgot it would fail."""
     model = tiny_model("mistral")
-    batch = SharedPrefixCollator(PAD)(features)
-    reference = average_logps(plain_token_logps(model, batch)[0], batch["score_seq"], 2 * len(features))
+    layout = shared(model)
+    batch = layout(features)
+    reference = average_logps(logps(model, layout, batch), batch["score_seq"], 2 * len(features))
     model.config.sliding_window = None
-    no_window = average_logps(plain_token_logps(model, batch)[0], batch["score_seq"], 2 * len(features))
+    no_window = average_logps(logps(model, layout, batch), batch["score_seq"], 2 * len(features))
     assert (no_window - reference).abs().max() > 1e-3
 
 
@@ -139,7 +150,7 @@ ROWS = [
 
 
 def test_collator_one_row_per_pair():
-    batch = SharedPrefixCollator(PAD)(ROWS)
+    batch = SharedPrefixLayout(PAD)(ROWS)
     assert batch["input_ids"].tolist() == [[1, 5, 6, 7, 9], [1, 3, 2, 4, 2]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 1, 2]]
@@ -154,28 +165,36 @@ def test_collator_one_row_per_pair():
 
 def test_collator_pads_with_own_segments_and_packs_without_padding():
     features = ROWS + [pair([1], [7], [8])]
-    padded = SharedPrefixCollator(PAD)(features)
+    padded = SharedPrefixLayout(PAD)(features)
     assert padded["input_ids"][2].tolist() == [1, 7, 8, 0, 0]
     assert padded["attention_mask"][2].tolist() == [1, 1, 1, 0, 0]
     assert padded["segment_ids"][2].tolist() == [2, 2, 2, -4, -5]  # each pad alone in its segment
-    packed = SharedPrefixCollator(PAD, padding_free=True)(features)
+    packed = SharedPrefixLayout(PAD, padding_free=True)(features)
     assert packed["input_ids"].tolist() == [[1, 5, 6, 7, 9, 1, 3, 2, 4, 2, 1, 7, 8]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 2, 1, 2, 0, 1, 1]]
     assert packed["segment_ids"].tolist() == [[0] * 5 + [1] * 5 + [2] * 3]
     assert packed["branch_ids"].tolist() == [[0, 0, 1, 1, 2, 0, 1, 1, 2, 2, 0, 1, 2]]
     assert packed["score_index"].tolist() == [1, 2, 1, 5, 6, 8, 10, 10]
     assert packed["score_seq"].tolist() == [0, 0, 3, 1, 1, 4, 2, 5]
-    capped = SharedPrefixCollator(PAD, padding_free=True, max_tokens_per_row=8)(features)
+    capped = SharedPrefixLayout(PAD, padding_free=True, max_tokens_per_row=8)(features)
     assert capped["input_ids"].tolist() == [[1, 5, 6, 7, 9, 1, 7, 8], [1, 3, 2, 4, 2, 0, 0, 0]]
     assert capped["score_index"].tolist() == [1, 2, 1, 5, 5, 8, 9, 11]  # row 1 starts at flat index 8
     assert capped["score_seq"].tolist() == [0, 0, 3, 2, 5, 1, 1, 4]
 
 
-def test_mask_rules():
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_mask_rules(implementation):
     model = tiny_model("mistral")
-    batch = SharedPrefixCollator(PAD, padding_free=True)([pair([1, 5], [6, 7], [9]), pair([1], [7], [8])])
-    mask = shared_prefix_model_inputs(model, batch)["attention_mask"]
-    allowed = (mask[0, 0] == 0).int().tolist()
+    model.config._attn_implementation = implementation
+    layout = shared(model, padding_free=True)
+    batch = layout([pair([1, 5], [6, 7], [9]), pair([1], [7], [8])])
+    mask = layout.model_inputs(batch)["attention_mask"]
+    if implementation == "sdpa":  # sdpa takes a bool mask (True attends): a quarter of a float32 one
+        assert mask.dtype == torch.bool
+        allowed = mask[0, 0].int().tolist()
+    else:  # eager adds the mask to the scores: float, 0 or the dtype's min
+        assert mask.dtype == torch.float32 and mask.min() == torch.finfo(torch.float32).min
+        allowed = (mask[0, 0] == 0).int().tolist()
     assert allowed == [
         [1, 0, 0, 0, 0, 0, 0, 0],
         [1, 1, 0, 0, 0, 0, 0, 0],
@@ -186,10 +205,9 @@ def test_mask_rules():
         [0, 0, 0, 0, 0, 1, 1, 0],
         [0, 0, 0, 0, 0, 1, 0, 1],
     ]
-    assert mask.dtype == torch.float32 and mask.min() == torch.finfo(torch.float32).min
     model.config.sliding_window = 2  # window in positions: rejected (position 2) still sees position 1, not 0
-    assert (shared_prefix_model_inputs(model, batch)["attention_mask"][0, 0, 4] == 0).int().tolist()[:5] == [
-        0, 1, 0, 0, 1]
+    row = layout.model_inputs(batch)["attention_mask"][0, 0, 4]
+    assert (row if implementation == "sdpa" else row == 0).int().tolist()[:5] == [0, 1, 0, 0, 1]
 
 
 def test_layer_types_get_a_dict_and_wrappers_are_unwrapped():
@@ -200,7 +218,8 @@ def test_layer_types_get_a_dict_and_wrappers_are_unwrapped():
             super().__init__()
             self.module = module
 
-    inputs = shared_prefix_model_inputs(Wrapper(model), SharedPrefixCollator(PAD)(ROWS))
+    layout = choose_layout(Wrapper(model), SimPOConfig(output_dir="/tmp/simpo-test", report_to=[]), PAD)
+    inputs = layout.model_inputs(layout(ROWS))
     assert set(inputs["attention_mask"]) == {"full_attention", "sliding_attention"}
     assert inputs["use_cache"] is False and inputs["position_ids"].shape == inputs["input_ids"].shape
 
@@ -210,9 +229,10 @@ def test_peft_model_is_unwrapped_for_its_config():
 
     model = get_peft_model(tiny_model("mistral"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     features = mixed_pairs()
-    plain = layout_results(model, PairCollator(PAD)(features), len(features))[0]
-    shared = layout_results(model, SharedPrefixCollator(PAD)(features), len(features))[0]
-    assert (shared - plain).abs().max() < TOL
+    plain = layout_results(model, PlainLayout(PAD), features)[0]
+    shared_ = layout_results(model, choose_layout(model, SimPOConfig(output_dir="/tmp/x", report_to=[]), PAD),
+                             features)[0]
+    assert (shared_ - plain).abs().max() < TOL
 
 
 @pytest.mark.parametrize(
@@ -228,32 +248,38 @@ def test_peft_model_is_unwrapped_for_its_config():
 def test_refuses_what_it_cannot_do_exactly(config, implementation, message):
     model = AutoModelForCausalLM.from_config(config)
     model.config._attn_implementation = implementation  # as loaded; no kernel needs to be installed to refuse
+    layout = SharedPrefixLayout(PAD, config=model.config)
     with pytest.raises(ValueError, match=message):
-        shared_prefix_model_inputs(model, SharedPrefixCollator(PAD)(ROWS))
+        layout.model_inputs(layout(ROWS))
 
 
-def test_config_and_trainer_choose_the_collator(caplog):
+def test_config_and_trainer_choose_the_layout_once(caplog):
     with pytest.raises(ValueError, match="padding_free packs prefix-shared pairs: it needs prefix_sharing true or"):
         SimPOConfig(output_dir="/tmp/simpo-test", padding_free=True, prefix_sharing=False, report_to=[])
-    from transformers import Trainer
-
+    with pytest.raises(ValueError, match="max_tokens_per_row=60 sizes the rows padding_free packs: it needs"):
+        SimPOConfig(output_dir="/tmp/simpo-test", max_tokens_per_row=60, report_to=[])
     from simpo.trainer import SimPOTrainer
 
-    def collator(model, **kwargs):
+    def layout(model, **kwargs):
         args = SimPOConfig(output_dir="/tmp/simpo-test", report_to=[], padding_value=PAD, **kwargs)
-        return SimPOTrainer(model=model, args=args).data_collator
+        trainer = SimPOTrainer(model=model, args=args)
+        assert trainer.data_collator is trainer.layout  # the layout collates the batches it later runs
+        return trainer.layout
 
-    shared = collator(tiny_model("llama-sdpa"), prefix_sharing=True, padding_free=True)
-    assert isinstance(shared, SharedPrefixCollator) and shared.padding_free
-    assert isinstance(collator(tiny_model("llama-sdpa")), SharedPrefixCollator)  # auto, and the model qualifies
-    assert isinstance(collator(tiny_model("llama-sdpa"), prefix_sharing=False), PairCollator)
+    packed = layout(tiny_model("llama-sdpa"), prefix_sharing=True, padding_free=True, max_tokens_per_row=60)
+    assert isinstance(packed, SharedPrefixLayout) and packed.padding_free and packed.max_tokens_per_row == 60
+    assert packed.name == "prefix sharing + padding-free"
+    rows = packed(mixed_pairs())["input_ids"]  # the key reaches the collation: rows of at most 60 tokens
+    assert rows.shape[0] > 1 and rows.shape[1] <= 60
+    assert isinstance(layout(tiny_model("llama-sdpa")), SharedPrefixLayout)  # auto, and the model qualifies
+    assert isinstance(layout(tiny_model("llama-sdpa"), prefix_sharing=False), PlainLayout)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB))
     with caplog.at_level(logging.INFO):
-        assert isinstance(collator(gpt2), PairCollator)  # auto: plain, and the log says why
+        assert isinstance(layout(gpt2), PlainLayout)  # auto: plain, and the log says why
     assert "prefix_sharing=auto: using the plain layout. prefix_sharing is verified exact only" in caplog.text
     with pytest.raises(ValueError, match="verified exact only for model types"):
-        collator(gpt2, prefix_sharing=True)  # asked for explicitly: refused before training, not at the first step
+        layout(gpt2, prefix_sharing=True)  # asked for explicitly: refused before training, not at the first step
     with pytest.raises(ValueError, match="verified exact only for model types"):
-        collator(gpt2, padding_free=True)
-    assert isinstance(SimPOTrainer(model=tiny_model("llama-sdpa"), args=SimPOConfig(
-        output_dir="/tmp/simpo-test", report_to=[], padding_value=PAD)), Trainer)
+        layout(gpt2, padding_free=True)
+    bf16 = layout(tiny_model("llama-eager"), bf16=True, use_cpu=True)  # eager under bf16 autocast: scores in bf16
+    assert bf16.mask_dtype == torch.bfloat16

@@ -1,15 +1,12 @@
 """The trainer against an independent computation, and the whole recipe end to end on the shipped tiny model."""
 
 import json
-import os
 
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_MODEL, log_sigmoid, reference_avg_logp
-from datasets import load_dataset
+from conftest import TINY_DATA, TINY_MODEL, log_sigmoid, reference_avg_logp, tiny_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from simpo.chat_templates import apply_chat_template
 from simpo.cli import train_main
 from simpo.config import SimPOConfig
 from simpo.trainer import SimPOTrainer
@@ -17,11 +14,7 @@ from simpo.trainer import SimPOTrainer
 
 @pytest.fixture(scope="module")
 def tiny():
-    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
-    tokenizer.pad_token = tokenizer.eos_token
-    rows = load_dataset("json", data_files=os.path.join(TINY_DATA, "train.jsonl"), split="train").select(range(8))
-    rows = rows.map(apply_chat_template, fn_kwargs={"tokenizer": tokenizer}, remove_columns=rows.column_names)
-    return tokenizer, rows
+    return tiny_rows(8)
 
 
 @pytest.mark.parametrize("loss_type,sft_weight,smoothing", [("sigmoid", 0.0, 0.0), ("sigmoid", 0.5, 0.1),
@@ -171,6 +164,18 @@ def test_eval_metrics_average_over_pairs_not_batches(tmp_path, tiny):
                for r in trainer.eval_dataset]
     assert metrics["eval_rewards/margins"] == pytest.approx(sum(margins) / 7, rel=1e-4)
     assert metrics["eval_rewards/accuracies"] == pytest.approx(sum(m > 0 for m in margins) / 7)
+
+
+def test_evaluation_logs_are_known_by_the_trainer_not_guessed_from_keys(tmp_path, tiny):
+    tokenizer, rows = tiny
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_eval_batch_size=4,
+                       max_length=128, max_prompt_length=64)
+    trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, eval_dataset=rows, processing_class=tokenizer)
+    # A prefix that starts like the training summary's keys: still evaluation metrics.
+    metrics = trainer.evaluate(metric_key_prefix="train_subset")
+    assert 0 <= metrics["train_subset_rewards/accuracies"] <= 1 and "train_subset_loss" in metrics
+    trainer.log({"probe_loss": 1.0})  # another callback's log: left as it is
+    assert set(trainer.state.log_history[-1]) == {"probe_loss", "epoch", "step"}
 
 
 def test_generate_during_eval_writes_samples_beside_the_pairs(tmp_path):

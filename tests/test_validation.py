@@ -67,46 +67,65 @@ def test_fraction_above_one_is_explained(tmp_path):
         mix_datasets({src: 2.0}, ["train"])
 
 
-def test_degenerate_pairs_are_dropped_counted_and_listed(tmp_path, caplog):
+def tokenized(tmp_path, rows: list[dict], **overrides):
+    """The recipe's data path for one source: mixer (with each row's origin), chat template, tokenisation."""
+    from conftest import TINY_MODEL
+    from transformers import AutoTokenizer
+
+    from simpo.chat_templates import apply_chat_template
+    from simpo.tokenization import tokenize_pairs
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    src = source_with(tmp_path, rows)
+    mixed = mix_datasets({src: 1.0}, ["train"], seed=1)["train"]
+    templated = mixed.map(apply_chat_template, fn_kwargs={"tokenizer": tokenizer})
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=64,
+                       max_prompt_length=32, **overrides)
+    return src, mixed, *tokenize_pairs(templated, tokenizer, args, "train_dataset")
+
+
+def test_degenerate_pairs_are_dropped_counted_and_listed_with_their_row_in_the_source(tmp_path, caplog):
     identical = dict(good(), rejected=good()["chosen"])
     empty = dict(good(), chosen=[USER, {"role": "assistant", "content": "  "}])
-    src = source_with(tmp_path, [good(0), identical, good(1), empty, good(2), identical])
-    mixed, drops = mix_datasets({src: 1.0}, ["train"])
-    assert len(mixed["train"]) == 3
-    assert [(d["row"], d["reason"]) for d in drops] == [
+    src, mixed, kept, drops = tokenized(tmp_path, [good(0), identical, good(1), empty, good(2), identical])
+    assert mixed["origin"] != sorted(mixed["origin"], key=lambda o: o["row"])  # shuffled: rows are not positions
+    assert len(kept) == 3 and "origin" not in kept.column_names
+    # Rows of the user's file, in the order the shuffled mixture met them: (row, reason).
+    assert sorted((d.row, d.reason) for d in drops) == [
         (1, "identical chosen and rejected responses"), (3, "empty response"),
         (5, "identical chosen and rejected responses")]
+    assert {(d.source, d.split) for d in drops} == {(src, "train")}
     with caplog.at_level(logging.WARNING):
         report_drops(drops, str(tmp_path / "out"))
     assert ("Dropped 3 preference pairs (2 identical chosen and rejected responses, 1 empty response); rows listed"
             f" in {tmp_path / 'out' / 'dropped_pairs.jsonl'}") in caplog.text
     listed = [json.loads(line) for line in (tmp_path / "out" / "dropped_pairs.jsonl").read_text().splitlines()]
-    assert listed == drops and listed[0]["source"] == src
+    assert listed == [{"source": d.source, "split": d.split, "row": d.row, "reason": d.reason} for d in drops]
 
 
 def test_degenerate_pairs_can_be_an_error(tmp_path):
-    src = source_with(tmp_path, [good(0), dict(good(), rejected=good()["chosen"])])
-    with pytest.raises(DataError, match=r"row 1: identical chosen and rejected responses \(1 such pairs\)\. Fix the"
-                                        " data, or set on_degenerate_pairs: drop"):
-        mix_datasets({src: 1.0}, ["train"], on_degenerate="error")
+    with pytest.raises(DataError, match=r"\[train\] row 1: identical chosen and rejected responses \(1 such pairs\)\."
+                                        " Fix the data, or set on_degenerate_pairs: drop"):
+        tokenized(tmp_path, [good(0), dict(good(), rejected=good()["chosen"])], on_degenerate_pairs="error")
 
 
-def test_response_truncated_to_nothing_is_dropped_by_the_trainer(tmp_path, make_tokenizer):
+def test_response_truncated_to_nothing_is_dropped_naming_the_trainers_dataset(tmp_path, make_tokenizer):
+    from simpo.tokenization import tokenize_pairs
+
     # No EOS to append: an empty response string has no token at all.
     tok = make_tokenizer(["<s>", "<pad>"], bos="<s>")
     tok.pad_token = "<pad>"
     rows = Dataset.from_list([{"prompt": "ab", "chosen": "c", "rejected": ""}, {"prompt": "ab", "chosen": "c",
                               "rejected": "d"}, {"prompt": "x", "chosen": "yy", "rejected": "yy"}])
     args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=16, max_prompt_length=8)
-    trainer = SimPOTrainer.__new__(SimPOTrainer)
-    trainer.dropped_pairs = []
-    kept = trainer.tokenize(rows, tok, args, "train")
+    kept, drops = tokenize_pairs(rows, tok, args, "train_dataset")
     assert len(kept) == 1 and kept[0]["rejected_input_ids"][-1] == tok.convert_tokens_to_ids("d")
-    assert [(d["row"], d["reason"]) for d in trainer.dropped_pairs] == [
-        (0, "response truncated to no tokens"), (2, "identical chosen and rejected responses")]
-    args.on_degenerate_pairs = "error"
-    with pytest.raises(DataError, match="tokenized \\[train\\] row 0: response truncated to no tokens"):
-        trainer.tokenize(rows, tok, args, "train")
+    assert [(d.source, d.row, d.reason) for d in drops] == [
+        ("train_dataset", 0, "empty response"), ("train_dataset", 2, "identical chosen and rejected responses")]
+    # Without BOS or prompt, the first response token has no position before it to be scored from.
+    no_bos = make_tokenizer(["<pad>"])
+    _, drops = tokenize_pairs(Dataset.from_list([{"prompt": "", "chosen": "cc", "rejected": "d"}]), no_bos, args, "x")
+    assert [(d.source, d.reason) for d in drops] == [("x", "response with no token to score")]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -152,7 +171,7 @@ def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
         trainer.train()
 
 
-def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog):
+def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog, capsys):
     import math
 
     from conftest import TINY_DATA
@@ -174,7 +193,9 @@ def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog):
                     "--dataset_splits=train", f"--output_dir={out}", "--max_steps=4", "--eval_strategy=no",
                     "--do_eval=false", "--eval_on_start=false", "--report_to=none", "--logging_steps=1"])
     assert "Dropped 10 preference pairs (5 identical chosen and rejected responses, 5 empty response)" in caplog.text
-    assert len((out / "dropped_pairs.jsonl").read_text().splitlines()) == 10
+    assert "90 train pairs (10 dropped)" in capsys.readouterr().out  # the start summary counts every drop
+    dropped = [json.loads(line) for line in (out / "dropped_pairs.jsonl").read_text().splitlines()]
+    assert sorted(d["row"] for d in dropped) == list(range(90, 100))  # the rows of the user's file
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
