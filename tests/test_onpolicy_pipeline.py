@@ -122,7 +122,7 @@ def test_pipeline_end_to_end_then_simpo_trains_on_the_result(uninterrupted, prom
             assert pair["score_chosen"] == max(row["scores"]) and pair["score_rejected"] == min(row["scores"])
             assert pair["chosen"][-1]["content"] == row["responses"][row["scores"].index(max(row["scores"]))]
 
-    mixed, drops = mix_datasets({str(out / "dataset"): 1.0}, ["train", "test"])
+    mixed = mix_datasets({str(out / "dataset"): 1.0}, ["train", "test"])
     assert len(mixed["train"]) == summary["train"]["pairs"] and len(mixed["test"]) == summary["test"]["pairs"]
     run_dir = tmp_path / "simpo"
     train_main(["training_configs/tiny-simpo-cpu.yaml", f"--dataset_mixer={{{out / 'dataset'}: 1.0}}",
