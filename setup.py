@@ -19,6 +19,9 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.17,<0.20"],
     "quantization": ["bitsandbytes>=0.46,<0.51"],
     "flash-attn": ["flash-attn>=2.7"],  # needs CUDA to build; GPU machines only
+    # simpo-generate's vLLM backend; GPU machines only. vllm 0.33 pins torch 2.14.0 and transformers <5.21, so it
+    # moves both within our ranges. Not installed or tested by CI.
+    "vllm": ["vllm>=0.33,<0.34"],
     "dev": ["pytest>=8", "ruff>=0.15,<0.18", "deepspeed>=0.17,<0.20"],
 }
 
@@ -35,6 +38,11 @@ setup(
             "simpo-train=simpo.cli:train_main",
             "simpo-sft=simpo.sft_cli:sft_main",
             "simpo-plot=simpo.plot:main",
+            "simpo-generate=simpo.generate:main",
+            "simpo-annotate=simpo.annotate:main",
+            "simpo-binarise=simpo.binarise:main",
+            "simpo-eval-setup=simpo.eval_setup:main",
+            "simpo-answer=simpo.answer:main",
         ]
     },
 )

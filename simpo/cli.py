@@ -15,6 +15,7 @@ from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
 from simpo.resume import StopOnSignal, last_complete_checkpoint
+from simpo.run_config import save_run_config
 from simpo.trainer import SimPOTrainer
 from simpo.validation import DataError, report_drops
 
@@ -50,6 +51,8 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     logger.info("Model arguments %s", model_args)
     logger.info("Data arguments %s", data_args)
     logger.info("Training arguments %s", training_args)
+    if training_args.should_save:
+        save_run_config(model_args, data_args, training_args)  # for evaluation set-ups and reruns
     if model_args.trust_remote_code:
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
     check_launch(training_args)  # a launch accelerate would silently degrade is refused in seconds

@@ -1,0 +1,152 @@
+"""`simpo-annotate PIPELINE.yaml [--key=value ...]`: a reward model's score for every (prompt, response) that
+simpo-generate wrote, resumable and data-parallel under `accelerate launch`.
+
+The reward model is any AutoModelForSequenceClassification with one output (its logit is the score), or a model
+with a custom head that returns a `score` (ArmoRM: `reward_trust_remote_code: true`). Each conversation (the prompt's
+turns and the response as the assistant's turn) is rendered with the reward model's own chat template. Responses
+are scored in batches of similar length, right-padded with a token id that occurs in no conversation, so models that
+find the last token by the pad id score what they would score unpadded. Responses longer than the reward model's
+context are not scored (score null, counted in the log; simpo-binarise leaves them out).
+
+Writes OUTPUT_DIR/annotations/<side>.jsonl: the generation rows plus "scores", one per response.
+"""
+
+import logging
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from simpo.generation_backends import process_device
+from simpo.model import resolve_dtype
+from simpo.onpolicy_config import parse_pipeline_args
+from simpo.work_units import (
+    Unit,
+    UnitStore,
+    check_settings,
+    file_fingerprint,
+    process_rank,
+    read_jsonl,
+    run_units,
+    setup_logging,
+    write_jsonl,
+)
+
+logger = logging.getLogger("simpo")
+
+
+def conversation_ids(row: dict, response: str, tokenizer) -> list[int]:
+    """The reward model's tokens for a prompt and one response, as its chat template renders them."""
+    messages = row["messages"] + [{"role": "assistant", "content": response}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template writes BOS when the model wants it
+
+
+def plan_units(lengths: dict[str, list[int]], batch_size: int, limit: int | None) -> list[Unit]:
+    """Per side, the conversations that fit the reward model, ordered by length and cut into fixed batches."""
+    units = []
+    for side, side_lengths in lengths.items():
+        fits = [i for i, n in enumerate(side_lengths) if limit is None or n <= limit]
+        order = sorted(fits, key=lambda i: side_lengths[i])
+        units += [Unit(f"{side}/{b:06d}", side, tuple(order[i : i + batch_size]))
+                  for b, i in enumerate(range(0, len(order), batch_size))]
+    return units
+
+
+def unused_token_id(sequences, vocab_size: int, preferred: int | None) -> int:
+    used = {t for ids in sequences for t in ids}
+    if preferred is not None and preferred not in used:
+        return preferred
+    return next(t for t in range(vocab_size - 1, -1, -1) if t not in used)
+
+
+class RewardModel:
+    def __init__(self, name: str, revision: str, trust_remote_code: bool, dtype: str, pad_id: int):
+        self.device = process_device()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            name, revision=revision, trust_remote_code=trust_remote_code, dtype=resolve_dtype(dtype)
+        ).to(self.device).eval()
+        self.model.config.get_text_config().pad_token_id = pad_id
+        self.pad_id = pad_id
+
+    @torch.no_grad()
+    def score(self, sequences: list[list[int]]) -> list[float]:
+        width = max(map(len, sequences))
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, ids in enumerate(sequences):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            attention_mask[i, : len(ids)] = 1
+        output = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device))
+        return scores_of(output, len(sequences))
+
+
+def scores_of(output, n: int) -> list[float]:
+    """One score per sequence: a custom head's `score` (ArmoRM), else the classifier's single logit."""
+    values = getattr(output, "score", None)
+    values = (output.logits if values is None else values).float().reshape(n, -1)
+    if values.shape[1] != 1:
+        raise ValueError(
+            f"The reward model gives {values.shape[1]} values per response and no `score`: use a model with one"
+            " output (num_labels=1) or one whose forward returns `score` (ArmoRM, with reward_trust_remote_code)."
+        )
+    return values[:, 0].tolist()
+
+
+def main(argv: list[str] | None = None) -> None:
+    _, _, args = parse_pipeline_args(argv, "simpo-annotate")
+    rank, world = process_rank()
+    setup_logging(rank)
+    source = os.path.join(args.output_dir, "generations")
+    sides = {side: read_jsonl(os.path.join(source, f"{side}.jsonl")) for side in ("train", "test")
+             if os.path.exists(os.path.join(source, f"{side}.jsonl"))}
+    if not sides:
+        raise FileNotFoundError(f"No generations in {source}: run simpo-generate with this config first.")
+    tokenizer = AutoTokenizer.from_pretrained(args.reward_model, revision=args.reward_model_revision,
+                                              trust_remote_code=args.reward_trust_remote_code)
+    if not tokenizer.chat_template:
+        raise ValueError(f"The reward model's tokenizer ({args.reward_model}) has no chat template to render the"
+                         " conversations with.")
+    config = AutoConfig.from_pretrained(args.reward_model, revision=args.reward_model_revision,
+                                        trust_remote_code=args.reward_trust_remote_code)
+    limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+    # One flat list per side: response k of row r is pair r * K + k.
+    pairs = {side: [conversation_ids(row, reply, tokenizer) for row in rows for reply in row["responses"]]
+             for side, rows in sides.items()}
+    dtype = args.reward_dtype if args.reward_dtype != "auto" else (
+        "bfloat16" if torch.cuda.is_available() else "float32")
+    pad_id = unused_token_id((ids for side in pairs.values() for ids in side), config.get_text_config().vocab_size,
+                             tokenizer.pad_token_id)
+    folder = os.path.join(args.output_dir, "annotations")
+    check_settings(folder, {
+        "reward_model": [args.reward_model, args.reward_model_revision, dtype], "pad_id": pad_id,
+        "reward_batch_size": args.reward_batch_size,
+        "generations": {side: file_fingerprint(os.path.join(source, f"{side}.jsonl")) for side in sides},
+    })
+    units = plan_units({side: list(map(len, ids)) for side, ids in pairs.items()}, args.reward_batch_size, limit)
+    store = UnitStore(os.path.join(folder, "units"))
+    model = None
+
+    def work(unit: Unit) -> list:
+        nonlocal model
+        model = model or RewardModel(args.reward_model, args.reward_model_revision, args.reward_trust_remote_code,
+                                     dtype, pad_id)
+        return model.score([pairs[unit.split][i] for i in unit.rows])
+
+    if not run_units(units, store, work, desc="scoring"):
+        return
+    for side, rows in sides.items():
+        scores = [None] * len(pairs[side])
+        for unit in (u for u in units if u.split == side):
+            for i, value in zip(unit.rows, store.read(unit)):
+                scores[i] = value
+        k = len(rows[0]["responses"])
+        out = [{**row, "scores": scores[r * k : (r + 1) * k]} for r, row in enumerate(rows)]
+        write_jsonl(os.path.join(folder, f"{side}.jsonl"), out)
+        too_long = scores.count(None)
+        logger.info("%s: %d responses scored, %d too long for the reward model (%s tokens) and left unscored",
+                    side, len(scores) - too_long, too_long, limit)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""`simpo-answer OUTPUT_DIR --benchmark {alpaca_eval,arena_hard,mt_bench} --questions FILE [--out FILE]`: a trained
+model's answers to a benchmark's questions, in the file format that benchmark's judge reads.
+
+Prompts are the ids training fed the model (simpo.tokenization.generation_prompt_ids, with the run's template and
+system-turn rule), so there is no template to get wrong; decoding is the reference's for the model's family
+(simpo.eval_families), MT-Bench's per question category, its second turn conditioned on the model's first answer.
+Sampling runs on simpo-generate's machinery: transformers `generate` (or vLLM when installed), resumable, and
+data-parallel under `accelerate launch`.
+"""
+
+import argparse
+import json
+import logging
+import os
+import time
+
+from simpo.config import ModelArguments
+from simpo.eval_families import decoding, family_of
+from simpo.generate import sample_units
+from simpo.generation_backends import backend_name, make_backend
+from simpo.run_config import run_settings, training_tokenizer
+from simpo.tokenization import generation_prompt_ids
+from simpo.work_units import file_fingerprint, process_rank, setup_logging, write_atomic
+
+logger = logging.getLogger("simpo")
+
+BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
+SEED = 42
+ANSWER_FILES = {"alpaca_eval": "model_outputs.json", "arena_hard": "model_answer/{name}.jsonl",
+                "mt_bench": "model_answer/{name}.jsonl"}
+
+
+def read_questions(path: str, benchmark: str) -> list[dict]:
+    """[{"id", "turns": [user texts], "category", "raw"}] from AlpacaEval's JSON list (instruction), Arena-Hard's
+    question.jsonl (turns of {content}) or MT-Bench's (turns of strings)."""
+    with open(path) as f:
+        text = f.read()
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines()
+                                                                      if line.strip()]
+    questions = []
+    for n, row in enumerate(rows):
+        if benchmark == "alpaca_eval":
+            turns = [row["instruction"]]
+        else:
+            turns = [t["content"] if isinstance(t, dict) else t for t in row.get("turns") or [row.get("prompt")]]
+        if not all(isinstance(t, str) and t for t in turns):
+            raise ValueError(f"{path} row {n}: no question text found for {benchmark} (turns: {turns!r:.100}).")
+        questions.append({"id": row.get("question_id", n), "turns": turns, "category": row.get("category"),
+                          "raw": row})
+    return questions
+
+
+def answer(output_dir: str, benchmark: str, questions: list[dict], work_dir: str, batch_size: int = 16,
+           backend: str = "auto", limit_tokens: int | None = None) -> list[list[str]] | None:
+    """One answer per turn per question (on the main process; None on the others)."""
+    model_args, data_args = run_settings(output_dir)
+    tokenizer = training_tokenizer(output_dir, model_args, data_args)
+    family = family_of(tokenizer.chat_template)
+    policy = ModelArguments(model_name_or_path=output_dir, torch_dtype=model_args.torch_dtype,
+                            attn_implementation=model_args.attn_implementation,
+                            trust_remote_code=model_args.trust_remote_code)
+    built = {}
+
+    def backend_for(setting):
+        if "backend" not in built:
+            built["backend"] = make_backend(backend, policy, tokenizer, *setting)
+        built["backend"].set_sampling(*setting)
+        return built["backend"]
+
+    answers = [[] for _ in questions]
+    for turn in range(max(len(q["turns"]) for q in questions)):
+        groups = {}  # decoding -> question indices asking a question at this turn
+        for i, q in enumerate(questions):
+            if turn < len(q["turns"]):
+                setting = decoding(family, benchmark, q["category"])
+                setting = (setting.temperature, setting.top_p, min(setting.max_new_tokens, limit_tokens or 10**9))
+                groups.setdefault(setting, []).append(i)
+        for setting, members in groups.items():
+            ids = [generation_prompt_ids(conversation(questions[i], answers[i], turn), tokenizer,
+                                         data_args.auto_insert_empty_system_msg) for i in members]
+            folder = os.path.join(work_dir, f"turn{turn}", "t{}-p{}-n{}".format(*setting))
+            settings = {"model": os.path.abspath(output_dir), "benchmark": benchmark, "decoding": setting,
+                        "backend": backend_name(backend), "prompts": len(ids)}
+            replies = sample_units(folder, {"q": ids}, [SEED], batch_size, settings,
+                                   lambda setting=setting: backend_for(setting), everyone_waits=True)
+            for i, reply in zip(members, replies["q"]):
+                answers[i].append(reply[0])
+    return answers if process_rank()[0] == 0 else None
+
+
+def conversation(question: dict, answers: list[str], turn: int) -> list[dict]:
+    """The user turns up to `turn`, each earlier one followed by the model's own answer."""
+    messages = []
+    for t in range(turn + 1):
+        messages.append({"role": "user", "content": question["turns"][t]})
+        if t < turn:
+            messages.append({"role": "assistant", "content": answers[t]})
+    return messages
+
+
+def answer_records(benchmark: str, questions: list[dict], answers: list[list[str]], name: str, tokenizer) -> list:
+    if benchmark == "alpaca_eval":
+        return [{"instruction": q["turns"][0], "output": a[0], "generator": name, "dataset": q["raw"].get("dataset")}
+                for q, a in zip(questions, answers)]
+    turns = (lambda a: [{"content": t, "token_len": len(tokenizer(t, add_special_tokens=False)["input_ids"])}
+                        for t in a]) if benchmark == "arena_hard" else (lambda a: a)
+    return [{"question_id": q["id"], "answer_id": f"{name}-{q['id']}", "model_id": name,
+             "choices": [{"index": 0, "turns": turns(a)}], "tstamp": time.time()} for q, a in zip(questions, answers)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="simpo-answer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", help="the trained model's folder (a simpo run's output_dir)")
+    parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    parser.add_argument("--questions", required=True, help="the benchmark's question file")
+    parser.add_argument("--out", help="answer file (default: OUTPUT_DIR/eval/<benchmark>/" + "<the tool's name>)")
+    parser.add_argument("--name", help="the model's name in the answers (default: the folder's name)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
+    parser.add_argument("--max-new-tokens", type=int, help="cap the family's setting (smoke tests)")
+    args = parser.parse_args(argv)
+    setup_logging(process_rank()[0])
+    name = args.name or os.path.basename(os.path.normpath(args.output_dir))
+    out = args.out or os.path.join(args.output_dir, "eval", args.benchmark, ANSWER_FILES[args.benchmark].format(
+        name=name))
+    questions = read_questions(args.questions, args.benchmark)
+    work_dir = os.path.join(args.output_dir, "eval", args.benchmark, "work", file_fingerprint(args.questions)[:12])
+    answers = answer(args.output_dir, args.benchmark, questions, work_dir, args.batch_size, args.backend,
+                     args.max_new_tokens)
+    if answers is None:
+        return
+    tokenizer = training_tokenizer(args.output_dir, *run_settings(args.output_dir))
+    records = answer_records(args.benchmark, questions, answers, name, tokenizer)
+    text = json.dumps(records, indent=1) if args.benchmark == "alpaca_eval" else \
+        "".join(json.dumps(r) + "\n" for r in records)
+    write_atomic(out, text)
+    logger.info("%d answers to %s written to %s", len(records), args.questions, out)
+
+
+if __name__ == "__main__":
+    main()

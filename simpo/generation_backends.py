@@ -1,0 +1,115 @@
+"""Sampling from the policy: transformers `generate` (batched, left-padded, any device) or vLLM (GPU, optional).
+
+Both take prompts as token ids (simpo.tokenization.generation_prompt_ids) and sample with temperature and top-p only,
+as the reference's vLLM decoding does: the model's own generation_config contributes its end-of-turn ids, not its
+sampling defaults (top_k, repetition penalties). Responses are decoded without special tokens and stripped.
+"""
+
+import importlib.util
+import logging
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, GenerationConfig
+
+from simpo.model import attn_implementation, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+def process_device() -> torch.device:
+    """This process's accelerator (LOCAL_RANK under accelerate launch), else the CPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def eos_ids(generation_config, tokenizer) -> list[int]:
+    eos = generation_config.eos_token_id if generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int):
+        self.device = process_device()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path, revision=model_args.model_revision,
+            trust_remote_code=model_args.trust_remote_code, dtype=resolve_dtype(model_args.torch_dtype) or "auto",
+            attn_implementation=attn_implementation(model_args.attn_implementation),
+        ).to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.stop_ids = eos_ids(self.model.generation_config, tokenizer)
+        self.set_sampling(temperature, top_p, max_tokens)
+
+    def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
+            else {"do_sample": False}
+        self.config = GenerationConfig(**sampling, max_new_tokens=max_tokens, repetition_penalty=1.0,
+                                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], batch_seed: int, row_seeds: list[int]) -> list[str]:
+        """One batch, left-padded; the whole batch samples from `batch_seed` (row_seeds are vLLM's)."""
+        width = max(map(len, prompts))
+        input_ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, ids in enumerate(prompts):
+            input_ids[i, width - len(ids):] = torch.tensor(ids)
+            attention_mask[i, width - len(ids):] = 1
+        torch.manual_seed(batch_seed)
+        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
+                                  generation_config=self.config)
+        return [self.decode(row[width:].tolist()) for row in out]
+
+    def decode(self, ids: list[int]) -> str:
+        """The reply up to its first end-of-turn token (generate pads finished rows after it)."""
+        ends = [ids.index(stop) for stop in self.stop_ids if stop in ids]
+        return self.tokenizer.decode(ids[: min(ends, default=len(ids))], skip_special_tokens=True).strip()
+
+
+class VLLMBackend:
+    """UNTESTED in this repository's CI (no GPU there): vLLM with one engine per process, one GPU each."""
+
+    name = "vllm"
+
+    def __init__(self, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int):
+        if "LOCAL_RANK" in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["LOCAL_RANK"]  # one GPU per launched process
+        from vllm import LLM, SamplingParams
+
+        self.llm = LLM(model=model_args.model_name_or_path, revision=model_args.model_revision,
+                       tokenizer=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+                       trust_remote_code=model_args.trust_remote_code, dtype=model_args.torch_dtype or "auto")
+        self.sampling_params = SamplingParams
+        self.set_sampling(temperature, top_p, max_tokens)
+
+    def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
+        self.params = lambda seed: self.sampling_params(temperature=temperature, max_tokens=max_tokens, seed=seed,
+                                                        top_p=top_p if temperature > 0 else 1.0)
+
+    def generate(self, prompts: list[list[int]], batch_seed: int, row_seeds: list[int]) -> list[str]:
+        """Each request samples from its own seed, so batching does not change it."""
+        requests = [{"prompt_token_ids": ids} for ids in prompts]
+        outputs = self.llm.generate(requests, [self.params(seed) for seed in row_seeds], use_tqdm=False)
+        return [output.outputs[0].text.strip() for output in outputs]
+
+
+def backend_name(name: str) -> str:
+    """What `auto` resolves to here (recorded with a run: the two backends sample differently)."""
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if name == "vllm" and not has_vllm:
+        raise ValueError("backend: vllm, but vLLM is not installed: pip install -e \".[vllm]\" (GPU machines).")
+    if name == "auto":
+        return "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
+    return name
+
+
+def make_backend(name: str, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int):
+    backend = VLLMBackend if backend_name(name) == "vllm" else TransformersBackend
+    logger.info("Generating with the %s backend", backend.name)
+    return backend(model_args, tokenizer, temperature, top_p, max_tokens)

@@ -1,0 +1,57 @@
+"""What a run was launched with, kept beside its model: OUTPUT_DIR/run_config.yaml holds every key of the three
+argument groups, flat, as the parser reads them (so `simpo-train OUTPUT_DIR/run_config.yaml` launches the same run
+again). Evaluation set-ups read the chat template rule from it, and load the tokenizer exactly as training set it up.
+"""
+
+import dataclasses
+import logging
+import os
+
+import yaml
+from transformers import AutoTokenizer
+
+from simpo.chat_templates import set_chat_template
+from simpo.config import DataArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"
+
+
+def save_run_config(model_args, data_args, training_args) -> str:
+    """Write output_dir/run_config.yaml (tokens such as hub_token are masked by TrainingArguments.to_dict)."""
+    values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training_args.to_dict()}
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    path = os.path.join(training_args.output_dir, RUN_CONFIG)
+    with open(path, "w") as f:
+        f.write("# Written by simpo at the start of this run: every setting, as parsed (defaults included).\n")
+        yaml.safe_dump(values, f, sort_keys=False, allow_unicode=True)
+    return path
+
+
+def load_run_config(output_dir: str) -> tuple[ModelArguments, DataArguments] | None:
+    """The model and data settings of the run in output_dir, or None when it wrote no run_config.yaml."""
+    path = os.path.join(output_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        values = yaml.safe_load(f) or {}
+    pick = lambda cls: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
+    return pick(ModelArguments), pick(DataArguments)
+
+
+def run_settings(output_dir: str) -> tuple[ModelArguments, DataArguments]:
+    """load_run_config, or (for a folder without one) the saved tokenizer's template and the default rules."""
+    loaded = load_run_config(output_dir)
+    if loaded is None:
+        logger.warning("%s has no %s (written by runs since evaluation set-ups exist): using the saved tokenizer's"
+                       " chat template and the default empty-system-turn rule.", output_dir, RUN_CONFIG)
+        return ModelArguments(model_name_or_path=output_dir), DataArguments()
+    return loaded
+
+
+def training_tokenizer(output_dir: str, model_args: ModelArguments, data_args: DataArguments):
+    """The tokenizer the run saved, with the chat template training applied (the YAML's, or the Mistral rule's)."""
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
+    return tokenizer

@@ -1,0 +1,137 @@
+"""Resumable, data-parallel batch jobs (generation, reward scoring) without a process group.
+
+A job is a fixed list of units of work, planned the same way by every process from the same inputs. Process `rank`
+of `world` takes units rank, rank + world, ...; each finished unit is written as one file, atomically (a temporary
+file renamed into place), so a killed run leaves only whole units behind and a relaunch skips them: no unit is done
+twice into the output or lost. The main process then waits for every unit file and merges them in plan order, so the
+result does not depend on the number of processes or on where a run was resumed.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str  # its file under the store, e.g. "train/seed13/000012"
+    split: str
+    rows: tuple[int, ...]  # row indices in the split
+    seed: int | None = None
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) as `accelerate launch` / torchrun set them; (0, 1) for a plain run."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
+                        handlers=[logging.StreamHandler(sys.stdout)], level=logging.INFO if rank == 0 else logging.WARN)
+
+
+def derived_seed(*parts) -> int:
+    """A 63-bit seed from its parts (e.g. the user's seed, the split, the batch index): stable across runs."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def fingerprint(obj) -> str:
+    """sha256 of a JSON-able object: recorded with a run to recognise its inputs on a relaunch."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def file_fingerprint(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def write_atomic(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def check_settings(folder: str, settings: dict) -> None:
+    """The first run records what it was asked to do; a relaunch into the same folder must ask the same, or the
+    resumed output would mix two runs."""
+    path = os.path.join(folder, "settings.json")
+    if not os.path.exists(path):
+        write_atomic(path, json.dumps(settings, indent=1, sort_keys=True))
+        return
+    with open(path) as f:
+        recorded = json.load(f)
+    changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+    if changed:
+        key = changed[0]
+        raise ValueError(
+            f"{folder} holds a run with other settings ({', '.join(changed)}; e.g. {key}: {recorded.get(key)!r:.100}"
+            f" then, {settings.get(key)!r:.100} now). Relaunch with the same settings to resume, or use another"
+            " output_dir (or delete this one) to start afresh."
+        )
+
+
+class UnitStore:
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def path(self, unit: Unit) -> str:
+        return os.path.join(self.folder, unit.name + ".json")
+
+    def done(self, unit: Unit) -> bool:
+        return os.path.exists(self.path(unit))
+
+    def write(self, unit: Unit, records: list) -> None:
+        write_atomic(self.path(unit), json.dumps({"process": process_rank()[0], "records": records}))
+
+    def read(self, unit: Unit) -> list:
+        with open(self.path(unit)) as f:
+            return json.load(f)["records"]
+
+
+def run_units(units: list[Unit], store: UnitStore, work: Callable[[Unit], list], desc: str, poll_s: float = 1.0,
+              everyone_waits: bool = False) -> bool:
+    """Do this process's share of `units` that are not done yet; True on the main process once every unit of every
+    process is done (it waits for the others), False on the others, unless `everyone_waits` (a next step needs the
+    results everywhere)."""
+    rank, world = process_rank()
+    mine = units[rank::world]
+    todo = [unit for unit in mine if not store.done(unit)]
+    if len(todo) < len(mine):
+        logger.info("%s: resuming, %d of %d units already done", desc, len(mine) - len(todo), len(mine))
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{desc} (process {rank} of {world})",
+              unit="batch", disable=rank != 0, dynamic_ncols=True) as bar:
+        for unit in todo:
+            store.write(unit, work(unit))
+            bar.update()
+    if rank != 0 and not everyone_waits:
+        return False
+    waiting = [unit for unit in units if not store.done(unit)]
+    if waiting:
+        logger.info("%s: waiting for the other processes (%d units left)", desc, len(waiting))
+    while waiting:
+        time.sleep(poll_s)
+        waiting = [unit for unit in waiting if not store.done(unit)]
+    return True
