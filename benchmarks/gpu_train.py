@@ -54,13 +54,18 @@ class System:
     trainer: str  # "simpo" (SimPOTrainer) or "trl" (CPOTrainer, loss_type simpo, cpo_alpha 0)
     keys: dict = field(default_factory=dict)  # on top of the shared config: simpo's keys, or CPOConfig's for "trl"
     requires: str | None = None  # a module the row needs; skipped (and said so) when it is not installed
+    gpu_only: bool = False  # skipped (and said so) in --smoke runs: e.g. inductor compiling C++ on a 2-core CPU
 
 
 SYSTEMS = [
     System("trl", 'TRL CPOTrainer(loss_type="simpo", cpo_alpha=0)', "trl"),
-    System("simpo", "simpo default (fused log-probs, prefix sharing auto)", "simpo"),
+    System("simpo", "simpo default (fused log-probs, prefix sharing auto: FlexAttention on GPUs)", "simpo"),
+    System("simpo_dense_masks", "simpo, prefix sharing with dense sdpa masks (flex_attention: false)", "simpo",
+           {"flex_attention": False}),
     System("simpo_no_prefix", "simpo, fused log-probs, no prefix sharing", "simpo", {"prefix_sharing": False}),
     System("simpo_padding_free", "simpo, padding_free: true", "simpo", {"padding_free": True}),
+    System("simpo_compiled", "simpo default + torch_compile: true", "simpo", {"torch_compile": True},
+           gpu_only=True),
     System("simpo_plain", "simpo plain path (no fused log-probs, no prefix sharing)", "simpo",
            {"fused_logps": False, "prefix_sharing": False}),
     System("trl_liger", "TRL CPOTrainer simpo + Liger kernels (use_liger_kernel)", "trl",
@@ -139,6 +144,8 @@ class Runner:
 
         if system.requires and importlib.util.find_spec(system.requires) is None:
             return {"status": f"skipped: {system.requires} is not installed"}
+        if system.gpu_only and self.s["device"] != "cuda":
+            return {"status": "skipped: GPU runs only (tests/test_trainer.py checks torch_compile on CPU)"}
         timeout = min(self.s["run_timeout_s"], self.left())
         if timeout < self.s["min_run_s"]:
             return {"status": "skipped: time budget spent"}

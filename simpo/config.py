@@ -90,6 +90,12 @@ class SimPOConfig(TrainingArguments):
         default=False,
         metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart)."},
     )
+    flex_attention: bool | Literal["auto"] = field(
+        default="auto",
+        metadata={"help": "Prefix-shared and packed rows with FlexAttention block masks (the kernel skips masked "
+                  "blocks; no [rows, 1, L, L] mask) instead of dense masks with eager/sdpa; the model's attention is "
+                  "switched to flex_attention. auto: on GPUs (FlexAttention has no backward on CPU)."},
+    )
     max_tokens_per_row: int | None = field(
         default=None,
         metadata={"help": "With padding_free: pack pairs into rows of at most this many tokens (first fit, longest "
@@ -114,6 +120,8 @@ class SimPOConfig(TrainingArguments):
         super().__post_init__()
         if self.padding_free and self.prefix_sharing is False:
             raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
+        if self.flex_attention is True and self.prefix_sharing is False:
+            raise ValueError("flex_attention masks prefix-shared rows: it needs prefix_sharing true or auto.")
         if self.max_tokens_per_row is not None and not (self.padding_free and self.max_tokens_per_row > 0):
             raise ValueError(
                 f"max_tokens_per_row={self.max_tokens_per_row} sizes the rows padding_free packs: it needs"

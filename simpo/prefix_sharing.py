@@ -4,8 +4,11 @@ Rejected positions restart at the prompt's end, and a custom mask lets rejected 
 every response token sees exactly what it sees in the plain layout (simpo/collator.py): same logits up to rounding.
 With padding_free, several such pairs share a row (block-diagonal mask, positions restart per pair).
 
-Transformers 5.24 passes a 4D mask through untouched (no causal part, no sliding window, no padding added), so the
-mask below is the whole mask (measured in the shared note prefix-sharing-on-transformers5.md).
+Transformers 5.24 passes a 4D mask (or a FlexAttention BlockMask) through untouched (no causal part, no sliding
+window, no padding added), so the mask below is the whole mask (measured in the shared note
+prefix-sharing-on-transformers5.md). One rule, attention_rule, says who attends to whom: evaluated densely for eager
+and sdpa ([R, 1, L, L]), or as FlexAttention's mask_mod, whose block mask lets the kernel skip the masked blocks
+(rejected x chosen, pair x other pair) instead of computing and discarding them.
 """
 
 from dataclasses import dataclass
@@ -15,10 +18,10 @@ import torch
 from simpo.collator import pad_right
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
-# Kernels that take a 4D additive mask as the whole mask. flash_attention_* ignore a tensor mask (varlen needs
-# cu_seqlens and cannot express "rejected sees the prompt but not chosen"); flex treats it as a bias and crashed
-# on CPU. Refuse them rather than train on a silently different mask.
-EXACT_ATTENTION = ("eager", "sdpa")
+# Kernels that take our mask as the whole mask: eager and sdpa a 4D tensor, flex_attention a BlockMask.
+# flash_attention_* ignore a tensor mask (varlen needs cu_seqlens and cannot express "rejected sees the prompt but not
+# chosen"): refused rather than trained on a silently different mask.
+EXACT_ATTENTION = ("eager", "sdpa", "flex_attention")
 # Families whose forward was checked to honour position_ids and a 4D (or per-layer-type dict of 4D) mask with
 # nothing added on top. Others may add ALiBi from a 2D mask, chunked or bidirectional layers, ...: unchecked.
 EXACT_MODEL_TYPES = ("llama", "mistral", "gemma2", "qwen2")
@@ -63,7 +66,12 @@ class SharedPrefixLayout:
 
     @property
     def name(self) -> str:
-        return "prefix sharing" + (" + padding-free" if self.padding_free else "")
+        flex = " (FlexAttention block masks)" if self.config is not None and self.flex else ""
+        return "prefix sharing" + (" + padding-free" if self.padding_free else "") + flex
+
+    @property
+    def flex(self) -> bool:
+        return self.config._attn_implementation == "flex_attention"
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         num_pairs = len(features)
@@ -131,37 +139,39 @@ class SharedPrefixLayout:
         return [sorted(row) for row in rows]
 
     def model_inputs(self, batch: dict) -> dict:
-        """input_ids, position_ids and the mask: one [R, 1, L, L] mask, with the window built in when
-        config.sliding_window is set (Mistral), since none is added later; models with config.layer_types (Gemma2,
-        Qwen2) take {"full_attention": M, "sliding_attention": M_sw}."""
+        """input_ids, position_ids and the mask: one mask, with the window built in when config.sliding_window is set
+        (Mistral), since none is added later; models with config.layer_types (Gemma2, Qwen2) take
+        {"full_attention": M, "sliding_attention": M_sw}. Built once per forward; every layer reuses it."""
         problem = prefix_sharing_problem(self.config)  # refuses (never approximates) what the mask cannot express
         if problem:
             raise ValueError(problem)
-        config = self.config
         segments, branches, positions = batch["segment_ids"], batch["branch_ids"], batch["position_ids"]
-        rows = torch.arange(segments.shape[1], device=segments.device)
-        # Built once per forward, as bool [R, L, L] and then one mask per layer type; every layer reuses it.
-        allowed = (rows[None, :] <= rows[:, None]) & (segments[:, :, None] == segments[:, None, :])
-        key_branch = branches[:, None, :]
-        allowed &= (key_branch == PROMPT) | (key_branch == branches[:, :, None])
-        # The window is counted in positions, not row slots (rejected restarts at the prompt end): HF keeps keys with
-        # q - k < window, the token itself included.
-        window = getattr(config, "sliding_window", None)
-        in_window = positions[:, :, None] - positions[:, None, :] < window if window is not None else None
-        layer_types = getattr(config, "layer_types", None)
+        window = getattr(self.config, "sliding_window", None)
+        layer_types = getattr(self.config, "layer_types", None)
+        rule = lambda window: attention_rule(segments, branches, positions, window)
         if layer_types:
-            mask = {t: self.kernel_mask(allowed & in_window if t == "sliding_attention" else allowed)
+            mask = {t: self.kernel_mask(rule(window if t == "sliding_attention" else None), segments)
                     for t in sorted(set(layer_types))}
         else:
-            mask = self.kernel_mask(allowed & in_window if in_window is not None else allowed)
+            mask = self.kernel_mask(rule(window), segments)
         return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions, "use_cache": False}
 
-    def kernel_mask(self, keep: torch.Tensor) -> torch.Tensor:
-        """[R, 1, L, L] as the attention kernel takes it: sdpa a bool mask (True attends), eager an additive float
-        one (0 or the dtype's min). Never a bool for eager: it adds the mask to the scores, as 0/1, without error."""
+    def kernel_mask(self, rule, rows_like: torch.Tensor):
+        """The rule over [R, L] rows as the attention kernel takes it: flex a BlockMask; sdpa a bool [R, 1, L, L]
+        (True attends); eager an additive float one (0 or the dtype's min). Never a bool for eager: it adds the mask
+        to the scores, as 0/1, without error."""
+        (rows, length), device = rows_like.shape, rows_like.device
+        if self.flex:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            # Compiled, the block mask is built without ever materialising [R, L, L]; flex itself only runs on GPUs.
+            return create_block_mask(rule, rows, None, length, length, device=device, _compile=device.type == "cuda")
+        b, q, kv = (torch.arange(n, device=device).view(shape) for n, shape in
+                    ((rows, (-1, 1, 1)), (length, (1, -1, 1)), (length, (1, 1, -1))))
+        keep = rule(b, None, q, kv)
         if self.config._attn_implementation == "sdpa":
             return keep[:, None]
-        mask = torch.zeros(keep.shape, dtype=self.mask_dtype, device=keep.device)
+        mask = torch.zeros(keep.shape, dtype=self.mask_dtype, device=device)
         return mask.masked_fill_(~keep, torch.finfo(self.mask_dtype).min)[:, None]
 
     def real_tokens(self, batch: dict) -> torch.Tensor:
@@ -170,14 +180,30 @@ class SharedPrefixLayout:
         return real.sum() + ((batch["branch_ids"] == PROMPT) & real).sum()
 
 
-def prefix_sharing_problem(config) -> str | None:
-    """Why this model cannot use prefix sharing exactly, or None when it can."""
-    implementation = getattr(config, "_attn_implementation", None)
+def attention_rule(segments, branches, positions, window: int | None):
+    """mask_mod(b, h, q, kv): may query q of row b attend to key kv? FlexAttention's signature; called with
+    broadcastable index tensors it gives the dense mask. q sees kv when kv is at or before it, of the same pair, in
+    the prompt or in q's own branch, and, for a sliding window, less than `window` positions back (positions, not row
+    slots: rejected restarts at the prompt's end; HF keeps keys with q - k < window, the token itself included)."""
+
+    def mask_mod(b, h, q, kv):
+        keep = (kv <= q) & (segments[b, q] == segments[b, kv])
+        keep = keep & ((branches[b, kv] == PROMPT) | (branches[b, kv] == branches[b, q]))
+        if window is not None:
+            keep = keep & (positions[b, q] - positions[b, kv] < window)
+        return keep
+
+    return mask_mod
+
+
+def prefix_sharing_problem(config, implementation: str | None = None) -> str | None:
+    """Why this model cannot use prefix sharing exactly (with `implementation`, default its own), or None."""
+    implementation = implementation or getattr(config, "_attn_implementation", None)
     if implementation not in EXACT_ATTENTION:
         return (
-            f"prefix_sharing needs attn_implementation in {EXACT_ATTENTION} (a 4D float mask is the whole mask "
-            f"there); this model uses {implementation!r}. Load it with attn_implementation='sdpa' (or 'eager'), "
-            "or turn prefix_sharing off."
+            f"prefix_sharing needs attn_implementation in {EXACT_ATTENTION} (our mask is the whole mask there); this"
+            f" model uses {implementation!r}. Load it with attn_implementation='sdpa' (or 'eager'), use"
+            " flex_attention (GPUs), or turn prefix_sharing off."
         )
     if config.model_type not in EXACT_MODEL_TYPES:
         return (

@@ -239,7 +239,6 @@ def test_peft_model_is_unwrapped_for_its_config():
     "config, implementation, message",
     [
         (LlamaConfig(**SIZES), "flash_attention_2", "attn_implementation"),
-        (LlamaConfig(**SIZES), "flex_attention", "attn_implementation"),
         (GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2), "eager",
          "model types"),
         (Qwen2Config(**SIZES, layer_types=["full_attention", "chunked_attention"]), "sdpa", "layer types"),
@@ -283,3 +282,54 @@ def test_config_and_trainer_choose_the_layout_once(caplog):
         layout(gpt2, padding_free=True)
     bf16 = layout(tiny_model("llama-eager"), bf16=True, use_cpu=True)  # eager under bf16 autocast: scores in bf16
     assert bf16.mask_dtype == torch.bfloat16
+
+
+# FlexAttention: the same rule as a block mask, so the kernel skips the masked blocks (GPUs; forward only on CPU).
+
+
+@pytest.mark.parametrize("padding_free,window", [(False, None), (True, None), (True, WINDOW)])
+def test_the_flex_mask_is_the_dense_mask(features, padding_free, window):
+    """FlexAttention evaluates the rule under vmap over (b, h, q, kv) scalars; densely it is evaluated on broadcast
+    index grids. Both must give the same mask, padded rows, packed rows and the window included."""
+    from torch.nn.attention.flex_attention import create_mask
+
+    from simpo.prefix_sharing import attention_rule
+
+    model = tiny_model("llama-sdpa")
+    layout = shared(model, padding_free=padding_free)
+    batch = layout(features)
+    rows, length = batch["segment_ids"].shape
+    rule = attention_rule(batch["segment_ids"], batch["branch_ids"], batch["position_ids"], window)
+    dense = layout.kernel_mask(rule, batch["segment_ids"])
+    assert torch.equal(create_mask(rule, rows, 1, length, length, device="cpu"), dense)
+
+
+@pytest.mark.parametrize("name", ["llama-sdpa", "gemma2"])
+def test_flex_attention_forward_matches_the_dense_masks(features, name):
+    """The forward through transformers' flex_attention kernel (compiled on CPU), with the BlockMask or, for Gemma-2's
+    layer types and soft-capping, a dict of them: the log-probs of the dense layout (no backward on CPU)."""
+    model = tiny_model(name)
+    with torch.no_grad():
+        dense = logps(model, shared(model, padding_free=True), shared(model, padding_free=True)(features))
+        model.set_attn_implementation("flex_attention")
+        layout = shared(model, padding_free=True)
+        assert layout.flex and layout.name == "prefix sharing + padding-free (FlexAttention block masks)"
+        flex = logps(model, layout, layout(features))
+    assert (flex - dense).abs().max() < TOL
+
+
+def test_flex_is_chosen_on_gpus_and_replaces_the_loaded_kernel(monkeypatch):
+    import simpo.layouts
+
+    args = lambda **kw: SimPOConfig(output_dir="/tmp/simpo-test", report_to=[], use_cpu=True, **kw)
+    with pytest.raises(ValueError, match="flex_attention: true needs a GPU: FlexAttention has no backward on CPU"):
+        choose_layout(tiny_model("llama-sdpa"), args(flex_attention=True), PAD)
+    assert not choose_layout(tiny_model("llama-sdpa"), args(), PAD).flex  # auto on a CPU: dense masks
+    monkeypatch.setattr(simpo.layouts, "uses_flex", lambda args: True)  # as on a GPU
+    model = tiny_model("llama-sdpa")
+    model.config._attn_implementation = "flash_attention_2"  # as the paper configs load it: no mask possible
+    layout = choose_layout(model, args(), PAD)
+    assert layout.flex and model.config._attn_implementation == "flex_attention"
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB))
+    assert isinstance(choose_layout(gpt2, args(), PAD), PlainLayout)  # not a verified family: plain, kernel kept
+    assert gpt2.config._attn_implementation != "flex_attention"

@@ -152,6 +152,21 @@ def test_tiny_run_learns_identically_with_each_fast_path_on_or_off(tmp_path):
         assert losses(*overrides) == pytest.approx(reference, abs=1e-5), overrides
 
 
+def test_torch_compile_trains_the_same_with_the_fused_path_and_prefix_sharing(tmp_path):
+    """torch_compile wraps the model the fused path hooks into and the prefix-shared masks feed (aot_eager: dynamo's
+    graph capture without inductor's C++ build, which takes minutes on 2 cores; the GPU benchmark times inductor)."""
+    def losses(*overrides):
+        out = tmp_path / "_".join(o.strip("-").replace("=", "") for o in overrides)
+        train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none",
+                    "--max_steps=4", "--logging_steps=1", "--eval_strategy=no", "--do_eval=false",
+                    "--eval_on_start=false", "--save_strategy=no", *overrides])
+        history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        return [h["loss"] for h in history if "loss" in h]
+
+    compiled = losses("--torch_compile=true", "--torch_compile_backend=aot_eager")
+    assert compiled == pytest.approx(losses(), abs=1e-5) and len(compiled) == 4
+
+
 def test_eval_metrics_average_over_pairs_not_batches(tmp_path, tiny):
     tokenizer, rows = tiny
     args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_eval_batch_size=3,
