@@ -8,17 +8,15 @@ import os
 import subprocess
 import sys
 
+import gpu_train
+import gpu_train_budget
+import gpu_train_setup
 import pytest
 import torch
 from conftest import REPO, log_sigmoid, reference_avg_logp
 
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-import gpu_train  # noqa: E402
-import gpu_train_budget  # noqa: E402
-import gpu_train_setup  # noqa: E402
-
-from simpo.parser import ConfigError  # noqa: E402
-from simpo.tokenization import tokenize_row  # noqa: E402
+from simpo.parser import ConfigError
+from simpo.tokenization import tokenize_row
 
 
 def search(limit: int, start: int, step: int = 8, max_batch: int = 128, max_tries: int = 10, stop_at=None):
