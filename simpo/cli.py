@@ -9,7 +9,7 @@ import transformers
 from transformers import set_seed
 
 from simpo.chat_templates import render_pairs, set_chat_template
-from simpo.data import mix_datasets
+from simpo.data import mix_datasets, require_eval_split
 from simpo.launch_checks import check_launch
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
@@ -17,7 +17,7 @@ from simpo.reporting import end_summary, plot_curves
 from simpo.resume import StopOnSignal, last_complete_checkpoint
 from simpo.run_config import save_run_config
 from simpo.trainer import SimPOTrainer
-from simpo.validation import DataError, report_drops
+from simpo.validation import report_drops
 
 logger = logging.getLogger("simpo")
 
@@ -62,11 +62,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     raw_datasets = mix_datasets(
         data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
     )
-    if (training_args.do_eval or training_args.eval_strategy != "no") and "test" not in raw_datasets:
-        raise DataError(
-            "Evaluation is on (do_eval or eval_strategy) but dataset_splits has no test split: add one"
-            " (e.g. test_prefs) or set do_eval: false and eval_strategy: \"no\"."
-        )
+    require_eval_split(training_args, raw_datasets, example="test_prefs")
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     raw_datasets = render_pairs(raw_datasets, tokenizer, data_args.auto_insert_empty_system_msg,

@@ -72,6 +72,15 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
     return load_dataset(source, config, split=split)
 
 
+def require_eval_split(args, datasets, example: str) -> None:
+    """Evaluation asked for without a test split stops the run before any model loads."""
+    if (args.do_eval or args.eval_strategy != "no") and "test" not in datasets:
+        raise DataError(
+            "Evaluation is on (do_eval or eval_strategy) but dataset_splits has no test split: add one"
+            f" (e.g. {example}) or set do_eval: false and eval_strategy: \"no\"."
+        )
+
+
 def mix_datasets(
     dataset_mixer: dict[str, float],
     splits: list[str],

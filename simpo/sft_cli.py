@@ -13,14 +13,14 @@ from trl import SFTTrainer
 from simpo.chat_templates import set_chat_template
 from simpo.cli import checkpoint_to_resume, setup_logging
 from simpo.config import DataArguments, ModelArguments
-from simpo.data import mix_datasets
+from simpo.data import mix_datasets, require_eval_split
 from simpo.launch_checks import check_launch
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
 from simpo.resume import StopOnSignal
 from simpo.sft_config import SFTRunConfig
-from simpo.sft_data import CONVERSATIONS, require_eval_split
+from simpo.sft_data import CONVERSATIONS
 from simpo.sft_reporting import (
     DROPPED_FILE,
     SFT_END_KEYS,
@@ -80,7 +80,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> No
 
     raw_datasets = mix_datasets(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
                                 seed=args.seed, row_format=CONVERSATIONS)
-    require_eval_split(args, raw_datasets)
+    require_eval_split(args, raw_datasets, example="test_sft")
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     tokenized, drops, counts = tokenize_splits(raw_datasets, tokenizer, data_args, args)

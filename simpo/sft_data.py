@@ -34,10 +34,3 @@ def validate_conversations(dataset, source: str, split: str) -> None:
 
 CONVERSATIONS = RowFormat(("messages",), validate_conversations)
 
-
-def require_eval_split(args, datasets) -> None:
-    if (args.do_eval or args.eval_strategy != "no") and "test" not in datasets:
-        raise DataError(
-            "Evaluation is on (do_eval or eval_strategy) but dataset_splits has no test split: add one"
-            " (e.g. test_sft) or set do_eval: false and eval_strategy: \"no\"."
-        )
