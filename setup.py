@@ -22,7 +22,9 @@ EXTRAS = {
     # simpo-generate's vLLM backend; GPU machines only. vllm 0.33 pins torch 2.14.0 and transformers <5.21, so it
     # moves both within our ranges. Not installed or tested by CI.
     "vllm": ["vllm>=0.33,<0.34"],
-    "dev": ["pytest>=8", "ruff>=0.15,<0.18", "deepspeed>=0.17,<0.20"],
+    # triton: the CUDA log-prob kernels (simpo/triton_logps.py), tested on CPU through its interpreter (3.9; 3.6, what
+    # CUDA torch 2.11 pins, too, but its interpreter needs numpy < 2.4). CUDA torch wheels bring their own on Linux.
+    "dev": ["pytest>=8", "ruff>=0.15,<0.18", "deepspeed>=0.17,<0.20", "triton>=3.6,<3.10; platform_system == 'Linux'"],
 }
 
 setup(

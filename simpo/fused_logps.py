@@ -21,6 +21,9 @@ The GEMM operands take the dtype the model's own head computes in (bf16 under au
 nn.Linear would); every softmax, logsumexp and sum across tiles is fp32.
 """
 
+import importlib.util
+import os
+
 import torch
 
 
@@ -188,13 +191,25 @@ DEFAULT_TILES = {"cpu": (512, 2048), "cuda": (4096, 8192)}
 
 
 def tiled_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, compute_dtype=None, token_tile=None,
-                vocab_tile=None):
+                vocab_tile=None, kernel=None):
     """log p(label) [N] fp32 and mean logit [N] (detached) for hidden [N, H] through a head weight [V, H] (+ bias).
 
     compute_dtype is the dtype the model's head computes in (its output's dtype: bf16 under bf16 autocast even for
     fp32 weights); None takes the weight's.
+    kernel: "triton" (simpo/triton_logps.py), "torch" (TiledLogProbs, the reference) or "auto": Triton for CUDA
+    tensors when triton is importable, else torch. None reads the environment variable SIMPO_LOGPS_KERNEL (default
+    "auto").
     """
+    kernel = kernel or os.environ.get("SIMPO_LOGPS_KERNEL") or "auto"
+    if kernel not in ("auto", "triton", "torch"):
+        raise ValueError(f"tiled_logps: kernel (or SIMPO_LOGPS_KERNEL) is {kernel!r}; use 'auto', 'triton' or 'torch'.")
+    if kernel == "auto":
+        kernel = "triton" if hidden.device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+    dtype = operand_dtype(compute_dtype or weight.dtype)
+    if kernel == "triton":
+        from simpo.triton_logps import triton_logps  # imports triton: only when asked for
+
+        return triton_logps(hidden, weight, bias, labels, scale, softcap, dtype, token_tile, vocab_tile)
     tiles = DEFAULT_TILES.get(hidden.device.type, DEFAULT_TILES["cuda"])
     token_tile, vocab_tile = token_tile or tiles[0], vocab_tile or tiles[1]
-    dtype = operand_dtype(compute_dtype or weight.dtype)
     return TiledLogProbs.apply(hidden, weight, bias, labels, float(scale), softcap, dtype, token_tile, vocab_tile)

@@ -8,6 +8,10 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton kernels (simpo/triton_logps.py) run on CPU tensors only through Triton's interpreter, and triton fixes that
+# choice for its own language functions when it is first imported, which any test may do (deepspeed imports it): so
+# here, before all of them. tests/test_triton_logps.py checks that it took effect.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = os.path.join(REPO, "assets", "tiny-llama")
