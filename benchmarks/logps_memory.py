@@ -321,6 +321,17 @@ def main() -> None:
         cases, args.repeats, args.rounds = "256:32000:1x512,256:128256:1x512", 1, 1
     methods = available_methods(args)
 
+    token_tile, vocab_tile = DEFAULT_TILES.get(args.device, DEFAULT_TILES["cuda"])
+    setup = {
+        "device": args.device, "dtype": args.dtype, "prompt": args.prompt,
+        "fused_tiles": [args.token_tile or token_tile, args.vocab_tile or vocab_tile],
+        "triton_tiles": [args.token_tile, args.vocab_tile] if args.token_tile or args.vocab_tile else "timed",
+        "warmups": args.warmups, "rounds": args.rounds, "timed_runs_per_round": args.repeats,
+        "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {cpu_name()}" + (f", {torch.cuda.get_device_name()}" if cuda else ""),
+        **versions(),
+    }
+    stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"logps_memory_{args.device}"
     results = []
     for case in cases.split(","):
         # Rounds alternate the methods, and rotate which goes first, so that a slow spell of a shared machine, or
@@ -335,27 +346,16 @@ def main() -> None:
             if results[-1].get("loss_error", 0) > 0.05:  # bf16 rounding moves the loss by ~1e-3: a different loss
                 print(f"warning: {results[-1]['method']}'s loss is {results[-1]['loss_error']} from the fp32 plain "
                       "path's: not the same objective?", file=sys.stderr)
-
-    token_tile, vocab_tile = DEFAULT_TILES.get(args.device, DEFAULT_TILES["cuda"])
-    setup = {
-        "device": args.device, "dtype": args.dtype, "prompt": args.prompt,
-        "fused_tiles": [args.token_tile or token_tile, args.vocab_tile or vocab_tile],
-        "triton_tiles": [args.token_tile, args.vocab_tile] if args.token_tile or args.vocab_tile else "timed",
-        "warmups": args.warmups, "rounds": args.rounds, "timed_runs_per_round": args.repeats,
-        "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {cpu_name()}" + (f", {torch.cuda.get_device_name()}" if cuda else ""),
-        **versions(),
-    }
-    if args.quick:
-        print("\n".join(report(setup, results)))
-        return
-    stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"logps_memory_{args.device}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps({"setup": setup, "results": results}, indent=2) + "\n")
-    write_markdown(stem)
+        if not args.quick:  # after every case: a run stopped by a time limit keeps what it measured
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            stem.with_suffix(".json").write_text(json.dumps({"setup": setup, "results": results}, indent=2) + "\n")
+            write_markdown(stem, echo=False)
+    print("\n".join(report(setup, results)))
+    if not args.quick:
+        print(f"wrote {stem}.json and {stem}.md")
 
 
-def write_markdown(stem: Path) -> None:
+def write_markdown(stem: Path, echo: bool = True) -> None:
     """stem.md from stem.json: the setup, what is measured, and the table."""
     data = json.loads(stem.with_suffix(".json").read_text())
     setup, lines = data["setup"], report(data["setup"], data["results"])
@@ -376,7 +376,8 @@ def write_markdown(stem: Path) -> None:
         "",
     ]
     stem.with_suffix(".md").write_text("\n".join(header + lines) + "\n")
-    print("\n".join(lines) + f"\nwrote {stem}.json and {stem}.md")
+    if echo:
+        print("\n".join(lines) + f"\nwrote {stem}.md")
 
 
 if __name__ == "__main__":
