@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Triton kernels (simpo/triton_logps.py) run on CPU tensors only through Triton's interpreter, and triton fixes that
-# choice for its own language functions when it is first imported, which any test may do (deepspeed imports it): so
+# choice for its own language functions when it is first imported, which any test may do (trl imports it): so
 # here, before all of them. tests/test_triton_logps.py checks that it took effect.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
