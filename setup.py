@@ -37,8 +37,8 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "simpo-train=simpo.cli:train_main",
-            "simpo-sft=simpo.sft_cli:sft_main",
+            "simpo-train=simpo.cli:main",
+            "simpo-sft=simpo.sft_cli:main",
             "simpo-plot=simpo.plot:main",
             "simpo-generate=simpo.generate:main",
             "simpo-annotate=simpo.annotate:main",

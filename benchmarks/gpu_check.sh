@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU acceptance check, on ONE GPU, in under 8 minutes (BUDGET_S): the SimPO recipe on the tiny model and on a
 # random Llama with Llama-3.2-1B's shape (vocabulary 128256, tied head), in bf16 as the paper configs train:
-#   single process:  the plain path (the reference), the default (fused log-probs, prefix sharing auto, which is
-#                    FlexAttention on a GPU), LoRA, and on the 1B Llama also without activation checkpointing
+#   single process:  the plain path (the reference), the default (fused log-probs with the Triton kernels, prefix
+#                    sharing auto, which is FlexAttention on a GPU), LoRA, and on the 1B Llama also the fused path's
+#                    torch tiles (SIMPO_LOGPS_KERNEL=torch) and the default without activation checkpointing
 #   accelerate launch, 1 process each:  DDP (multi_gpu.yaml), DeepSpeed ZeRO-3, FSDP2, with the default settings
 # Every run's first-step loss must equal the same model's plain path within bf16 tolerance, its losses be finite, and
 # nothing fall back silently (fused log-probs at every step, the layout asked for); one table of all of it, with
@@ -78,7 +79,7 @@ declare -A launcher_config
 for pair in "${CONFIGS[@]}"; do launcher_config[${pair%%:*}]=${pair#*:}; done
 
 launch tiny single plain,default,lora "${TINY[@]}"
-launch llama1b single plain,default,no_checkpointing,lora "${BIG[@]}"
+launch llama1b single plain,default,torch_tiles,no_checkpointing,lora "${BIG[@]}"
 for pair in "${CONFIGS[@]}"; do
     launch tiny "${pair%%:*}" default "${TINY[@]}"
     launch llama1b "${pair%%:*}" default "${BIG[@]}"
@@ -100,7 +101,7 @@ echo "written: $STEM.json $STEM.md (run logs in $RESULTS)"
 for extra in ${EXTRA//,/ }; do
     echo "== extra: $extra"
     case $extra in
-        logps) timeout 300 "$PY" benchmarks/logps_memory.py --device cuda --dtype bfloat16 ;;
+        logps) timeout 600 "$PY" benchmarks/logps_memory.py --device cuda --dtype bfloat16 ;;
         generation) timeout 300 "$PY" benchmarks/generation.py --device cuda --dtype bfloat16 --size 1b ;;
         train) timeout 600 "$PY" benchmarks/gpu_train.py ;;
         sft) for config in multi_gpu.yaml deepspeed_zero3.yaml fsdp.yaml; do

@@ -33,10 +33,12 @@ TIMED_AFTER_STEP = 4  # the first steps pay for allocator warm-up, kernel compil
 LOSS_TOLERANCE = 0.02  # |first loss - plain path's|: bf16 log-probs averaged over hundreds of tokens, loss ~1.3
 # Dense bf16 peak FLOP/s by GPU name (the datasheets' figures without sparsity); PEAK_TFLOPS overrides.
 PEAK_TFLOPS = {"H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "H200": 989, "A100": 312, "L40S": 362, "A10G": 70}
-# mode -> (training keys, whether the fused log-probs must run, the layout it must get)
+# mode -> (training keys, whether the fused log-probs must run, the layout it must get). The fused path's kernel on a
+# GPU is Triton (simpo/triton_logps.py) unless SIMPO_LOGPS_KERNEL says torch: the torch_tiles mode.
 MODES = {
     "plain": (["--fused_logps=false", "--prefix_sharing=false"], False, "plain"),
     "default": ([], True, "prefix sharing"),
+    "torch_tiles": ([], True, "prefix sharing"),
     "no_checkpointing": (["--activation_checkpointing=false"], True, "prefix sharing"),
     "padding_free": (["--padding_free=true"], True, "prefix sharing + padding-free"),
     "lora": (["--use_peft=true", "--lora_r=16", "--lora_alpha=32"], True, "prefix sharing"),
@@ -167,6 +169,8 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
         record = {"model": model, "launcher": launcher, "mode": mode, "expect_fused": fused, "expect_layout": layout}
         meter, out = Meter(), results / "out" / name
         probe.reset()
+        os.environ["SIMPO_LOGPS_KERNEL"] = "torch" if mode == "torch_tiles" else "auto"
+        record["kernel"] = os.environ["SIMPO_LOGPS_KERNEL"]
         started = time.perf_counter()
         try:
             train_main([*argv, *keys, f"--output_dir={out}"], callbacks=[meter])

@@ -6,7 +6,7 @@
 The recipe (parse, seed, data, tokenizer, tokens, trainer, train, save, card) is simpo/sft_cli.py:sft_main.
 """
 
-from simpo.sft_cli import sft_main
+from simpo.sft_cli import main
 
 if __name__ == "__main__":
-    sft_main()
+    main()

@@ -6,7 +6,7 @@
 The recipe (parse, seed, data, tokenizer, model, train, save, card) is simpo/cli.py:train_main.
 """
 
-from simpo.cli import train_main
+from simpo.cli import main
 
 if __name__ == "__main__":
-    train_main()
+    main()

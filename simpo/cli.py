@@ -10,7 +10,7 @@ from transformers import set_seed
 
 from simpo.chat_templates import render_pairs, set_chat_template
 from simpo.data import mix_datasets, require_eval_split
-from simpo.launch_checks import check_launch
+from simpo.launch_checks import check_launch, exit_process
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
@@ -44,8 +44,14 @@ def checkpoint_to_resume(training_args) -> str | None:
     return last
 
 
-def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> None:
-    """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
+def main() -> None:
+    """`simpo-train` and scripts/run_simpo.py: the recipe, then the process's exit (exit_process)."""
+    exit_process(train_main())
+
+
+def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
+    """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes. Returns
+    the process's exit code: 0, or 128 + the signal that stopped training (a checkpoint is saved; relaunch)."""
     model_args, data_args, training_args = parse_args(sys.argv[1:] if argv is None else argv)
     setup_logging(training_args)
     logger.info("Model arguments %s", model_args)
@@ -86,7 +92,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     if stop.signum is not None:
         logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
         trainer.accelerator.end_training()
-        sys.exit(128 + stop.signum)
+        return 128 + stop.signum
     metrics = {**train_result.metrics, "train_samples": len(trainer.train_dataset)}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
@@ -119,3 +125,4 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     # Close trackers and the process group: gloo threads left running at exit can abort a finished rank (SIGABRT).
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
+    return 0

@@ -7,7 +7,9 @@ FSDP was chosen to avoid. And processes launched together on a machine without G
 say use_cpu, each set up a run of their own: every one trains on all the data and they write the same output_dir.
 """
 
+import logging
 import os
+import sys
 
 import torch
 from accelerate.utils import DistributedType
@@ -70,3 +72,17 @@ def check_distributed_setup(state, args) -> None:
     how = fsdp_requested(args)
     if how is not None and kind not in BECOMES_FSDP:
         raise RuntimeError(NOT_FSDP.format(how=how, actual=actual, why=ON_CPU if on_cpu else NOT_LAUNCHED))
+
+
+def exit_process(code: int) -> None:
+    """Leave with `code` once a recipe has returned. A distributed run (WORLD_SIZE > 1) leaves without Python's
+    interpreter teardown: a gloo or DeepSpeed worker thread still freeing a finished collective's tensors while the
+    interpreter shuts down calls std::terminate (SIGABRT, "terminate called without an active exception"), and the
+    launcher then reports a failure for a run that succeeded. By then everything is written and the process group
+    destroyed; Python's buffers are flushed first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)

@@ -14,7 +14,7 @@ from simpo.chat_templates import set_chat_template
 from simpo.cli import checkpoint_to_resume, setup_logging
 from simpo.config import DataArguments, ModelArguments
 from simpo.data import mix_datasets, require_eval_split
-from simpo.launch_checks import check_launch
+from simpo.launch_checks import check_launch, exit_process
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
@@ -65,7 +65,12 @@ def checkpoint_state(checkpoint: str | None) -> dict | None:
         return json.load(f)
 
 
-def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> None:
+def main() -> None:
+    """`simpo-sft` and scripts/run_sft.py: the recipe, then the process's exit (exit_process)."""
+    exit_process(sft_main())
+
+
+def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
     model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv, SFT_ARGUMENTS, prog="simpo-sft")
     setup_logging(args)
@@ -107,7 +112,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> No
     if stop.signum is not None:
         logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
         trainer.accelerator.end_training()
-        sys.exit(128 + stop.signum)
+        return 128 + stop.signum
     metrics = {**train_result.metrics, **throughput(trainer, train_result.metrics, checkpoint_state(checkpoint)),
                "train_samples": len(tokenized["train"])}
     trainer.log_metrics("train", metrics)
@@ -137,3 +142,4 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> No
     # Close trackers and the process group: gloo threads left running at exit can abort a finished rank (SIGABRT).
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
+    return 0

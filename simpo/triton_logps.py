@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from simpo.fused_logps import DEFAULT_TILES, _no_autocast, addmm_fp32, operand_dtype, transform
+from simpo.fused_logps import DEFAULT_TILES, TiledLogProbs, _no_autocast, addmm_fp32, operand_dtype, transform
 
 INTERPRET = triton.knobs.runtime.interpret  # how triton.jit compiled the kernels below
 TILE_ELEMENTS = 2**26  # largest tile tried: 256 MB of fp32 logits plus 128 MB of their bf16 gradient
@@ -258,8 +258,28 @@ def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure:
 
             timings = {c: do_bench(lambda c=c: run(c), warmup=1, rep=1) for c in candidates}
             _CHOSEN_TILES[key] = min(timings, key=timings.get)
+            check_against_torch(h, weight, bias, labels, scale, softcap, dtype, _CHOSEN_TILES[key])
         chosen = _CHOSEN_TILES[key]
     return tiles[0] or chosen[0], tiles[1] or chosen[1]
+
+
+CHECK_TOKENS = 64  # tokens of the first call per shape recomputed by the torch tiles (TiledLogProbs, the reference)
+
+
+def check_against_torch(h, weight, bias, labels, scale, softcap, dtype, tiles) -> None:
+    """On the first call per GPU and shapes, the log-probs of a few tokens must be the torch tiles' own (the same
+    operands, fp32 sums in another order), else the kernels misbehave on this GPU: refuse to train on them."""
+    rows = slice(0, CHECK_TOKENS)
+    ours = forward_stats(h[rows], weight, bias, labels[rows], scale, softcap, dtype, tiles)
+    ours = ours[1] - ours[0]
+    reference = TiledLogProbs.apply(h[rows], weight, bias, labels[rows], scale, softcap, dtype, *tiles)[0]
+    error = (ours - reference).abs().max().item() if ours.numel() else 0.0
+    if error > 1e-2:
+        raise RuntimeError(
+            f"triton_logps: the Triton kernels' log-probs differ by {error:.3g} from the torch tiles' on this GPU"
+            f" ({torch.cuda.get_device_name(h.device) if h.is_cuda else h.device}). Set SIMPO_LOGPS_KERNEL=torch"
+            " to train with the torch tiles, and report it."
+        )
 
 
 def triton_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, dtype=None, token_tile=None, vocab_tile=None):

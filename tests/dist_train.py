@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from simpo.cli import train_main
+from simpo.launch_checks import exit_process
 from simpo.sft_cli import sft_main
 
 
@@ -77,8 +78,8 @@ class DistProbe(TrainerCallback):
             json.dump(record, f, indent=1)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # as scripts/run_simpo.py and run_sft.py do: the recipe, then exit_process
     if sys.argv[2] == "sft":
-        sft_main(sys.argv[3:], callbacks=[DistProbe(sys.argv[1])])
+        exit_process(sft_main(sys.argv[3:], callbacks=[DistProbe(sys.argv[1])]))
     else:
-        train_main(sys.argv[2:], callbacks=[DistProbe(sys.argv[1])])
+        exit_process(train_main(sys.argv[2:], callbacks=[DistProbe(sys.argv[1])]))

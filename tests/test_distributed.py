@@ -241,3 +241,14 @@ def test_check_refuses_launched_processes_that_each_run_alone(monkeypatch):
     check_distributed_setup(fake(DistributedType.MULTI_CPU, 4), SimpleNamespace(fsdp=[], use_cpu=True))
     with pytest.raises(RuntimeError, match=r"4 processes were launched \(WORLD_SIZE=4\).*NO on CPU.*use_cpu: true"):
         check_distributed_setup(fake(DistributedType.NO, 1), SimpleNamespace(fsdp=[], use_cpu=False))
+
+
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_a_finished_process_exits_with_the_recipes_code_and_its_output_flushed(world_size):
+    """exit_process: a distributed process leaves without the interpreter teardown (where finished gloo work freed
+    by a worker thread aborts it), its printed output and logs flushed; a single one exits as usual."""
+    code = ("import logging, sys; from simpo.launch_checks import exit_process; print('all written');"
+            " logging.basicConfig(stream=sys.stderr); logging.getLogger('x').warning('logged'); exit_process(7)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**ENV, "WORLD_SIZE": world_size},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 7 and run.stdout == "all written\n" and "logged" in run.stderr

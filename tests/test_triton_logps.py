@@ -243,3 +243,16 @@ def test_the_kernels_compile_for_a_gpu():
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-1] == "14"  # 4 + 3 block shapes, each with and without bias and softcap
+
+
+def test_the_first_call_per_shape_refuses_kernels_that_disagree_with_the_torch_tiles(kernels, monkeypatch):
+    """On a GPU the tiles are timed at the first call per shape, and a few tokens recomputed by the torch tiles:
+    kernels that misbehave on that GPU stop the run instead of training on wrong log-probs."""
+    torch.manual_seed(0)
+    hidden, weight, labels = torch.randn(6, 8), torch.randn(300, 8) * 0.3, torch.randint(0, 300, (6,))
+    args = (hidden, weight, None, labels, 1.0, None, torch.float32, (8, 128))
+    kernels.check_against_torch(*args)  # the real kernels agree
+    forward_stats = kernels.forward_stats
+    monkeypatch.setattr(kernels, "forward_stats", lambda *a: (forward_stats(*a)[0] + 0.5, *forward_stats(*a)[1:]))
+    with pytest.raises(RuntimeError, match=r"differ by 0.5 from the torch tiles'.*SIMPO_LOGPS_KERNEL=torch"):
+        kernels.check_against_torch(*args)
