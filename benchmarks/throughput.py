@@ -4,7 +4,9 @@ One step = collate + forward + SimPO loss + backward + AdamW step, on a ~11M-par
 4 layers, vocab 32000) with UltraFeedback-like lengths (seeded: prompts lognormal, median ~90 tokens; responses
 median ~230 with a long tail). Every mode trains on the same batches, and tokens are counted the same way in all of
 them (real tokens of the chosen and rejected sequences, the prompt once per side, as the plain layout runs it), so
-the tokens/s differences are pure speed. Each mode runs in a fresh subprocess so its peak RSS is its own.
+the tokens/s differences are pure speed. Each mode runs in a fresh subprocess so its peak RSS is its own, over
+--rounds rounds with the modes in a rotating order (a shared machine's slow spells fall on every mode alike); each
+mode's row is its median round, and the per-round figures are kept.
 
     python benchmarks/throughput.py                 # CPU, fp32: writes benchmarks/results/throughput_cpu.{json,md}
     python benchmarks/throughput.py --quick         # a smoke run (few steps)
@@ -133,6 +135,7 @@ def main() -> None:
     parser.add_argument("--max-tokens-per-row", type=int, default=None, help="padding-free row cap (None: one row)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--rounds", type=int, default=3, help="each mode runs once a round; its median round is kept")
     parser.add_argument("--quick", action="store_true", help="3 timed steps after 1 warm-up; no results written")
     parser.add_argument("--out", default=None, help="results stem (default benchmarks/results/throughput_<device>)")
     parser.add_argument("--worker", choices=list(MODES), help=argparse.SUPPRESS)
@@ -143,15 +146,23 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    forwarded = [a for a in sys.argv[1:] if a != "--quick"] + (["--steps", "3", "--warmup", "1"] if args.quick else [])
+    forwarded = [a for a in sys.argv[1:] if a not in ("--quick",)] + (["--steps", "3", "--warmup", "1"] if args.quick
+                                                                        else [])
+    modes, rounds = args.modes.split(","), 1 if args.quick else args.rounds
+    runs = {mode: [] for mode in modes}
+    for round_ in range(rounds):
+        for mode in modes[round_ % len(modes):] + modes[: round_ % len(modes)]:
+            proc = subprocess.run([sys.executable, __file__, *forwarded, "--worker", mode], capture_output=True,
+                                  text=True)
+            if proc.returncode != 0:
+                sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
+            runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"round {round_ + 1} {mode:28s} {runs[mode][-1]['tokens_per_s']:8.0f} tokens/s  peak RSS"
+                  f" {runs[mode][-1]['peak_rss_mb']:.0f} MB", flush=True)
     results = []
-    for mode in args.modes.split(","):
-        proc = subprocess.run([sys.executable, __file__, *forwarded, "--worker", mode], capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{mode:28s} {results[-1]['tokens_per_s']:8.0f} tokens/s  peak RSS {results[-1]['peak_rss_mb']:.0f} MB",
-              flush=True)
+    for mode in modes:  # the median round, with every round's figures
+        ranked = sorted(runs[mode], key=lambda r: r["tokens_per_s"])
+        results.append({**ranked[len(ranked) // 2], "rounds_tokens_per_s": [r["tokens_per_s"] for r in runs[mode]]})
     plain = next((r for r in results if r["mode"] == "plain"), None)
     for r in results:
         r["speedup_vs_plain"] = r["tokens_per_s"] / plain["tokens_per_s"] if plain else None
@@ -159,7 +170,7 @@ def main() -> None:
 
     setup = {
         "device": args.device, "dtype": args.dtype, "attn": args.attn, "pairs_per_batch": args.pairs,
-        "timed_steps": args.steps, "warmup_steps": args.warmup, "max_length": args.max_length,
+        "timed_steps": args.steps, "warmup_steps": args.warmup, "rounds": rounds, "max_length": args.max_length,
         "max_tokens_per_row": args.max_tokens_per_row, "seed": args.seed, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "params_m": round(results[0]["params_m"], 2),
@@ -179,17 +190,18 @@ def main() -> None:
         f"# SimPO training throughput ({args.device}, {args.dtype}, {args.attn})", "",
         ", ".join(f"{k}: {v}" for k, v in setup.items()), "",
         "Tokens are the real tokens the plain layout runs (prompt once per side), identical in every mode. Tokens per",
-        "CPU-second divides by the process's CPU time instead of wall time (steadier when the machine is shared).", "",
+        "CPU-second divides by the process's CPU time instead of wall time (steadier when the machine is shared).",
+        "Each row is the mode's median round; the rounds' tokens/s follow.", "",
         f"| mode | tokens/s | vs plain | tokens/CPU-s | vs plain | median step s | token slots / batch "
-        f"| real tokens / batch | {memory} |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| real tokens / batch | {memory} | tokens/s per round |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         mem = r.get("peak_cuda_mb", r["peak_rss_mb"])
         lines.append(f"| {MODES[r['mode']]} | {r['tokens_per_s']:.0f} | {r['speedup_vs_plain']:.2f}x | "
                      f"{r['tokens_per_cpu_s']:.0f} | {r['cpu_speedup_vs_plain']:.2f}x | "
                      f"{r['median_step_s']:.2f} | {r['token_slots_per_batch']:.0f} | {r['tokens_per_batch']:.0f} | "
-                     f"{mem:.0f} |")
+                     f"{mem:.0f} | {', '.join(f'{t:.0f}' for t in r['rounds_tokens_per_s'])} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and {stem}.md")
 
