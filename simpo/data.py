@@ -72,6 +72,15 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
     return load_dataset(source, config, split=split)
 
 
+def split_side(split: str) -> str:
+    """The side a split feeds, by its name: "train" (e.g. train_prefs) or "test" (e.g. test_prefs)."""
+    if "train" in split:
+        return "train"
+    if "test" in split:
+        return "test"
+    raise DataError(f"Split '{split}' names neither train nor test: rename it or drop it from dataset_splits.")
+
+
 def require_eval_split(args, datasets, example: str) -> None:
     """Evaluation asked for without a test split stops the run before any model loads."""
     if (args.do_eval or args.eval_strategy != "no") and "test" not in datasets:
@@ -104,11 +113,7 @@ def mix_datasets(
                 " (to repeat data, train more epochs instead)."
             )
         for split in splits:
-            side = "train" if "train" in split else "test" if "test" in split else None
-            if side is None:
-                raise DataError(
-                    f"Split '{split}' names neither train nor test: rename it or drop it from dataset_splits."
-                )
+            side = split_side(split)
             dataset = load_split(source, split, config)
             if side == "train":
                 dataset = dataset.select(range(int(fraction * len(dataset))))

@@ -5,19 +5,10 @@ with "test" evaluation prompts (kept whole)."""
 import json
 import logging
 
-from simpo.data import load_split
+from simpo.data import load_split, split_side
 from simpo.validation import DataError, message_list_problem
 
 logger = logging.getLogger(__name__)
-
-
-def split_side(split: str) -> str:
-    """The mixer's rule: a split feeds the train or the test side by its name."""
-    if "train" in split:
-        return "train"
-    if "test" in split:
-        return "test"
-    raise DataError(f"Split '{split}' names neither train nor test: rename it or drop it from dataset_splits.")
 
 
 def prompt_turns(value, where: str) -> list[dict]:

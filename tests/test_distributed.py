@@ -172,13 +172,23 @@ def test_two_machines_on_localhost_split_the_data_and_save_whole_weights(tmp_pat
     assert_saved_model_is(run, run.params[0])  # gathered from both machines' shards into one whole checkpoint
 
 
-def test_sft_under_ddp_trains_two_gloo_processes_in_sync(tmp_path):
-    """The SFT recipe (TRL's SFTTrainer) under the same launcher: 433 conversations / 16 per batch = 28 batches,
-    14 per rank."""
-    run = finished(launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", recipe=("sft", TINY_SFT_CONFIG)))
-    assert_really_distributed(run, "torch.nn.parallel.distributed.DistributedDataParallel", batches_per_rank=14)
+@pytest.mark.parametrize(("config", "wrapper"), [
+    ("accelerate_configs/ddp_cpu.yaml", "torch.nn.parallel.distributed.DistributedDataParallel"),
+    ("accelerate_configs/deepspeed_zero3_cpu.yaml", "deepspeed.runtime.engine.DeepSpeedEngine"),
+])
+def test_sft_trains_two_gloo_processes_in_sync(tmp_path, config, wrapper):
+    """The SFT recipe (TRL's SFTTrainer) under the SimPO recipe's launchers: 433 conversations / 16 per batch = 28
+    batches, 14 per rank; under ZeRO-3 each rank holds half of each parameter and the saved model is whole."""
+    run = finished(launch(tmp_path, config, recipe=("sft", TINY_SFT_CONFIG)))
+    assert_really_distributed(run, wrapper, batches_per_rank=14)
     assert_saved_model_is(run, run.params[0])
-    assert "distributed     MULTI_CPU, 2 process(es)" in run.output
+    assert "terminate called" not in run.output
+    if "zero3" in config:
+        assert "distributed     DEEPSPEED, 2 process(es)" in run.output
+        for record in run.records:
+            assert record["zero3_shard"]["local_numel"] == record["zero3_shard"]["full_numel"] // 2
+    else:
+        assert "distributed     MULTI_CPU, 2 process(es)" in run.output
 
 
 def test_fsdp_on_cpu_is_refused_not_degraded_to_ddp(tmp_path):
