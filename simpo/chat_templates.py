@@ -3,15 +3,16 @@
 from simpo.data import map_fingerprint
 
 # Mistral's own template rejects system messages, so (like the reference) we fold the system message into the first
-# user turn. No BOS in the text: tokenisation adds it once.
+# user turn. As in the reference, each turn's text is stripped (the system text folded in first), so whitespace
+# around a reply is not scored. No BOS in the text: tokenisation adds it once.
 MISTRAL_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}"
-    "{% set system = messages[0]['content'].strip() %}{% set turns = messages[1:] %}"
+    "{% set system = messages[0]['content'].strip() + '\\n\\n' %}{% set turns = messages[1:] %}"
     "{% else %}{% set system = '' %}{% set turns = messages %}{% endif %}"
     "{% for message in turns %}"
-    "{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' + (system + '\\n\\n' if loop.first and system else '') + message['content'] + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'] + ' ' + eos_token }}"
+    "{% set content = ((system if loop.first else '') + message['content']).strip() %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + content + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' ' + content + ' ' + eos_token }}"
     "{% endif %}{% endfor %}"
 )
 

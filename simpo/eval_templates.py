@@ -5,9 +5,9 @@ Two templates, each as its tool turns it into token ids:
 - AlpacaEval's prompt template (text with an `{instruction}` slot): alpaca_eval's vllm_local_completions puts the
   instruction in and vLLM encodes the text with the tokenizer's special tokens (so BOS is added by the tokenizer
   when it adds one, and must then not be in the text). A text slot cannot do what a template does to the content:
-  templates that trim messages (Llama-3, Gemma-2) trim the instruction in training, the slot passes it as is, so
-  parity holds for instructions without surrounding whitespace (ALPACA_EVAL_CONVERSATIONS); simpo-answer renders
-  with the template itself and has no such limit.
+  templates that trim messages (Llama-3, Mistral, Gemma-2) trim the instruction in training, the slot passes it as
+  is, so parity holds for instructions without surrounding whitespace (ALPACA_EVAL_CONVERSATIONS); simpo-answer
+  renders with the template itself and has no such limit.
 - A chat template for `vllm serve --chat-template` (Arena-Hard's gen_answer.py talks to such a server): vLLM renders
   the messages with a generation prompt and encodes without special tokens. It is the training template with the
   training's empty-system-turn rule in front and the response header (the part of a reply before its content) as

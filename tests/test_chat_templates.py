@@ -93,6 +93,25 @@ def test_mistral_template_folds_system_into_first_user_turn(make_tokenizer):
     assert apply_chat_template(ROW, tok)["prompt"] == "[INST] What is 2+2? [/INST]"
 
 
+def test_mistral_template_strips_each_turn_as_the_reference(make_tokenizer):
+    """The reference strips every turn's text (the first user turn after the system text is folded in), so
+    whitespace around a reply is neither rendered nor scored."""
+    tok = make_tokenizer(["<s>", "</s>"], bos="<s>", eos="</s>", template="{{ unused }}")
+    set_chat_template(tok, None, "mistralai/Mistral-7B-Instruct-v0.2")
+    row = {
+        "chosen": [{"role": "user", "content": " Hi there\n"}, {"role": "assistant", "content": " Sure.\n\n"}],
+        "rejected": [{"role": "user", "content": " Hi there\n"}, {"role": "assistant", "content": "\tNo "}],
+    }
+    assert apply_chat_template(row, tok) == {"prompt": "[INST] Hi there [/INST]", "chosen": " Sure. </s>",
+                                             "rejected": " No </s>"}
+    with_system = dict(row, chosen=[{"role": "system", "content": " Be brief. "}] + row["chosen"])
+    # Stripped as one string: the user text's leading space stays behind the folded system text.
+    assert apply_chat_template(with_system, tok)["prompt"] == "[INST] Be brief.\n\n Hi there [/INST]"
+    later_turns = [{"role": "user", "content": "a "}, {"role": "assistant", "content": " b "},
+                   {"role": "user", "content": " c"}]
+    assert tok.apply_chat_template(later_turns, tokenize=False) == "[INST] a [/INST] b </s>[INST] c [/INST]"
+
+
 def test_gemma_template_from_yaml_wins(make_tokenizer):
     tok = make_tokenizer(["<bos>", "<eos>"], bos="<bos>", eos="<eos>", template=ZEPHYR)
     set_chat_template(tok, GEMMA, "google/gemma-2-9b-it")

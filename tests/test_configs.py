@@ -154,6 +154,27 @@ def test_gemma_template_folds_system_into_first_user_turn(parse, make_tokenizer)
     }
 
 
+def test_gemma_template_trims_each_turn_after_folding_the_system_text_as_the_reference(parse, make_tokenizer):
+    """The reference trims (system + "\n\n" + first user turn) as one string: the user text's leading whitespace
+    survives behind a system message; every other turn is trimmed whole."""
+    _, data_args, _ = parse(os.path.join(CONFIG_DIR, "gemma-2-9b-it-simpo.yaml"))
+    tokenizer = make_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>")
+    tokenizer.chat_template = data_args.chat_template
+    with_system = [{"role": "system", "content": " sys "}, {"role": "user", "content": " Hi\n"}]
+    assert tokenizer.apply_chat_template(with_system, tokenize=False) == (
+        "<bos><start_of_turn>user\nsys\n\n Hi<end_of_turn>\n"
+    )
+    row = {
+        "chosen": [{"role": "user", "content": " Hi\n"}, {"role": "assistant", "content": "\n Hello \n"}],
+        "rejected": [{"role": "user", "content": " Hi\n"}, {"role": "assistant", "content": " Go away"}],
+    }
+    assert apply_chat_template(row, tokenizer) == {
+        "prompt": "<bos><start_of_turn>user\nHi<end_of_turn>\n",
+        "chosen": "<start_of_turn>model\nHello<end_of_turn>\n",
+        "rejected": "<start_of_turn>model\nGo away<end_of_turn>\n",
+    }
+
+
 @pytest.mark.parametrize("name", sorted(SFT_RUNS))
 def test_sft_run_values(name, parse):
     """The reference's SFT values (its llama-3-8b-base-sft.yaml): lr 2e-5, 1 epoch, cosine with 10% warm-up, max
