@@ -1,6 +1,7 @@
 """The three argument groups a run is configured with: model, data and training (SimPOConfig)."""
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,10 +128,19 @@ class SimPOConfig(TrainingArguments):
                 f"max_tokens_per_row={self.max_tokens_per_row} sizes the rows padding_free packs: it needs"
                 " padding_free: true and a positive number of tokens."
             )
-        if self.max_prompt_length >= self.max_length:
+        for name in ("beta", "gamma_beta_ratio", "label_smoothing", "sft_weight"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number (got {getattr(self, name)}).")
+        if self.remove_unused_columns:
             raise ValueError(
-                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length}): a long"
-                " prompt would leave its responses no tokens. Lower max_prompt_length or raise max_length."
+                "remove_unused_columns must be false: simpo's collator reads the tokenised pair columns, which are not"
+                " arguments of the model's forward. Remove the key."
+            )
+        if not 1 <= self.max_prompt_length < self.max_length:
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be at least 1 and below max_length"
+                f" ({self.max_length}): a longer prompt would leave its responses no tokens. Set it between 1 and"
+                " max_length - 1."
             )
         if self.beta <= 0:
             raise ValueError(f"beta must be positive (got {self.beta}); the paper uses 2 to 10.")
@@ -140,6 +150,9 @@ class SimPOConfig(TrainingArguments):
             raise ValueError(f"sft_weight must be >= 0 (got {self.sft_weight}).")
         if self.loss_type == "hinge" and self.label_smoothing > 0:
             logger.warning("label_smoothing=%s has no effect with loss_type=hinge.", self.label_smoothing)
+        if self.gamma_beta_ratio < 0:
+            logger.warning("gamma_beta_ratio=%s is negative: the loss then asks the chosen reward to exceed the"
+                           " rejected one by less than zero; the paper searches 0 to 1.", self.gamma_beta_ratio)
         if self.beta < 1:
             logger.warning("beta=%s is a DPO-scale value; SimPO's rewards are length-normalised and the paper"
                            " uses beta 2 to 10.", self.beta)

@@ -1,6 +1,7 @@
 """The dataset mixer: {source: fraction} over hub ids, save_to_disk folders and local json/jsonl/parquet files."""
 
 import functools
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -41,10 +42,54 @@ def map_fingerprint(dataset: Dataset, *arguments) -> str:
     return Hasher.hash([dataset._fingerprint, simpo_code_hash(), *arguments])
 
 
+def is_blank(path: Path) -> bool:
+    """Nothing but whitespace (an empty file, or one of blank lines)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def first_json_problem(path: Path) -> str | None:
+    """Where a json/jsonl file stops being JSON: the first line that is neither part of one JSON document nor a
+    JSON object of its own."""
+    text = path.read_text(errors="replace")
+    try:
+        json.loads(text)
+        return None
+    except json.JSONDecodeError:
+        pass
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            line.strip() and json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"{path.name} line {number}: {err.msg} (column {err.colno})"
+    return None
+
+
 def load_files(source: str, split: str, files: list[Path]) -> Dataset:
-    if all(f.stat().st_size == 0 for f in files):
+    if all(is_blank(f) for f in files):
         raise DataError(f"{source} [{split}] is empty: remove it from dataset_mixer or fix the data.")
-    return load_dataset(FILE_BUILDERS.get(files[0].suffix, "json"), data_files=[str(f) for f in files], split="train")
+    builder = FILE_BUILDERS.get(files[0].suffix, "json")
+    try:
+        return load_dataset(builder, data_files=[str(f) for f in files], split="train")
+    except Exception as err:  # datasets wraps the parser's error without the file or line
+        problems = [first_json_problem(f) for f in files if builder == "json"]
+        detail = next((p for p in problems if p), str(err).strip().splitlines()[-1])
+        raise DataError(f"{source} [{split}] cannot be read as {builder}: {detail}. Fix the file.") from err
+
+
+def train_rows(dataset: Dataset, fraction: float, source: str, split: str) -> Dataset:
+    """A train split's first `fraction` of rows (dataset_mixer's fraction); a fraction that selects none is an
+    error, not an empty source."""
+    count = int(fraction * len(dataset))
+    if count == 0 and len(dataset):
+        raise DataError(
+            f"dataset_mixer['{source}'] = {fraction} selects 0 of the {len(dataset)} rows of [{split}]: raise the"
+            f" fraction to at least {1 / len(dataset):.2g}."
+        )
+    return dataset.select(range(count))
 
 
 def load_split(source: str, split: str, config: str | None = None) -> Dataset:
@@ -68,6 +113,11 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
         files = sorted(p for p in path.iterdir() if p.suffix in FILE_BUILDERS and p.stem.split("-")[0] == split)
         if not files:
             raise DataError(f"{source}: no file for split '{split}' (expected {split}.jsonl, .json or .parquet).")
+        if len({f.suffix for f in files}) > 1:
+            raise DataError(
+                f"{source}: split '{split}' has files in more than one format ({', '.join(f.name for f in files)}):"
+                " keep one, or its rows would be read twice."
+            )
         return load_files(source, split, files)
     return load_dataset(source, config, split=split)
 
@@ -116,7 +166,7 @@ def mix_datasets(
             side = split_side(split)
             dataset = load_split(source, split, config)
             if side == "train":
-                dataset = dataset.select(range(int(fraction * len(dataset))))
+                dataset = train_rows(dataset, fraction, source, split)
             row_format.validate(dataset, source, split)
             origins = [{"source": source, "split": split, "row": row} for row in range(len(dataset))]
             dataset = dataset.select_columns([c for c in row_format.columns if c in dataset.column_names])

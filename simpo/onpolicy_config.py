@@ -87,7 +87,10 @@ def reject_unused(instance, used: set[str], command: str) -> None:
 def parse_pipeline_args(argv: list[str] | None, command: str) -> tuple[ModelArguments, DataArguments,
                                                                          OnPolicyArguments]:
     """`CONFIG.yaml [--key=value ...]`, with the training recipe's parser and override rules."""
-    model_args, data_args, args = parse_args(argv, (ModelArguments, DataArguments, OnPolicyArguments))
+    refused = frozenset(f.name for cls in (ModelArguments, DataArguments) for f in dataclasses.fields(cls)
+                        if f.name not in USED_TRAINING_KEYS)
+    model_args, data_args, args = parse_args(argv, (ModelArguments, DataArguments, OnPolicyArguments), prog=command,
+                                             hidden_keys=refused)
     for instance in (model_args, data_args):
         reject_unused(instance, USED_TRAINING_KEYS, command)
     return model_args, data_args, args

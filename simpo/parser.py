@@ -184,24 +184,25 @@ def _rename_legacy(values: dict, fields: set, source: str) -> dict:
     return out
 
 
-def usage(dataclass_types, prog: str = "simpo-train") -> str:
+def usage(dataclass_types, prog: str = "simpo-train", hidden_keys: frozenset = frozenset()) -> str:
+    """The --help text: every key the command takes (hidden_keys: the ones it refuses), its type and default."""
     lines = [f"usage: {prog} CONFIG.yaml [--key=value | --key value ...]"]
     for cls in dataclass_types:
         lines.append(f"\n{cls.__name__}:")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.init:
-                default = f.default if f.default is not dataclasses.MISSING else "..."
+            if f.init and f.name not in hidden_keys:
+                default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                 lines.append(f"  --{f.name} ({_name(hints[f.name])}, default {default!r}) {f.metadata.get('help', '')}")
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None, dataclass_types=(ModelArguments, DataArguments, SimPOConfig),
-               prog: str = "simpo-train") -> tuple:
+               prog: str = "simpo-train", hidden_keys: frozenset = frozenset()) -> tuple:
     """`[config.yaml] [--key=value | --key value | --bool_flag]...` -> one instance per dataclass, in order."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(usage(dataclass_types, prog))
+        print(usage(dataclass_types, prog, hidden_keys))
         raise SystemExit(0)
     owners = {}  # key -> [(dataclass index, type)]; a key of several dataclasses feeds them all
     for n, cls in enumerate(dataclass_types):

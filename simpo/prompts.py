@@ -5,7 +5,7 @@ with "test" evaluation prompts (kept whole)."""
 import json
 import logging
 
-from simpo.data import load_split, split_side
+from simpo.data import load_split, split_side, train_rows
 from simpo.validation import DataError, message_list_problem
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def load_prompts(dataset_mixer: dict[str, float], splits: list[str], configs: li
                     f"{source} [{split}] has no column '{column}' (it has {dataset.column_names}): set prompt_column."
                 )
             if side == "train":
-                dataset = dataset.select(range(int(fraction * len(dataset))))
+                dataset = train_rows(dataset, fraction, source, split)
             repeats = 0
             for index, value in enumerate(dataset[column]):
                 turns = prompt_turns(value, f"{source} [{split}] row {index}")

@@ -56,6 +56,12 @@ def row_problem(row: dict) -> str | None:
     if isinstance(prompt, list):
         if message_list_problem(prompt):
             return f"'prompt': {message_list_problem(prompt)}"
+        if any(row[column][: len(prompt)] == prompt for column in ("chosen", "rejected")):
+            return ("'chosen' or 'rejected' repeats the 'prompt' messages, which would be scored as the response:"
+                    " with 'prompt' as a message list, they hold the reply alone")
+    elif len(row["chosen"]) < 2:
+        return ("'chosen' has no prompt turns before the reply: put the user's message(s) before the assistant's"
+                " reply in 'chosen' and 'rejected', or give 'prompt' as a message list")
     elif row["chosen"][:-1] != row["rejected"][:-1]:
         return "'chosen' and 'rejected' have different prompt turns (all messages before the last must match)"
     return None

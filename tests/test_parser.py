@@ -271,3 +271,19 @@ def test_help_lists_every_group_and_key(capsys):
     assert text.startswith("usage: simpo-train CONFIG.yaml")
     assert "ModelArguments:" in text and "SimPOConfig:" in text
     assert "--gamma_beta_ratio (float, default 0.25) Target margin gamma = beta * this." in text
+    # A default from a factory shows its value, not a placeholder.
+    assert "--dataset_splits (list[str], default ['train', 'test'])" in text
+
+
+@pytest.mark.parametrize("command", ["simpo-generate", "simpo-annotate", "simpo-binarise"])
+def test_pipeline_help_names_its_command_and_only_the_keys_it_takes(command, capsys):
+    from simpo.onpolicy_config import parse_pipeline_args
+
+    with pytest.raises(SystemExit) as done:
+        parse_pipeline_args(["--help"], command)
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: {command} CONFIG.yaml")
+    assert "--model_name_or_path" in text and "--seeds (list[int], default [13, 21, 42, 79, 100])" in text
+    for refused in ("--lora_r", "--load_in_4bit", "--truncation_mode"):  # refused by the pipeline, so not offered
+        assert refused not in text

@@ -37,6 +37,9 @@ def source_with(tmp_path, rows, name="src"):
     (dict(good(), rejected=[USER, {"role": "assistant", "content": 3}]), "'rejected': message 1 content is int"),
     (dict(good(), rejected=[{"role": "user", "content": "other"}, {"role": "assistant", "content": "x"}]),
      "'chosen' and 'rejected' have different prompt turns"),
+    ({"prompt": "q", "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant",
+     "content": "b"}]}, "'chosen' has no prompt turns before the reply: put the user's message(s) before"),
+    (dict(good(), prompt=[USER]), "'chosen' or 'rejected' repeats the 'prompt' messages, which would be scored"),
 ])
 def test_malformed_row_names_source_split_row_and_problem(tmp_path, bad_row, message):
     src = source_with(tmp_path, [good(0), good(1), good(2), bad_row])
@@ -59,6 +62,38 @@ def test_empty_split_is_an_error(tmp_path):
     (folder / "train.jsonl").write_text("")
     with pytest.raises(DataError, match=r"\[train\] is empty: remove it from dataset_mixer or fix the data"):
         mix_datasets({str(folder): 1.0}, ["train"])
+
+
+def test_blank_lines_are_an_empty_split(tmp_path):
+    folder = tmp_path / "blank"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("\n\n  \n")
+    with pytest.raises(DataError, match=r"blank \[train\] is empty: remove it from dataset_mixer or fix the data"):
+        mix_datasets({str(folder): 1.0}, ["train"])
+
+
+def test_a_broken_json_line_is_named_by_file_and_line(tmp_path):
+    src = source_with(tmp_path, [good(0), good(1), good(2)])
+    path = tmp_path / "src" / "train.jsonl"
+    path.write_text(path.read_text() + json.dumps(good(3))[:25] + "\n")  # a last line cut off mid-write
+    with pytest.raises(DataError, match=rf"{src} \[train\] cannot be read as json: train.jsonl line 4: .*Fix the"):
+        mix_datasets({src: 1.0}, ["train"])
+
+
+def test_a_split_in_two_formats_is_refused_not_read_twice(tmp_path):
+    src = source_with(tmp_path, [good(0), good(1)])
+    (tmp_path / "src" / "train.json").write_text(json.dumps([good(0), good(1)]))
+    with pytest.raises(DataError, match=r"split 'train' has files in more than one format \(train.json, train.jsonl"
+                       r"\): keep one, or its rows would be read twice"):
+        mix_datasets({src: 1.0}, ["train"])
+
+
+def test_a_fraction_that_selects_no_row_says_so(tmp_path):
+    src = source_with(tmp_path, [good(i) for i in range(40)])
+    with pytest.raises(DataError, match=r"\['.*src'\] = 0.01 selects 0 of the 40 rows of \[train\]: raise the "
+                       r"fraction to at least 0.025"):
+        mix_datasets({src: 0.01}, ["train"])
+    assert len(mix_datasets({src: 0.025}, ["train"])["train"]) == 1
 
 
 def test_fraction_above_one_is_explained(tmp_path):
@@ -129,7 +164,13 @@ def test_response_truncated_to_nothing_is_dropped_naming_the_trainers_dataset(tm
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"max_length": 128, "max_prompt_length": 128}, r"max_prompt_length \(128\) must be below max_length \(128\)"),
+    ({"max_length": 128, "max_prompt_length": 128}, r"max_prompt_length \(128\) must be at least 1 and below max_l"),
+    ({"max_length": 20, "max_prompt_length": -5}, r"max_prompt_length \(-5\) must be at least 1 and below max_leng"),
+    ({"max_length": 20, "max_prompt_length": 0}, r"max_prompt_length \(0\) must be at least 1"),
+    ({"beta": float("nan")}, r"beta must be a finite number \(got nan\)"),
+    ({"gamma_beta_ratio": float("inf")}, r"gamma_beta_ratio must be a finite number \(got inf\)"),
+    ({"sft_weight": float("nan")}, r"sft_weight must be a finite number"),
+    ({"remove_unused_columns": True}, "remove_unused_columns must be false: simpo's collator reads the tokenised"),
     ({"beta": -1.0}, r"beta must be positive \(got -1.0\); the paper uses 2 to 10"),
     ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\) \(got 0.5\)"),
     ({"sft_weight": -0.1}, r"sft_weight must be >= 0"),
@@ -142,8 +183,10 @@ def test_config_errors(tmp_path, kwargs, message):
 
 def test_config_warnings(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        SimPOConfig(output_dir=str(tmp_path), use_cpu=True, loss_type="hinge", label_smoothing=0.1, beta=0.1)
+        SimPOConfig(output_dir=str(tmp_path), use_cpu=True, loss_type="hinge", label_smoothing=0.1, beta=0.1,
+                    gamma_beta_ratio=-0.2)
     assert "label_smoothing=0.1 has no effect with loss_type=hinge" in caplog.text
+    assert "gamma_beta_ratio=-0.2 is negative" in caplog.text
     assert "beta=0.1 is a DPO-scale value" in caplog.text
 
 
