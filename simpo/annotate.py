@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from simpo.generation_backends import process_device
-from simpo.model import resolve_dtype
+from simpo.model import from_pretrained, resolve_dtype
 from simpo.onpolicy_config import parse_pipeline_args
 from simpo.work_units import (
     Unit,
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> None:
              if os.path.exists(os.path.join(source, f"{side}.jsonl"))}
     if not sides:
         raise FileNotFoundError(f"No generations in {source}: run simpo-generate with this config first.")
-    tokenizer = AutoTokenizer.from_pretrained(args.reward_model, revision=args.reward_model_revision,
-                                              trust_remote_code=args.reward_trust_remote_code)
+    tokenizer = from_pretrained(AutoTokenizer, args.reward_model, "reward_model", revision=args.reward_model_revision,
+                                trust_remote_code=args.reward_trust_remote_code)
     if not tokenizer.chat_template:
         raise ValueError(f"The reward model's tokenizer ({args.reward_model}) has no chat template to render the"
                          " conversations with.")

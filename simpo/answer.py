@@ -18,9 +18,9 @@ from simpo.config import ModelArguments
 from simpo.eval_families import decoding, family_of
 from simpo.generate import sample_units
 from simpo.generation_backends import backend_name, make_backend
-from simpo.run_config import run_settings, training_tokenizer
+from simpo.run_config import run_folder_problem, run_settings, training_tokenizer
 from simpo.tokenization import generation_prompt_ids
-from simpo.work_units import file_fingerprint, process_rank, setup_logging, write_atomic
+from simpo.work_units import file_fingerprint, process_rank, setup_logging, weights_fingerprint, write_atomic
 
 logger = logging.getLogger("simpo")
 
@@ -35,16 +35,31 @@ def read_questions(path: str, benchmark: str) -> list[dict]:
     question.jsonl (turns of {content}) or MT-Bench's (turns of strings)."""
     with open(path) as f:
         text = f.read()
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines()
-                                                                      if line.strip()]
+    # A JSON list (AlpacaEval) is one document; JSON lines (Arena-Hard, MT-Bench) are one document a line.
+    is_list = text.lstrip().startswith("[")
+    documents = [(1, text)] if is_list else [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for number, document in documents:
+        try:
+            value = json.loads(document)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {number + err.lineno - 1}: not JSON ({err.msg}); give the benchmark's"
+                             " question file.") from err
+        rows += value if is_list else [value]
+    if not rows:
+        raise ValueError(f"{path} holds no questions: give the benchmark's question file.")
+    field = "'instruction'" if benchmark == "alpaca_eval" else "'turns'"
     questions = []
     for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} row {n}: a question is a JSON object with {field}, not {type(row).__name__}.")
         if benchmark == "alpaca_eval":
-            turns = [row["instruction"]]
+            turns = [row.get("instruction")]
         else:
-            turns = [t["content"] if isinstance(t, dict) else t for t in row.get("turns") or [row.get("prompt")]]
+            turns = [t.get("content") if isinstance(t, dict) else t for t in row.get("turns") or [row.get("prompt")]]
         if not all(isinstance(t, str) and t for t in turns):
-            raise ValueError(f"{path} row {n}: no question text found for {benchmark} (turns: {turns!r:.100}).")
+            raise ValueError(f"{path} row {n}: no question text in {field} for {benchmark} (got {turns!r:.100}): is"
+                             " this the benchmark's question file?")
         questions.append({"id": row.get("question_id", n), "turns": turns, "category": row.get("category"),
                           "raw": row})
     return questions
@@ -79,8 +94,9 @@ def answer(output_dir: str, benchmark: str, questions: list[dict], work_dir: str
             ids = [generation_prompt_ids(conversation(questions[i], answers[i], turn), tokenizer,
                                          data_args.auto_insert_empty_system_msg) for i in members]
             folder = os.path.join(work_dir, f"turn{turn}", "t{}-p{}-n{}".format(*setting))
-            settings = {"model": os.path.abspath(output_dir), "benchmark": benchmark, "decoding": setting,
-                        "backend": backend_name(backend), "prompts": len(ids)}
+            settings = {"model": [os.path.abspath(output_dir), weights_fingerprint(output_dir)],
+                        "benchmark": benchmark, "decoding": setting,
+                        "backend": backend_name(backend), "prompts": len(ids), "batch_size": batch_size}
             replies = sample_units(folder, {"q": ids}, [SEED], batch_size, settings,
                                    lambda setting=setting: backend_for(setting), everyone_waits=True)
             for i, reply in zip(members, replies["q"]):
@@ -120,11 +136,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
     parser.add_argument("--max-new-tokens", type=int, help="cap the family's setting (smoke tests)")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1 (got {args.batch_size})")
+    if run_folder_problem(args.output_dir):
+        parser.error(run_folder_problem(args.output_dir))
+    try:
+        questions = read_questions(args.questions, args.benchmark)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     setup_logging(process_rank()[0])
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
     out = args.out or os.path.join(args.output_dir, "eval", args.benchmark, ANSWER_FILES[args.benchmark].format(
         name=name))
-    questions = read_questions(args.questions, args.benchmark)
     work_dir = os.path.join(args.output_dir, "eval", args.benchmark, "work", file_fingerprint(args.questions)[:12])
     answers = answer(args.output_dir, args.benchmark, questions, work_dir, args.batch_size, args.backend,
                      args.max_new_tokens)

@@ -103,7 +103,13 @@ def plot_gaps(gaps: dict[str, list[float]], min_score_gap: float, path: str) -> 
     FigureCanvasAgg(figure).print_png(path)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
+    """`simpo-binarise`: a console script's return value is its exit status, so the summary is not returned."""
+    binarise_main(argv)
+
+
+def binarise_main(argv: list[str] | None = None) -> dict:
+    """Binarise the annotations into OUTPUT_DIR/dataset; returns the summary written to summary.json."""
     model_args, _, args = parse_pipeline_args(argv, "simpo-binarise")
     setup_logging(0)
     source, folder = os.path.join(args.output_dir, "annotations"), os.path.join(args.output_dir, "dataset")
@@ -111,10 +117,18 @@ def main(argv: list[str] | None = None) -> dict:
     if not sides:
         raise FileNotFoundError(f"No annotations in {source}: run simpo-annotate with this config first.")
     tokenizer = get_tokenizer(model_args)
-    summary, all_gaps = {"min_score_gap": args.min_score_gap}, {}
-    for side in sides:
+    summary, all_gaps, binarised = {"min_score_gap": args.min_score_gap}, {}, {}
+    for side in sides:  # every side is checked before anything is written
         rows = read_jsonl(os.path.join(source, f"{side}.jsonl"))
         pairs, drops, all_gaps[side] = binarise(rows, args.min_score_gap)
+        binarised[side] = rows, pairs, drops
+        if not pairs:
+            raise ValueError(
+                f"simpo-binarise: no {side} pair is left from {len(rows)} prompts (dropped: {dict(drops)}), so"
+                f" nothing would train or evaluate on it. Lower min_score_gap ({args.min_score_gap}) or generate"
+                " more samples per prompt (seeds)."
+            )
+    for side, (rows, pairs, drops) in binarised.items():
         write_jsonl(os.path.join(folder, f"{side}.jsonl"), pairs)
         summary[side] = {"prompts": len(rows), "pairs": len(pairs), "dropped": dict(drops),
                          "score_gap": describe([p["score_chosen"] - p["score_rejected"] for p in pairs]),

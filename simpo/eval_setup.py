@@ -36,7 +36,7 @@ from simpo.eval_templates import (
     vllm_chat_template,
 )
 from simpo.generation_backends import eos_ids
-from simpo.run_config import run_settings, training_tokenizer
+from simpo.run_config import run_folder_problem, run_settings, training_tokenizer
 from simpo.work_units import write_atomic
 
 BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(benchmarks) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}: choose from {', '.join(BENCHMARKS)}")
+    if run_folder_problem(args.output_dir):
+        parser.error(run_folder_problem(args.output_dir))
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
     eval_dir = args.eval_dir or os.path.join(args.output_dir, "eval")
     try:

@@ -25,6 +25,7 @@ from simpo.work_units import (
     process_rank,
     run_units,
     setup_logging,
+    weights_fingerprint,
     write_jsonl,
 )
 
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     prompt_ids = {side: [generation_prompt_ids(row["messages"], tokenizer, data_args.auto_insert_empty_system_msg)
                          for row in rows] for side, rows in sides.items()}
     settings = {
-        "model": [model_args.model_name_or_path, model_args.model_revision, model_args.torch_dtype],
+        "model": [model_args.model_name_or_path, model_args.model_revision, model_args.torch_dtype,
+                  weights_fingerprint(model_args.model_name_or_path)],
         "backend": backend_name(args.backend), "seeds": args.seeds, "temperature": args.temperature,
         "top_p": args.top_p, "max_tokens": args.max_tokens, "generation_batch_size": args.generation_batch_size,
         "prompt_ids": {side: fingerprint(ids) for side, ids in prompt_ids.items()},

@@ -2,6 +2,7 @@
 
 import importlib.util
 import logging
+import os
 
 import torch
 from transformers import AutoTokenizer, BitsAndBytesConfig
@@ -13,9 +14,30 @@ logger = logging.getLogger(__name__)
 MAX_SANE_MODEL_LENGTH = 100_000  # some tokenizers report int(1e30) when they have no limit
 
 
+def from_pretrained(loader, name: str, key: str, **kwargs):
+    """loader.from_pretrained(name, **kwargs), with an error that names the config key when `name` is neither a
+    local folder nor a model the Hub (or, offline, its cache) has: transformers' own says neither."""
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+    if looks_local and not os.path.isdir(os.path.expanduser(name)):
+        raise FileNotFoundError(f"{key}: there is no folder {name!r}. Give a model folder (e.g. a finished run's"
+                                " output_dir) or a Hub id.")
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except OSError as err:
+        if os.path.isdir(name):
+            raise
+        offline = " (HF_HUB_OFFLINE is set: only the local Hub cache was searched)" if os.environ.get(
+            "HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") else ""
+        raise OSError(f"{key}: {name!r} is not a local folder, and it could not be loaded from the Hub{offline}."
+                      f" Check the name (and your login, for gated models) or give a local folder. ({err})") from err
+
+
 def get_tokenizer(model_args: ModelArguments):
-    tokenizer = AutoTokenizer.from_pretrained(
+    key = "tokenizer_name_or_path" if model_args.tokenizer_name_or_path else "model_name_or_path"
+    tokenizer = from_pretrained(
+        AutoTokenizer,
         model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+        key,
         revision=model_args.model_revision,
         trust_remote_code=model_args.trust_remote_code,
     )

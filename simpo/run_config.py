@@ -19,8 +19,12 @@ RUN_CONFIG = "run_config.yaml"
 
 
 def save_run_config(model_args, data_args, training_args) -> str:
-    """Write output_dir/run_config.yaml (tokens such as hub_token are masked by TrainingArguments.to_dict)."""
-    values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training_args.to_dict()}
+    """Write output_dir/run_config.yaml; a hub_token that is set stays masked as TrainingArguments.to_dict masks it."""
+    training = training_args.to_dict()
+    for key in training:  # to_dict masks every *_token field, also unset ones and SFT's eos_token / pad_token
+        if key.endswith("_token") and (key != "hub_token" or getattr(training_args, key) is None):
+            training[key] = getattr(training_args, key)
+    values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training}
     os.makedirs(training_args.output_dir, exist_ok=True)
     path = os.path.join(training_args.output_dir, RUN_CONFIG)
     with open(path, "w") as f:
@@ -38,6 +42,20 @@ def load_run_config(output_dir: str) -> tuple[ModelArguments, DataArguments] | N
         values = yaml.safe_load(f) or {}
     pick = lambda cls: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values})
     return pick(ModelArguments), pick(DataArguments)
+
+
+def run_folder_problem(output_dir: str) -> str | None:
+    """Why output_dir is not a finished run's folder (the saved model and tokenizer), or None when it is one."""
+    if not os.path.isdir(output_dir):
+        return f"{output_dir} is not a folder: give the output_dir of a finished simpo-train or simpo-sft run."
+    has = lambda name: os.path.exists(os.path.join(output_dir, name))
+    missing = [name for name, present in (("config.json or adapter_config.json",
+                                           has("config.json") or has("adapter_config.json")),
+                                          ("tokenizer_config.json", has("tokenizer_config.json"))) if not present]
+    if missing:
+        return (f"{output_dir} holds no saved model (no {' and no '.join(missing)}): give the output_dir of a"
+                " simpo-train or simpo-sft run that finished (it saves the model and tokenizer there).")
+    return None
 
 
 def run_settings(output_dir: str) -> tuple[ModelArguments, DataArguments]:

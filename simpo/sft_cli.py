@@ -19,6 +19,7 @@ from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
 from simpo.resume import StopOnSignal
+from simpo.run_config import save_run_config
 from simpo.sft_config import SFTRunConfig
 from simpo.sft_data import CONVERSATIONS
 from simpo.sft_reporting import (
@@ -77,6 +78,8 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     logger.info("Model arguments %s", model_args)
     logger.info("Data arguments %s", data_args)
     logger.info("Training arguments %s", args)
+    if args.should_save:
+        save_run_config(model_args, data_args, args)  # for evaluation set-ups and reruns
     if model_args.trust_remote_code:
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
     check_launch(args)  # a launch accelerate would silently degrade is refused in seconds

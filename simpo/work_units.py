@@ -50,6 +50,17 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def weights_fingerprint(model: str) -> str | None:
+    """A local model's weights as they are on disk (each weight file's name, size and modification time): a model
+    retrained into the same folder is another model, whose relaunch must not resume the old one's samples. None for
+    a Hub id, which its revision names."""
+    if not os.path.isdir(model):
+        return None
+    stats = [(name, os.stat(os.path.join(model, name))) for name in sorted(os.listdir(model))
+             if name.endswith((".safetensors", ".bin"))]
+    return fingerprint([[name, stat.st_size, stat.st_mtime_ns] for name, stat in stats])
+
+
 def file_fingerprint(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -78,6 +89,7 @@ def check_settings(folder: str, settings: dict) -> None:
     """The first run records what it was asked to do; a relaunch into the same folder must ask the same, or the
     resumed output would mix two runs."""
     path = os.path.join(folder, "settings.json")
+    settings = json.loads(json.dumps(settings))  # as the file will read back (tuples become lists)
     if not os.path.exists(path):
         write_atomic(path, json.dumps(settings, indent=1, sort_keys=True))
         return

@@ -2,10 +2,13 @@
 
 import json
 import os
+import subprocess
+import sys
 
+import pytest
 from conftest import REPO
 
-from simpo.binarise import best_and_worst, binarise, main
+from simpo.binarise import best_and_worst, binarise, binarise_main
 from simpo.data import mix_datasets
 from simpo.work_units import write_jsonl
 
@@ -54,7 +57,7 @@ def test_writes_a_data_set_the_mixer_reads_unchanged_with_a_summary(tmp_path):
     test = [row(["short", "a much longer answer"], [0.1, 0.4], prompt="t")]
     write_jsonl(str(out / "annotations" / "train.jsonl"), train)
     write_jsonl(str(out / "annotations" / "test.jsonl"), test)
-    summary = main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"])
+    summary = binarise_main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"])
 
     assert summary["train"]["pairs"] == 5 and summary["train"]["dropped"] == {"identical responses": 1}
     assert summary["test"]["share_chosen_longer"] == 1.0
@@ -68,3 +71,25 @@ def test_writes_a_data_set_the_mixer_reads_unchanged_with_a_summary(tmp_path):
     pair = lambda r: {c: r[c] for c in ("prompt", "chosen", "rejected")}
     key = lambda r: r["prompt"]
     assert sorted(map(pair, written), key=key) == sorted(map(pair, mixed["train"].to_list()), key=key)
+
+
+def test_the_console_command_exits_0_after_a_run(tmp_path):
+    """A console script's return value is its exit status: simpo-binarise && simpo-train must chain."""
+    out = tmp_path / "run"
+    write_jsonl(str(out / "annotations" / "train.jsonl"), [row(["good", "bad"], [0.9, -0.5])])
+    command = os.path.join(os.path.dirname(sys.executable), "simpo-binarise")
+    done = subprocess.run([command, os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "dataset" / "train.jsonl").exists()
+
+
+def test_a_side_left_without_pairs_stops_before_anything_is_written(tmp_path):
+    out = tmp_path / "run"
+    write_jsonl(str(out / "annotations" / "train.jsonl"), [row(["good", "bad"], [0.9, -0.5])])
+    write_jsonl(str(out / "annotations" / "test.jsonl"), [row(["a", "b"], [0.2, 0.1])])
+    with pytest.raises(ValueError, match=r"no test pair is left from 1 prompts \(dropped: \{'score gap below "
+                       r"min_score_gap': 1\}\), .* Lower min_score_gap \(0.5\)"):
+        binarise_main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}",
+                       "--min_score_gap=0.5"])
+    assert not (out / "dataset").exists()

@@ -161,3 +161,77 @@ def test_mt_bench_answers_greedy_categories_exactly_and_carries_the_first_answer
 def test_unknown_benchmark_is_an_error(in_workdir):
     with pytest.raises(SystemExit):
         eval_setup.main([RUN, "--benchmarks=alpaca_eval,mmlu"])
+
+
+def test_simpo_answer_relaunched_resumes_and_refuses_another_batch_size(in_workdir, tmp_path, capsys):
+    questions = write_questions(tmp_path / "alpaca.json", [{"instruction": f"Say {i}."} for i in range(3)], True)
+    command = [RUN, "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4",
+               "--out", str(tmp_path / "a.json"), "--batch-size", "1"]
+    answer_cli.main(command)
+    first = json.loads((tmp_path / "a.json").read_text())
+    answer_cli.main(command)  # the same command again: every unit is done, the answers are the same
+    assert json.loads((tmp_path / "a.json").read_text()) == first and all(o["output"] is not None for o in first)
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(batch_size; e.g. batch_size: 1 then, 3"):
+        answer_cli.main([*command[:-1], "3"])  # other units: resuming would mix two runs (or lose answers)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "holds no questions"),
+    ("[]", "holds no questions"),
+    ('[{"instruction": "a"}, {"prompt": "b"}]', r"row 1: no question text in 'instruction' for alpaca_eval"),
+    ('[{"instruction": "a"}, "b"]', r"row 1: a question is a JSON object with 'instruction', not str"),
+    ('[{"instruction": "a"},\n {"instruction": ', r"line 2: not JSON"),
+])
+def test_simpo_answer_names_what_is_wrong_with_a_question_file(in_workdir, tmp_path, capsys, content, message):
+    path = tmp_path / "questions.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as done:
+        answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", str(path)])
+    assert done.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_jsonl_question_files_name_the_broken_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"turns": ["a"]}\n\n{"turns": ["b"]\n')
+    with pytest.raises(ValueError, match=r"q.jsonl line 3: not JSON"):
+        answer_cli.read_questions(str(path), "mt_bench")
+
+
+@pytest.mark.parametrize("command", ["eval_setup", "answer"])
+def test_a_folder_that_is_not_a_finished_run_is_named(in_workdir, tmp_path, capsys, command):
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.mkdir()
+    main = eval_setup.main if command == "eval_setup" else lambda argv: answer_cli.main(
+        [*argv, "--benchmark", "alpaca_eval", "--questions", "q.json"])
+    for folder, message in ((empty, "holds no saved model (no config.json or adapter_config.json and no"
+                                    " tokenizer_config.json)"), (missing, "is not a folder")):
+        with pytest.raises(SystemExit) as done:
+            main([str(folder)])
+        assert done.value.code == 2
+        assert f"{folder} {message}" in capsys.readouterr().err
+
+
+def test_run_config_masks_a_set_hub_token_and_keeps_unset_tokens_unset(tmp_path):
+    from simpo.config import DataArguments, ModelArguments
+    from simpo.run_config import save_run_config
+
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, hub_token="hf_secret")
+    text = open(save_run_config(ModelArguments(), DataArguments(), args)).read()
+    assert "hf_secret" not in text and yaml.safe_load(text)["hub_token"] == "<HUB_TOKEN>"
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert yaml.safe_load(open(save_run_config(ModelArguments(), DataArguments(), args)))["hub_token"] is None
+
+
+def test_simpo_answer_does_not_resume_answers_of_a_model_retrained_into_the_folder(in_workdir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run, ignore=shutil.ignore_patterns("eval"))
+    questions = write_questions(tmp_path / "alpaca.json", [{"instruction": "Say 1."}], True)
+    command = [str(run), "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4"]
+    answer_cli.main(command)
+    weights = run / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten by training
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(model;"):
+        answer_cli.main(command)

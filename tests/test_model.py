@@ -39,3 +39,15 @@ def test_quantised_loading_gets_a_per_process_device_map(tmp_path):
     assert "quantization_config" not in model_init_kwargs(ModelArguments(model_name_or_path=TINY_MODEL), args)
     args.model_init_kwargs = kwargs  # logged as JSON (TensorBoard, W&B): a dict serialises, a config object would not
     assert '"bnb_4bit_quant_type": "nf4"' in args.to_json_string()
+
+
+def test_a_model_that_is_neither_a_folder_nor_on_the_hub_names_the_key(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=f"model_name_or_path: there is no folder '{tmp_path}/sft'. Give a"):
+        get_tokenizer(ModelArguments(model_name_or_path=str(tmp_path / "sft")))
+    # A relative name like outputs/x could be a Hub id: the error says both were tried.
+    with pytest.raises(OSError, match=r"tokenizer_name_or_path: 'outputs/none-such' is not a local folder, and it"
+                       r" could not be loaded from the Hub \(HF_HUB_OFFLINE is set"):
+        get_tokenizer(ModelArguments(model_name_or_path=TINY_MODEL, tokenizer_name_or_path="outputs/none-such"))

@@ -85,7 +85,7 @@ def uninterrupted(prompts, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
     generate_log = run("simpo.generate", pipeline_args(prompts, out), out / "generate.log")
     run("simpo.annotate", pipeline_args(prompts, out), out / "annotate.log")
-    summary = binarise.main(pipeline_args(prompts, out))
+    summary = binarise.binarise_main(pipeline_args(prompts, out))
     return out, generate_log, summary
 
 

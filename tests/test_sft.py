@@ -18,6 +18,7 @@ from simpo.config import DataArguments, ModelArguments
 from simpo.model import get_peft_config
 from simpo.parser import ConfigError, parse_args
 from simpo.plot import SFT_PANELS, plot_run
+from simpo.run_config import run_settings
 from simpo.sft_cli import SFT_ARGUMENTS, sft_main
 from simpo.sft_config import REFUSED, SFTRunConfig
 from simpo.sft_tokenization import tokenize_conversations
@@ -169,6 +170,10 @@ def test_tiny_sft_learns_then_tiny_simpo_starts_from_it(tmp_path, capsys):
     assert json.loads((sft_out / "config.json").read_text())["use_cache"] is True
     tokenizer = AutoTokenizer.from_pretrained(sft_out)
     assert tokenizer.chat_template == AutoTokenizer.from_pretrained(TINY_MODEL).chat_template
+    # Its settings beside the model, as a SimPO run's: they parse back, and evaluation set-ups read them.
+    model_args, data_args, args = parse_args([str(sft_out / "run_config.yaml")], SFT_ARGUMENTS)
+    assert (args.output_dir, data_args.dataset_mixer) == (str(sft_out), {"data/tiny-chat": 1.0})
+    assert run_settings(str(sft_out))[1] == data_args
 
     train_main(["training_configs/tiny-simpo-cpu.yaml", f"--model_name_or_path={sft_out}",
                 f"--output_dir={simpo_out}", "--report_to=none", "--max_steps=4", "--eval_steps=4"])

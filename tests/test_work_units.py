@@ -52,6 +52,8 @@ def test_a_relaunch_with_other_settings_is_refused(tmp_path):
     settings = {"seeds": [13, 21], "temperature": 0.8}
     check_settings(str(tmp_path), settings)
     check_settings(str(tmp_path), dict(settings))  # the same: fine
+    check_settings(str(tmp_path / "t"), {"decoding": (0.9, 1.0, 4)})
+    check_settings(str(tmp_path / "t"), {"decoding": (0.9, 1.0, 4)})  # a tuple reads back as a list: still the same
     with pytest.raises(ValueError, match=r"other settings \(temperature; e.g. temperature: 0.8 then, 1.0 now\)"):
         check_settings(str(tmp_path), {**settings, "temperature": 1.0})
 
