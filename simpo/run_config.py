@@ -1,6 +1,7 @@
 """What a run was launched with, kept beside its model: OUTPUT_DIR/run_config.yaml holds every key of the three
-argument groups, flat, as the parser reads them (so `simpo-train OUTPUT_DIR/run_config.yaml` launches the same run
-again). Evaluation set-ups read the chat template rule from it, and load the tokenizer exactly as training set it up.
+argument groups, flat, as the parser reads them (so the recipe that wrote it, `simpo-train` or `simpo-sft`, launches
+the same run again from it). Evaluation set-ups read the chat template rule from it, and load the tokenizer exactly
+as training set it up.
 """
 
 import dataclasses

@@ -175,6 +175,12 @@ def test_simpo_answer_relaunched_resumes_and_refuses_another_batch_size(in_workd
         answer_cli.main([*command[:-1], "3"])  # other units: resuming would mix two runs (or lose answers)
 
 
+def test_simpo_answer_batch_size_below_one_is_refused(in_workdir, capsys):
+    with pytest.raises(SystemExit) as done:
+        answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", "q.json", "--batch-size", "0"])
+    assert done.value.code == 2 and "--batch-size must be at least 1 (got 0)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content,message", [
     ("", "holds no questions"),
     ("[]", "holds no questions"),
