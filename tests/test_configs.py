@@ -126,10 +126,17 @@ def test_paper_configs_name_their_own_output_dir():
             assert yaml.safe_load(f)["output_dir"] == "outputs/" + name.removesuffix(".yaml")
 
 
-def test_gemma_template_folds_system_into_first_user_turn(parse, make_tokenizer):
+@pytest.fixture
+def gemma_tokenizer(parse, make_tokenizer):
+    """A tokenizer with Gemma's special tokens and the Gemma-2 config's chat template."""
     _, data_args, _ = parse(os.path.join(CONFIG_DIR, "gemma-2-9b-it-simpo.yaml"))
     tokenizer = make_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>")
     tokenizer.chat_template = data_args.chat_template
+    return tokenizer
+
+
+def test_gemma_template_folds_system_into_first_user_turn(gemma_tokenizer):
+    tokenizer = gemma_tokenizer
     conversation = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Hi "},
@@ -154,12 +161,10 @@ def test_gemma_template_folds_system_into_first_user_turn(parse, make_tokenizer)
     }
 
 
-def test_gemma_template_trims_each_turn_after_folding_the_system_text_as_the_reference(parse, make_tokenizer):
+def test_gemma_template_trims_each_turn_after_folding_the_system_text_as_the_reference(gemma_tokenizer):
     """The reference trims (system + "\n\n" + first user turn) as one string: the user text's leading whitespace
     survives behind a system message; every other turn is trimmed whole."""
-    _, data_args, _ = parse(os.path.join(CONFIG_DIR, "gemma-2-9b-it-simpo.yaml"))
-    tokenizer = make_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>")
-    tokenizer.chat_template = data_args.chat_template
+    tokenizer = gemma_tokenizer
     with_system = [{"role": "system", "content": " sys "}, {"role": "user", "content": " Hi\n"}]
     assert tokenizer.apply_chat_template(with_system, tokenize=False) == (
         "<bos><start_of_turn>user\nsys\n\n Hi<end_of_turn>\n"

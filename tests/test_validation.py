@@ -56,19 +56,12 @@ def test_missing_column_is_named(tmp_path):
         mix_datasets({src: 1.0}, ["train"])
 
 
-def test_empty_split_is_an_error(tmp_path):
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])  # an empty file, one of blank lines
+def test_empty_split_is_an_error(tmp_path, content):
     folder = tmp_path / "empty"
     folder.mkdir()
-    (folder / "train.jsonl").write_text("")
-    with pytest.raises(DataError, match=r"\[train\] is empty: remove it from dataset_mixer or fix the data"):
-        mix_datasets({str(folder): 1.0}, ["train"])
-
-
-def test_blank_lines_are_an_empty_split(tmp_path):
-    folder = tmp_path / "blank"
-    folder.mkdir()
-    (folder / "train.jsonl").write_text("\n\n  \n")
-    with pytest.raises(DataError, match=r"blank \[train\] is empty: remove it from dataset_mixer or fix the data"):
+    (folder / "train.jsonl").write_text(content)
+    with pytest.raises(DataError, match=r"empty \[train\] is empty: remove it from dataset_mixer or fix the data"):
         mix_datasets({str(folder): 1.0}, ["train"])
 
 
