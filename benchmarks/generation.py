@@ -69,6 +69,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="default 32 on CPU, 256 on GPU")
     parser.add_argument("--batch", type=int, default=None, help="default 16 on CPU, 64 on GPU")
     parser.add_argument("--max-tokens", type=int, default=None, help="default 32 on CPU, 256 on GPU")
+    parser.add_argument("--plain-prompts", type=int, default=32,
+                        help="prompts the one-at-a-time baseline decodes (its rate is per prompt; all of them would"
+                        " take minutes on a GPU)")
+    parser.add_argument("--out", help="results stem (default benchmarks/results/generation_<device>)")
     args = parser.parse_args()
     gpu = args.device != "cpu"
     n, batch = args.prompts or (256 if gpu else 32), args.batch or (64 if gpu else 16)
@@ -90,17 +94,21 @@ def main() -> None:
         for unit in units:
             backend.generate([prompts[i] for i in unit.rows], batch_seed=0, row_seeds=[])
 
+    plain_prompts = prompts[: args.plain_prompts]
+
     def one_at_a_time():
-        for ids in prompts:
+        for ids in plain_prompts:
             backend.model.generate(input_ids=torch.tensor([ids], device=backend.device),
                                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=backend.device),
                                    generation_config=backend.config)
 
     backend.generate(prompts[:2], 0, [])  # warm-up: kernels, allocator
     results = {}
-    for name, fn in (("batched (simpo-generate)", batched), ("one prompt at a time (plain)", one_at_a_time)):
+    for name, fn, count in (("batched (simpo-generate)", batched, n),
+                            ("one prompt at a time (plain)", one_at_a_time, len(plain_prompts))):
         seconds = timed(fn)
-        results[name] = {"seconds": seconds, "samples_per_s": n / seconds, "tokens_per_s": n * max_tokens / seconds}
+        results[name] = {"prompts": count, "seconds": seconds, "samples_per_s": count / seconds,
+                         "tokens_per_s": count * max_tokens / seconds}
     plain = results["one prompt at a time (plain)"]["samples_per_s"]
     for result in results.values():
         result["vs_plain"] = result["samples_per_s"] / plain
@@ -110,7 +118,7 @@ def main() -> None:
             "prompts": n, "batch": batch, "max_tokens": max_tokens, "median_prompt_tokens": int(np.median(lengths)),
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average_1min": round(os.getloadavg()[0], 1)}
-    stem = ROOT / "benchmarks" / "results" / f"generation_{'cuda' if gpu else 'cpu'}"
+    stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"generation_{'cuda' if gpu else 'cpu'}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     lines = [f"# simpo-generate sampling throughput ({args.device}, {args.dtype})", "",
              ", ".join(f"{k} {v}" for k, v in meta.items()), "",

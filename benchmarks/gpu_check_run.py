@@ -173,7 +173,11 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
         record["kernel"] = os.environ["SIMPO_LOGPS_KERNEL"]
         started = time.perf_counter()
         try:
-            train_main([*argv, *keys, f"--output_dir={out}"], callbacks=[meter])
+            code = train_main([*argv, *keys, f"--output_dir={out}"], callbacks=[meter])
+            if code >= 128:  # stopped by a signal (the time limit's TERM): the modes left must not run on
+                record.update(status="failed", error=f"stopped by signal {code - 128}")
+                (results / f"{name}.json").write_text(json.dumps(record, indent=1))
+                raise SystemExit(code)
             history = json.loads((out / "trainer_state.json").read_text())["log_history"]
             losses = [h["loss"] for h in history if "loss" in h]
             timed = [h["tokens/per_second"] for h in history

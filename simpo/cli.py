@@ -11,10 +11,10 @@ from transformers import set_seed
 from simpo.chat_templates import render_pairs, set_chat_template
 from simpo.data import mix_datasets, require_eval_split
 from simpo.launch_checks import check_launch, exit_process
-from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
+from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
-from simpo.resume import StopOnSignal, last_complete_checkpoint
+from simpo.resume import StopOnSignal, finished_run, last_complete_checkpoint
 from simpo.run_config import save_run_config
 from simpo.trainer import SimPOTrainer
 from simpo.validation import report_drops
@@ -88,6 +88,14 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
 
+    if not training_args.do_train:
+        evaluate_and_save(trainer)
+        logger.info("Evaluation only (do_train: false): eval_results.json is in %s", training_args.output_dir)
+        return finish(trainer)
+    if finished_run(trainer, checkpoint):
+        logger.warning(finished_run(trainer, checkpoint))
+        return finish(trainer)
+
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     if stop.signum is not None:
         logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
@@ -106,14 +114,10 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
             dataset=list(data_args.dataset_mixer),
             tags=["simpo", "preference-optimization"],
         )
-        # Generation wants the KV cache back on.
-        trainer.model.config.use_cache = True
-        trainer.model.config.save_pretrained(training_args.output_dir)
+        save_config_for_generation(trainer.model, training_args.output_dir)
 
     if training_args.do_eval and "test" in raw_datasets:
-        metrics = {**trainer.evaluate(), "eval_samples": len(trainer.eval_dataset)}
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        evaluate_and_save(trainer)
 
     plot_curves(trainer)  # output_dir/training_curves.png, main process; a failure only warns
 
@@ -122,7 +126,18 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     logger.info("Training finished; outputs are in %s", training_args.output_dir)
     if trainer.accelerator.is_main_process:
         print(end_summary(trainer, train_result.metrics), flush=True)
-    # Close trackers and the process group: gloo threads left running at exit can abort a finished rank (SIGABRT).
+    return finish(trainer)
+
+
+def evaluate_and_save(trainer) -> None:
+    """The test split's metrics, logged and written to output_dir/eval_results.json."""
+    metrics = {**trainer.evaluate(), "eval_samples": len(trainer.eval_dataset)}
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+
+
+def finish(trainer) -> int:
+    """Close trackers and the process group (gloo threads left running at exit can abort a finished rank: SIGABRT)."""
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return 0

@@ -109,6 +109,10 @@ class SimPOConfig(TrainingArguments):
                   " drop them, counted in the log and listed in output_dir/dropped_pairs.jsonl, or stop with an"
                   " error."},
     )
+    do_train: bool = field(
+        default=True, metadata={"help": "false: evaluate the model as loaded on the test split (eval_results.json),"
+                                " without training."}
+    )
     # Trainer columns are ours, not the model's forward arguments.
     remove_unused_columns: bool = False
 
@@ -131,6 +135,9 @@ class SimPOConfig(TrainingArguments):
         for name in ("beta", "gamma_beta_ratio", "label_smoothing", "sft_weight"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number (got {getattr(self, name)}).")
+        if self.do_predict:
+            raise ValueError("do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
+                             " do_train: false to evaluate without training.")
         if self.remove_unused_columns:
             raise ValueError(
                 "remove_unused_columns must be false: simpo's collator reads the tokenised pair columns, which are not"

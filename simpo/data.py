@@ -133,10 +133,13 @@ def split_side(split: str) -> str:
 
 def require_eval_split(args, datasets, example: str) -> None:
     """Evaluation asked for without a test split stops the run before any model loads."""
-    if (args.do_eval or args.eval_strategy != "no") and "test" not in datasets:
+    if not args.do_train and "test" not in datasets:
+        raise DataError(f"do_train: false evaluates the model on the test split, but dataset_splits has none: add one"
+                        f" (e.g. {example}).")
+    if (args.do_eval or args.eval_strategy != "no" or args.eval_on_start) and "test" not in datasets:
         raise DataError(
-            "Evaluation is on (do_eval or eval_strategy) but dataset_splits has no test split: add one"
-            f" (e.g. {example}) or set do_eval: false and eval_strategy: \"no\"."
+            "Evaluation is on (do_eval, eval_strategy or eval_on_start) but dataset_splits has no test split: add one"
+            f" (e.g. {example}) or set do_eval: false, eval_strategy: \"no\" and eval_on_start: false."
         )
 
 

@@ -10,9 +10,9 @@ import logging
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import GenerationConfig
 
-from simpo.model import attn_implementation, resolve_dtype
+from simpo.model import attn_implementation, load_for_generation, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class TransformersBackend:
 
     def __init__(self, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int):
         self.device = process_device()
-        self.model = AutoModelForCausalLM.from_pretrained(
+        self.model = load_for_generation(
             model_args.model_name_or_path, revision=model_args.model_revision,
             trust_remote_code=model_args.trust_remote_code, dtype=resolve_dtype(model_args.torch_dtype) or "auto",
             attn_implementation=attn_implementation(model_args.attn_implementation),

@@ -5,7 +5,7 @@ import logging
 import os
 
 import torch
-from transformers import AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from simpo.config import ModelArguments, SimPOConfig
 
@@ -46,6 +46,25 @@ def get_tokenizer(model_args: ModelArguments):
     if tokenizer.model_max_length > MAX_SANE_MODEL_LENGTH:
         tokenizer.model_max_length = 2048
     return tokenizer
+
+
+def save_config_for_generation(model, output_dir: str) -> None:
+    """The saved config with the KV cache back on (training turned it off). A LoRA run saves an adapter, whose folder
+    must not get the base model's config.json: loaders would then look for full weights there."""
+    if hasattr(model, "peft_config"):
+        return
+    model.config.use_cache = True
+    model.config.save_pretrained(output_dir)
+
+
+def load_for_generation(path: str, **kwargs):
+    """A causal LM to sample from: a saved model, or a LoRA run's adapter merged into its base model (peft's own
+    loader: transformers 5.24 loads adapter folders only with peft >= 0.22)."""
+    if os.path.exists(os.path.join(path, "adapter_config.json")):
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def resolve_dtype(dtype):

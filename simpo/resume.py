@@ -40,16 +40,37 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def finished_run(trainer, checkpoint: str | None) -> str | None:
+    """Why a relaunch has nothing to train, or None: its checkpoint already holds the run's last optimizer step and
+    the finished run's results are in output_dir (training again would overwrite them with an empty run's)."""
+    if checkpoint is None or not os.path.exists(os.path.join(trainer.args.output_dir, "train_results.json")):
+        return None
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        step = json.load(f)["global_step"]
+    last = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+    if step < last:
+        return None
+    return (f"Nothing left to train: {checkpoint} holds step {step} of {last}, and the finished run's results are in"
+            f" {trainer.args.output_dir} (kept). To train more, raise max_steps or num_train_epochs; to start"
+            " afresh, use another output_dir.")
+
+
 class StopOnSignal(TrainerCallback):
     """On SIGTERM or SIGINT, finish the current optimizer step, save a checkpoint (unless save_strategy is "no")
     and stop; `signum` tells the caller to exit instead of saving the final model."""
 
     def __init__(self):
         self.signum = None
+        self.previous_handlers = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._request_stop)
+            self.previous_handlers[sig] = signal.signal(sig, self._request_stop)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # Outside training a signal does what it did before (e.g. ends a process that runs several trainings).
+        for sig, handler in self.previous_handlers.items():
+            signal.signal(sig, handler)
 
     def _request_stop(self, signum, frame):
         if self.signum is not None:  # a second signal: stop now

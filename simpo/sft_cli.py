@@ -11,14 +11,14 @@ from transformers import set_seed
 from trl import SFTTrainer
 
 from simpo.chat_templates import set_chat_template
-from simpo.cli import checkpoint_to_resume, setup_logging
+from simpo.cli import checkpoint_to_resume, evaluate_and_save, finish, setup_logging
 from simpo.config import DataArguments, ModelArguments
 from simpo.data import mix_datasets, require_eval_split
 from simpo.launch_checks import check_launch, exit_process
-from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs
+from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
-from simpo.resume import StopOnSignal
+from simpo.resume import StopOnSignal, finished_run
 from simpo.run_config import save_run_config
 from simpo.sft_config import SFTRunConfig
 from simpo.sft_data import CONVERSATIONS
@@ -111,6 +111,14 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         report_drops(drops["train"] + drops.get("test", []), args.output_dir, noun="conversations",
                      file_name=DROPPED_FILE)
 
+    if not args.do_train:
+        evaluate_and_save(trainer)
+        logger.info("Evaluation only (do_train: false): eval_results.json is in %s", args.output_dir)
+        return finish(trainer)
+    if finished_run(trainer, checkpoint):
+        logger.warning(finished_run(trainer, checkpoint))
+        return finish(trainer)
+
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
     if stop.signum is not None:
         logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
@@ -127,13 +135,10 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(model_name=os.path.basename(os.path.normpath(args.output_dir)),
                                   dataset_name=", ".join(data_args.dataset_mixer), tags=["simpo", "sft"])
-        trainer.model.config.use_cache = True  # generation wants the KV cache back on
-        trainer.model.config.save_pretrained(args.output_dir)
+        save_config_for_generation(trainer.model, args.output_dir)
 
     if args.do_eval and "test" in tokenized:
-        eval_metrics = {**trainer.evaluate(), "eval_samples": len(tokenized["test"])}
-        trainer.log_metrics("eval", eval_metrics)
-        trainer.save_metrics("eval", eval_metrics)
+        evaluate_and_save(trainer)
 
     plot_curves(trainer)  # output_dir/training_curves.png, main process; a failure only warns
     if args.push_to_hub:
@@ -142,7 +147,4 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     if trainer.accelerator.is_main_process:
         print(end_summary(trainer, metrics, title="SFT run", keys=SFT_END_KEYS, files=SFT_OUTPUT_FILES,
                           unit="sequences"), flush=True)
-    # Close trackers and the process group: gloo threads left running at exit can abort a finished rank (SIGABRT).
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
-    return 0
+    return finish(trainer)

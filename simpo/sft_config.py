@@ -40,6 +40,10 @@ class SFTRunConfig(SFTConfig):
         metadata={"help": "Count the tokens trained on (num_input_tokens_seen, and the end summary's throughput). auto:"
                   " every token of a packed (padding-free) row, the non-padding ones otherwise."},
     )
+    do_train: bool = field(
+        default=True, metadata={"help": "false: evaluate the model as loaded on the test split (eval_results.json),"
+                                " without training."}
+    )
     disable_dropout: bool = field(
         default=False, metadata={"help": "Set every dropout (model and LoRA) to 0; off: the model's own dropout."}
     )
@@ -55,6 +59,9 @@ class SFTRunConfig(SFTConfig):
             if getattr(self, key) != allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not supported by simpo-sft (only {allowed!r}):"
                                  f" {why}.")
+        if self.do_predict:
+            raise ValueError("do_predict has no effect: simpo-sft has no prediction step. Evaluate with do_eval, or"
+                             " with do_train: false to evaluate without training.")
         if self.padding_free and not self.packing:
             raise ValueError("padding_free without packing is not supported by simpo-sft: use packing: true, whose"
                              " packed rows are padding-free.")

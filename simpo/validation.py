@@ -116,6 +116,8 @@ def report_drops(drops: list[DroppedRow], output_dir: str | None, noun: str = "p
     """One summary line in the log, every dropped row in output_dir/<file_name>."""
     if not drops:
         logger.info("No %s dropped.", noun)
+        if output_dir and os.path.exists(os.path.join(output_dir, file_name)):
+            os.remove(os.path.join(output_dir, file_name))  # an earlier launch's list would tell of drops now gone
         return
     counts = Counter(d.reason for d in drops)
     where = ""

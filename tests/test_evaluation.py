@@ -241,3 +241,25 @@ def test_simpo_answer_does_not_resume_answers_of_a_model_retrained_into_the_fold
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten by training
     with pytest.raises(ValueError, match=r"holds a run with other settings \(model;"):
         answer_cli.main(command)
+
+
+def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_path):
+    """A LoRA run's folder holds the adapter (no base config.json beside it, which would make loaders look for full
+    weights there); simpo-answer samples from the adapter merged into its base model."""
+    from peft import AutoPeftModelForCausalLM
+
+    from simpo.model import load_for_generation
+
+    run = tmp_path / "lora"
+    train_main([os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"), f"--output_dir={run}",
+                f"--model_name_or_path={TINY_MODEL}", f"--dataset_mixer={{{TINY_DATA}: 1.0}}", "--max_steps=2",
+                "--report_to=none", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false",
+                "--save_strategy=no", "--use_peft=true", "--lora_r=4"])
+    assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
+    merged, adapter = load_for_generation(str(run)), AutoPeftModelForCausalLM.from_pretrained(str(run))
+    ids = torch.tensor([[1, 5, 9, 13]])
+    torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, rtol=1e-5, atol=1e-5)
+    questions = write_questions(tmp_path / "alpaca.json", [{"instruction": "Name a colour."}], True)
+    answer_cli.main([str(run), "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4",
+                     "--out", str(tmp_path / "answers.json")])
+    assert isinstance(json.loads((tmp_path / "answers.json").read_text())[0]["output"], str)

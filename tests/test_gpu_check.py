@@ -3,10 +3,12 @@ call a failure. The whole script is rehearsed on CPU with `SMOKE=1 bash benchmar
 CI)."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import gpu_check_run
+import pytest
 from conftest import REPO
 
 PLAIN = {"model": "m", "launcher": "single", "mode": "plain", "status": "ok", "expect_fused": False,
@@ -70,5 +72,12 @@ def test_skipped_runs_pass_only_in_the_rehearsal(tmp_path):
     assert gpu_check_run.report(tmp_path, str(tmp_path / "b"), allow_skipped=True) == 0
 
 
-def test_the_script_parses():
-    assert subprocess.run(["bash", "-n", str(Path(REPO) / "benchmarks" / "gpu_check.sh")]).returncode == 0
+@pytest.mark.parametrize("script", ["gpu_check.sh", "device_run.sh"])
+def test_the_scripts_parse(script):
+    assert subprocess.run(["bash", "-n", str(Path(REPO) / "benchmarks" / script)]).returncode == 0
+
+
+def test_the_device_command_needs_the_folder_that_comes_back():
+    done = subprocess.run(["bash", str(Path(REPO) / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "OUT"})
+    assert done.returncode != 0 and "OUT must name the folder whose files come back" in done.stderr

@@ -90,3 +90,49 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     stopped_at = json.loads(open(os.path.join(checkpoint, "trainer_state.json")).read())["global_step"]
     assert checkpoint.endswith(f"checkpoint-{stopped_at}") and 1 <= stopped_at < 12
     assert not (out / "model.safetensors").exists()  # no final save after a stop
+
+
+def test_signal_handlers_are_restored_when_training_ends():
+    """A process that trains several times (a sweep, the GPU check's modes) must still be stoppable between runs."""
+    from simpo.resume import StopOnSignal
+
+    def previous(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        stop = StopOnSignal()
+        stop.on_train_begin(None, None, None)
+        assert signal.getsignal(signal.SIGTERM) == stop._request_stop
+        stop.on_train_end(None, None, None)
+        assert signal.getsignal(signal.SIGTERM) is previous
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_relaunching_a_finished_run_keeps_its_results_and_more_steps_resume(tmp_path, caplog):
+    from simpo.cli import train_main
+
+    out = tmp_path / "run"
+    base = [arg for arg in RUN[2:] if not arg.startswith("--max_steps")]
+    args = [*base, f"--output_dir={out}", "--save_steps=2"]
+    assert train_main([*args, "--max_steps=4"]) == 0
+    results = (out / "train_results.json").read_text()
+    state = (out / "trainer_state.json").read_text()
+    assert train_main([*args, "--max_steps=4"]) == 0  # the same command again: nothing to train or overwrite
+    assert "Nothing left to train" in caplog.text and "holds step 4 of 4" in caplog.text
+    assert (out / "train_results.json").read_text() == results and (out / "trainer_state.json").read_text() == state
+    assert train_main([*args, "--max_steps=6"]) == 0  # more steps: resumes from step 4
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
+    assert "Resuming from the last complete checkpoint" in caplog.text
+
+
+def test_do_train_false_evaluates_the_model_as_loaded(tmp_path):
+    from simpo.cli import train_main
+
+    out = tmp_path / "eval"
+    assert train_main([*RUN[2:], f"--output_dir={out}", "--do_train=false"]) == 0
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert metrics["eval_samples"] == 100 and 0 <= metrics["eval_rewards/accuracies"] <= 1
+    assert not (out / "model.safetensors").exists() and not (out / "train_results.json").exists()

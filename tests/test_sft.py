@@ -208,3 +208,10 @@ def test_simpo_sft_help_names_itself_and_its_keys(capsys):
     text = capsys.readouterr().out
     assert text.startswith("usage: simpo-sft CONFIG.yaml")
     assert "SFTRunConfig:" in text and "--on_degenerate_rows" in text
+
+
+def test_do_train_false_evaluates_the_model_as_loaded(tmp_path):
+    assert sft_main([TINY_SFT, f"--output_dir={tmp_path}", "--do_train=false", *QUIET]) == 0
+    metrics = json.loads((tmp_path / "eval_results.json").read_text())
+    assert metrics["eval_samples"] == 73 and metrics["eval_loss"] > 5.5  # the untrained model's held-out NLL
+    assert not (tmp_path / "model.safetensors").exists()

@@ -129,6 +129,8 @@ def test_degenerate_pairs_are_dropped_counted_and_listed_with_their_row_in_the_s
             f" in {tmp_path / 'out' / 'dropped_pairs.jsonl'}") in caplog.text
     listed = [json.loads(line) for line in (tmp_path / "out" / "dropped_pairs.jsonl").read_text().splitlines()]
     assert listed == [{"source": d.source, "split": d.split, "row": d.row, "reason": d.reason} for d in drops]
+    report_drops([], str(tmp_path / "out"))  # a later launch into the folder that drops nothing: no stale list
+    assert not (tmp_path / "out" / "dropped_pairs.jsonl").exists()
 
 
 def test_degenerate_pairs_can_be_an_error(tmp_path):
@@ -164,6 +166,7 @@ def test_response_truncated_to_nothing_is_dropped_naming_the_trainers_dataset(tm
     ({"gamma_beta_ratio": float("inf")}, r"gamma_beta_ratio must be a finite number \(got inf\)"),
     ({"sft_weight": float("nan")}, r"sft_weight must be a finite number"),
     ({"remove_unused_columns": True}, "remove_unused_columns must be false: simpo's collator reads the tokenised"),
+    ({"do_predict": True}, "do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"),
     ({"beta": -1.0}, r"beta must be positive \(got -1.0\); the paper uses 2 to 10"),
     ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\) \(got 0.5\)"),
     ({"sft_weight": -0.1}, r"sft_weight must be >= 0"),
@@ -238,11 +241,13 @@ def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog, c
     assert json.loads((out / "train_results.json").read_text())["train_samples"] == 90
 
 
-def test_evaluation_without_a_test_split_stops_before_the_model_loads(tmp_path, monkeypatch):
+@pytest.mark.parametrize("evaluation", [[], ["--eval_strategy=no", "--do_eval=false"]])  # all on; eval_on_start alone
+def test_evaluation_without_a_test_split_stops_before_the_model_loads(tmp_path, monkeypatch, evaluation):
     from simpo import cli
 
     monkeypatch.setattr(cli, "SimPOTrainer", lambda *a, **k: pytest.fail("the model must not be loaded"))
-    with pytest.raises(DataError, match="Evaluation is on \\(do_eval or eval_strategy\\) but dataset_splits has no"
-                                        " test split: add one \\(e.g. test_prefs\\) or set do_eval: false"):
+    with pytest.raises(DataError, match="Evaluation is on \\(do_eval, eval_strategy or eval_on_start\\) but"
+                       " dataset_splits has no test split: add one \\(e.g. test_prefs\\) or set do_eval: false,"
+                       " eval_strategy: \"no\" and eval_on_start: false"):
         cli.train_main(["training_configs/tiny-simpo-cpu.yaml", "--dataset_splits=train",
-                        f"--output_dir={tmp_path}", "--report_to=none"])
+                        f"--output_dir={tmp_path}", "--report_to=none", *evaluation])
