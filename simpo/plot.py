@@ -56,9 +56,13 @@ def state_file(output_dir: str) -> str:
     return os.path.join(checkpoint, "trainer_state.json")
 
 
-def load_history(output_dir: str) -> list[dict]:
+def load_state(output_dir: str) -> dict:
     with open(state_file(output_dir)) as f:
-        return json.load(f)["log_history"]
+        return json.load(f)
+
+
+def load_history(output_dir: str) -> list[dict]:
+    return load_state(output_dir)["log_history"]
 
 
 def series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -98,7 +102,8 @@ def plot_run(output_dir: str, out: str | None = None) -> dict:
 
     Each panel holds the train series and the eval_ series of its metrics; panels with no data are left out.
     """
-    history = load_history(output_dir)
+    state = load_state(output_dir)
+    history = state["log_history"]
     sft = any("mean_token_accuracy" in h for h in history)
     panels = {}
     for panel, keys in (SFT_PANELS if sft else RUN_PANELS).items():
@@ -111,7 +116,10 @@ def plot_run(output_dir: str, out: str | None = None) -> dict:
         if lines:
             panels[panel] = lines
     if not panels:
-        raise ValueError(f"{output_dir}: the log history has no metric to plot yet.")
+        every = state.get("logging_steps")
+        raise ValueError(f"{output_dir}: the log history has no metric to plot: nothing was logged in its"
+                         f" {state.get('global_step')} steps (a log every {every} steps, no evaluation). Set"
+                         " logging_steps below the number of steps, or evaluate (eval_strategy), for curves.")
     title = f"{'SFT' if sft else 'SimPO'} run: {os.path.abspath(output_dir)}"
     draw(panels, out or os.path.join(output_dir, CURVES_FILE), title)
     return panels

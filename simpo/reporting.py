@@ -115,10 +115,12 @@ def plot_curves(trainer) -> str | None:
         path = os.path.join(trainer.args.output_dir, CURVES_FILE)
         plot_run(trainer.args.output_dir, path)
         return path
+    except ValueError as error:  # nothing to plot: simpo-plot would say the same
+        logger.warning("No training curves: %s", error)
     except Exception as error:  # plotting must never fail a finished run
         logger.warning("Could not plot the training curves (%s: %s); try simpo-plot %s", type(error).__name__,
                        error, trainer.args.output_dir)
-        return None
+    return None
 
 
 SIMPO_END_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/margin_over_gamma", "lengths/chosen",

@@ -114,3 +114,15 @@ def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="simpo.reporting"):
         assert plot_curves(trainer) is None
     assert "no fonts" in caplog.text and "simpo-plot" in caplog.text
+
+
+def test_a_run_that_logged_nothing_says_how_to_get_curves(tmp_path, caplog):
+    state = {"global_step": 4, "logging_steps": 10, "log_history": [{"step": 4, "train_runtime": 3.0}]}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True),
+                              args=SimpleNamespace(output_dir=str(tmp_path)))
+    with caplog.at_level(logging.WARNING, logger="simpo.reporting"):
+        assert plot_curves(trainer) is None
+    assert ("nothing was logged in its 4 steps (a log every 10 steps, no evaluation). Set logging_steps below the"
+            " number of steps") in caplog.text
+    assert "try simpo-plot" not in caplog.text  # it would fail the same way
