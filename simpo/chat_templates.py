@@ -40,6 +40,10 @@ def maybe_insert_system_message(messages: list[dict], tokenizer) -> list[dict]:
     return messages
 
 
+class TemplateError(ValueError):
+    """The chat template renders part of a conversation differently alone than inside the whole conversation."""
+
+
 def strip_bos(text: str, tokenizer) -> str:
     bos = tokenizer.bos_token
     return text[len(bos) :] if bos and text.startswith(bos) else text
@@ -55,6 +59,24 @@ def render_prompt(prompt_turns: list[dict], tokenizer, auto_insert_empty_system_
 def render_response(turns: list[dict], tokenizer) -> str:
     """A response as training renders it: its last assistant turn alone, the template's BOS string removed."""
     return strip_bos(tokenizer.apply_chat_template(turns, tokenize=False), tokenizer)
+
+
+def check_response_rendering(tokenizer, auto_insert_empty_system_msg: bool = True) -> None:
+    """Responses are rendered alone (as the reference does), so the template must render a reply alone exactly as it
+    renders it after its prompt. One that adds text to a lone reply (a default system block, as Llama-3.1's and
+    Qwen2.5's templates write into a conversation without a system turn) would have that text scored as part of
+    every response: refused."""
+    prompt, reply = [{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello"}]
+    turns = maybe_insert_system_message(prompt, tokenizer) if auto_insert_empty_system_msg else prompt
+    whole = tokenizer.apply_chat_template(turns + reply, tokenize=False)
+    parts = render_prompt(prompt, tokenizer, auto_insert_empty_system_msg) + render_response(reply, tokenizer)
+    if whole != parts:
+        raise TemplateError(
+            "The chat template renders a reply differently alone than after its prompt, so the text it adds would be"
+            f" scored as part of every response: the conversation renders as {whole[-160:]!r}, the prompt and the"
+            f" reply alone as {parts[-160:]!r}. Set chat_template to a template without a default system block"
+            " (or give every conversation a system turn and keep auto_insert_empty_system_msg on)."
+        )
 
 
 def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool = True) -> dict:
@@ -76,6 +98,7 @@ def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool
 
 def render_pairs(datasets: dict, tokenizer, auto_insert_empty_system_msg: bool = True, num_proc: int | None = None):
     """apply_chat_template over every split of {split: dataset}; each row keeps its other columns (its origin)."""
+    check_response_rendering(tokenizer, auto_insert_empty_system_msg)
     template = {"tokenizer": tokenizer, "auto_insert_empty_system_msg": auto_insert_empty_system_msg}
     return {
         side: dataset.map(apply_chat_template, fn_kwargs=template, num_proc=num_proc,

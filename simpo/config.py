@@ -135,6 +135,9 @@ class SimPOConfig(TrainingArguments):
         for name in ("beta", "gamma_beta_ratio", "label_smoothing", "sft_weight"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number (got {getattr(self, name)}).")
+        if self.use_cache:
+            raise ValueError("use_cache: true has no effect: training runs without the KV cache (the saved model's"
+                             " config turns it on for generation). Remove the key.")
         if self.do_predict:
             raise ValueError("do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
                              " do_train: false to evaluate without training.")

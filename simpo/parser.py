@@ -32,6 +32,7 @@ LEGACY_KEYS = {
     "warmup_ratio": ("warmup_steps", "transformers 5 reads a warmup_steps below 1 as a ratio of the steps"),
     "evaluation_strategy": ("eval_strategy", "renamed in transformers"),
     "no_cuda": ("use_cpu", "renamed in transformers"),
+    "max_seq_length": ("max_length", "TRL's old name (SFTConfig), renamed in TRL"),
 }
 # Keys that would do nothing: refused, saying what to use instead (a key a user sets must change something).
 REMOVED_KEYS = {

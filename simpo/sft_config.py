@@ -59,6 +59,10 @@ class SFTRunConfig(SFTConfig):
             if getattr(self, key) != allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not supported by simpo-sft (only {allowed!r}):"
                                  f" {why}.")
+        if self.use_cache:
+            raise ValueError("use_cache: true is not supported by simpo-sft: training runs without the KV cache (with"
+                             " it, packed conversations would attend to each other); the saved model's config turns"
+                             " it on for generation. Remove the key.")
         if self.do_predict:
             raise ValueError("do_predict has no effect: simpo-sft has no prediction step. Evaluate with do_eval, or"
                              " with do_train: false to evaluate without training.")

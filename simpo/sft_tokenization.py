@@ -8,16 +8,12 @@ goes to the turn after it, BOS first once, EOS last once (labelled, as the end o
 made of one exchange therefore gets exactly SimPO's chosen ids and labels.
 """
 
-from simpo.chat_templates import maybe_insert_system_message, strip_bos
+from simpo.chat_templates import TemplateError, maybe_insert_system_message, strip_bos
 from simpo.data import ORIGIN, map_fingerprint
 from simpo.tokenization import answer_start
 from simpo.validation import DroppedRow, handle_drops
 
 IGNORE = -100  # the label of tokens that carry no loss, as TRL's collator and transformers' loss expect
-
-
-class TemplateError(ValueError):
-    """The chat template renders a conversation's first turns differently inside the whole conversation."""
 
 
 def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_system_msg: bool = True):
@@ -42,6 +38,13 @@ def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_syste
                 f" starts: {text[:200]!r}"
             )
         spans.append((len(before), len(upto)))
+    if strip_bos(render(turns), tokenizer) != strip_bos(text, tokenizer):
+        raise TemplateError(
+            "The chat template renders the last turn differently alone than inside the conversation (a default"
+            " system block written into a lone reply, or a system turn folded into a reply), so what would be"
+            f" labelled is not what the conversation says. Conversation starts: {text[:200]!r}. Set chat_template to"
+            " a template without a default system block, or give the conversation a user turn before the reply."
+        )
     return text, spans
 
 
@@ -95,7 +98,7 @@ def tokenize_conversations(dataset, tokenizer, max_length: int, name: str, auto_
     )
     reasons = dataset["drop_reason"]
     drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
-    handle_drops(drops, on_degenerate_rows, key="on_degenerate_rows", noun="rows")
+    handle_drops(drops, on_degenerate_rows, total=len(reasons), key="on_degenerate_rows", noun="rows")
     if drops:
         dataset = dataset.select([i for i, reason in enumerate(reasons) if not reason])
     lengths = dataset["length"]

@@ -131,7 +131,7 @@ def tokenize_pairs(dataset, tokenizer, args, name: str):
                           desc=f"Tokenizing {name}")
     reasons = dataset["drop_reason"]
     drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
-    handle_drops(drops, args.on_degenerate_pairs)
+    handle_drops(drops, args.on_degenerate_pairs, total=len(reasons))
     if drops:
         dataset = dataset.select([i for i, reason in enumerate(reasons) if not reason])
     return dataset.remove_columns(["drop_reason", ORIGIN]), drops

@@ -99,10 +99,17 @@ def validate_rows(dataset, source: str, split: str) -> None:
             )
 
 
-def handle_drops(drops: list[DroppedRow], on_degenerate: str, key: str = "on_degenerate_pairs",
+def handle_drops(drops: list[DroppedRow], on_degenerate: str, total: int, key: str = "on_degenerate_pairs",
                  noun: str = "pairs") -> None:
-    """Raise on the first dropped row when `key` (its value on_degenerate) says error; otherwise leave the counting
-    to report_drops."""
+    """Raise on the first dropped row when `key` (its value on_degenerate) says error, or when every one of the
+    `total` rows was dropped (nothing would be left to train or evaluate on); otherwise leave the counting to
+    report_drops."""
+    if drops and len(drops) == total:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in Counter(d.reason for d in drops).most_common())
+        raise DataError(
+            f"All {total} {noun} of {drops[0].split} were dropped ({reasons}), e.g. {drops[0].source} row"
+            f" {drops[0].row}: nothing would be left. Fix the data, or raise max_length if they were cut to nothing."
+        )
     if drops and on_degenerate == "error":
         first = drops[0]
         raise DataError(

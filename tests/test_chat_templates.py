@@ -126,3 +126,25 @@ def test_missing_template_is_a_clear_error(make_tokenizer):
     tok = make_tokenizer(["</s>"], eos="</s>")
     with pytest.raises(ValueError, match="no chat template: set `chat_template` in the YAML"):
         set_chat_template(tok, None, "some/model")
+
+
+# Qwen2.5-style: a default system block when a conversation starts without a system turn.
+DEFAULT_SYSTEM = (
+    "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+)
+
+
+@pytest.mark.parametrize("auto_insert", [True, False])
+def test_a_template_that_writes_into_a_lone_reply_is_refused(make_tokenizer, auto_insert):
+    from datasets import Dataset
+
+    from simpo.chat_templates import TemplateError, render_pairs
+
+    tok = make_tokenizer(["<|im_start|>", "<|im_end|>"], eos="<|im_end|>", template=DEFAULT_SYSTEM)
+    with pytest.raises(TemplateError, match="renders a reply differently alone than after its prompt, so the text it"
+                       " adds would be scored as part of every response"):
+        render_pairs({"train": Dataset.from_list([ROW])}, tok, auto_insert)
+    tok.chat_template = ZEPHYR  # templates that render a reply alone as in context pass
+    assert render_pairs({"train": Dataset.from_list([ROW])}, tok, auto_insert)["train"][0]["chosen"] == (
+        "<|assistant|>\n4<|im_end|>\n")

@@ -215,3 +215,9 @@ def test_do_train_false_evaluates_the_model_as_loaded(tmp_path):
     metrics = json.loads((tmp_path / "eval_results.json").read_text())
     assert metrics["eval_samples"] == 73 and metrics["eval_loss"] > 5.5  # the untrained model's held-out NLL
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_conversations_all_cut_to_nothing_stop_the_run_naming_why(tmp_path):
+    with pytest.raises(DataError, match=r"All 433 rows of train were dropped \(433 assistant turns truncated away"
+                       r" \(max_length\)\), .* raise max_length"):
+        sft_main([TINY_SFT, f"--output_dir={tmp_path}", "--max_length=2", *QUIET])

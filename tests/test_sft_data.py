@@ -195,3 +195,11 @@ def test_cached_tokenisation_is_reused_only_by_the_same_code(tmp_path, make_toke
     assert cache() == first  # same code, data and settings: the cached rows
     monkeypatch.setattr(simpo.data, "simpo_code_hash", lambda: "an edited simpo")
     assert cache() != first
+
+
+def test_a_template_that_writes_into_a_lone_last_reply_is_refused(make_tokenizer):
+    tok = make_tokenizer(["<|im_start|>", "<|im_end|>"], eos="<|im_end|>", template=(
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"))
+    with pytest.raises(TemplateError, match="renders the last turn differently alone than inside the conversation"):
+        render_conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}], tok)

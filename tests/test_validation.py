@@ -133,6 +133,13 @@ def test_degenerate_pairs_are_dropped_counted_and_listed_with_their_row_in_the_s
     assert not (tmp_path / "out" / "dropped_pairs.jsonl").exists()
 
 
+def test_a_split_with_every_pair_dropped_stops_the_run_naming_why(tmp_path):
+    identical = dict(good(), rejected=good()["chosen"])
+    with pytest.raises(DataError, match=r"All 2 pairs of train were dropped \(2 identical chosen and rejected"
+                       r" responses\), e.g. .* row 0: nothing would be left"):
+        tokenized(tmp_path, [identical, identical])
+
+
 def test_degenerate_pairs_can_be_an_error(tmp_path):
     with pytest.raises(DataError, match=r"\[train\] row 1: identical chosen and rejected responses \(1 such pairs\)\."
                                         " Fix the data, or set on_degenerate_pairs: drop"):
@@ -154,8 +161,10 @@ def test_response_truncated_to_nothing_is_dropped_naming_the_trainers_dataset(tm
         ("train_dataset", 0, "empty response"), ("train_dataset", 2, "identical chosen and rejected responses")]
     # Without BOS or prompt, the first response token has no position before it to be scored from.
     no_bos = make_tokenizer(["<pad>"])
-    _, drops = tokenize_pairs(Dataset.from_list([{"prompt": "", "chosen": "cc", "rejected": "d"}]), no_bos, args, "x")
-    assert [(d.source, d.reason) for d in drops] == [("x", "response with no token to score")]
+    rows = Dataset.from_list([{"prompt": "", "chosen": "cc", "rejected": "d"}, {"prompt": "", "chosen": "ee",
+                              "rejected": "ff"}])
+    _, drops = tokenize_pairs(rows, no_bos, args, "x")
+    assert [(d.source, d.row, d.reason) for d in drops] == [("x", 0, "response with no token to score")]
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -166,6 +175,7 @@ def test_response_truncated_to_nothing_is_dropped_naming_the_trainers_dataset(tm
     ({"gamma_beta_ratio": float("inf")}, r"gamma_beta_ratio must be a finite number \(got inf\)"),
     ({"sft_weight": float("nan")}, r"sft_weight must be a finite number"),
     ({"remove_unused_columns": True}, "remove_unused_columns must be false: simpo's collator reads the tokenised"),
+    ({"use_cache": True}, "use_cache: true has no effect: training runs without the KV cache"),
     ({"do_predict": True}, "do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"),
     ({"beta": -1.0}, r"beta must be positive \(got -1.0\); the paper uses 2 to 10"),
     ({"label_smoothing": 0.5}, r"label_smoothing must be in \[0, 0.5\) \(got 0.5\)"),
