@@ -88,12 +88,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
 
-    if not training_args.do_train:
-        evaluate_and_save(trainer)
-        logger.info("Evaluation only (do_train: false): eval_results.json is in %s", training_args.output_dir)
-        return finish(trainer)
-    if finished_run(trainer, checkpoint):
-        logger.warning(finished_run(trainer, checkpoint))
+    if no_training(trainer, checkpoint):
         return finish(trainer)
 
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -127,6 +122,19 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     if trainer.accelerator.is_main_process:
         print(end_summary(trainer, train_result.metrics), flush=True)
     return finish(trainer)
+
+
+def no_training(trainer, checkpoint: str | None) -> bool:
+    """Whether this launch trains nothing: evaluation alone (do_train: false, done here), or the relaunch of a
+    finished run (said here; its results are kept)."""
+    if not trainer.args.do_train:
+        evaluate_and_save(trainer)
+        logger.info("Evaluation only (do_train: false): eval_results.json is in %s", trainer.args.output_dir)
+        return True
+    finished = finished_run(trainer, checkpoint)
+    if finished:
+        logger.warning(finished)
+    return finished is not None
 
 
 def evaluate_and_save(trainer) -> None:

@@ -11,14 +11,14 @@ from transformers import set_seed
 from trl import SFTTrainer
 
 from simpo.chat_templates import set_chat_template
-from simpo.cli import checkpoint_to_resume, evaluate_and_save, finish, setup_logging
+from simpo.cli import checkpoint_to_resume, evaluate_and_save, finish, no_training, setup_logging
 from simpo.config import DataArguments, ModelArguments
 from simpo.data import mix_datasets, require_eval_split
 from simpo.launch_checks import check_launch, exit_process
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
-from simpo.resume import StopOnSignal, finished_run
+from simpo.resume import StopOnSignal
 from simpo.run_config import save_run_config
 from simpo.sft_config import SFTRunConfig
 from simpo.sft_data import CONVERSATIONS
@@ -111,12 +111,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         report_drops(drops["train"] + drops.get("test", []), args.output_dir, noun="conversations",
                      file_name=DROPPED_FILE)
 
-    if not args.do_train:
-        evaluate_and_save(trainer)
-        logger.info("Evaluation only (do_train: false): eval_results.json is in %s", args.output_dir)
-        return finish(trainer)
-    if finished_run(trainer, checkpoint):
-        logger.warning(finished_run(trainer, checkpoint))
+    if no_training(trainer, checkpoint):
         return finish(trainer)
 
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
