@@ -28,6 +28,14 @@ def save_run_config(model_args, data_args, training_args) -> str:
     values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training}
     os.makedirs(training_args.output_dir, exist_ok=True)
     path = os.path.join(training_args.output_dir, RUN_CONFIG)
+    if os.path.exists(path):  # a relaunch: a resumed run continues under today's settings, so say what changed
+        with open(path) as f:
+            before = yaml.safe_load(f) or {}
+        values = yaml.safe_load(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))  # as the file reads
+        changed = [key for key in values if key in before and before[key] != values[key]]
+        if changed:
+            logger.warning("%s held other settings than this launch's (%s); it now records this launch's.", path,
+                           ", ".join(f"{key}: {before[key]!r} -> {values[key]!r}" for key in changed[:8]))
     with open(path, "w") as f:
         f.write("# Written by simpo at the start of this run: every setting, as parsed (defaults included).\n")
         yaml.safe_dump(values, f, sort_keys=False, allow_unicode=True)

@@ -263,3 +263,15 @@ def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_pat
     answer_cli.main([str(run), "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4",
                      "--out", str(tmp_path / "answers.json")])
     assert isinstance(json.loads((tmp_path / "answers.json").read_text())[0]["output"], str)
+
+
+def test_a_relaunch_with_other_settings_says_what_changed(tmp_path, caplog):
+    from simpo.config import DataArguments, ModelArguments
+    from simpo.run_config import save_run_config
+
+    save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))
+    save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))
+    assert "held other settings" not in caplog.text  # the same launch again: nothing to say
+    save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=5.0,
+                                                                   learning_rate=1e-6))
+    assert "held other settings than this launch's (learning_rate: 5e-05 -> 1e-06, beta: 2.0 -> 5.0)" in caplog.text
