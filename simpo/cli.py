@@ -14,7 +14,7 @@ from simpo.launch_checks import check_launch, exit_process
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
-from simpo.resume import StopOnSignal, finished_run, last_complete_checkpoint
+from simpo.resume import StopOnSignal, checkpoint_state, finished_run, last_complete_checkpoint
 from simpo.run_config import save_run_config
 from simpo.trainer import SimPOTrainer
 from simpo.validation import report_drops
@@ -120,7 +120,8 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         trainer.push_to_hub(tags=["simpo"])
     logger.info("Training finished; outputs are in %s", training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        print(end_summary(trainer, train_result.metrics), flush=True)
+        resumed_at = (checkpoint_state(checkpoint) or {}).get("global_step")
+        print(end_summary(trainer, train_result.metrics, resumed_at=resumed_at), flush=True)
     return finish(trainer)
 
 

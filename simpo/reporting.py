@@ -129,8 +129,9 @@ SIMPO_END_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/marg
 
 def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict | None = None,
                 written: list[str] | None = None, title: str = "SimPO run", keys: tuple = SIMPO_END_KEYS,
-                files: tuple = OUTPUT_FILES, unit: str = "pairs") -> str:
-    """Time, throughput, final train and eval metrics (`keys`), and the paths a run wrote (those of `files` found)."""
+                files: tuple = OUTPUT_FILES, unit: str = "pairs", resumed_at: int | None = None) -> str:
+    """Time, throughput, final train and eval metrics (`keys`), and the paths a run wrote (those of `files` found).
+    resumed_at: the checkpoint's step a resumed launch started from (time and throughput are this launch's)."""
     train_metrics = train_metrics or {}
     history = trainer.state.log_history
     last_train = next((h for h in reversed(history) if "loss" in h), {})
@@ -141,11 +142,12 @@ def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict |
         return ", ".join(f"{k} {metrics[prefix + k]:.4g}" for k in keys if prefix + k in metrics) or "none"
 
     runtime = train_metrics.get("train_runtime")
+    steps = trainer.state.global_step
+    this_launch = f"{steps - resumed_at} steps (resumed at step {resumed_at})" if resumed_at else f"{steps} steps"
     lines = [
         RULE,
         f"{title} finished",
-        f"  time            {runtime:.1f} s for {trainer.state.global_step} steps" if runtime is not None
-        else f"  steps           {trainer.state.global_step}",
+        f"  time            {runtime:.1f} s for {this_launch}" if runtime is not None else f"  steps           {steps}",
         f"  throughput      {train_metrics.get('train_tokens_per_second', float('nan')):,.0f} real tokens/s "
         f"(training only), {train_metrics.get('train_samples_per_second', float('nan')):.3g} {unit}/s",
         f"  last train log  {show(last_train, '')}",

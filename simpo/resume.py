@@ -40,13 +40,20 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def checkpoint_state(checkpoint: str | None) -> dict | None:
+    """The trainer state a resumed run starts from (its step, log history and token count), None for a fresh run."""
+    if checkpoint is None:
+        return None
+    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+        return json.load(f)
+
+
 def finished_run(trainer, checkpoint: str | None) -> str | None:
     """Why a relaunch has nothing to train, or None: its checkpoint already holds the run's last optimizer step and
     the finished run's results are in output_dir (training again would overwrite them with an empty run's)."""
     if checkpoint is None or not os.path.exists(os.path.join(trainer.args.output_dir, "train_results.json")):
         return None
-    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-        step = json.load(f)["global_step"]
+    step = checkpoint_state(checkpoint)["global_step"]
     last = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
     if step < last:
         return None

@@ -2,7 +2,6 @@
 (TRL's SFTTrainer), train, save, card. The SimPO recipe's parser, mixer, chat-template rules, logging, resume and
 launch checks; loss on assistant tokens only (simpo/sft_tokenization.py)."""
 
-import json
 import logging
 import os
 import sys
@@ -18,7 +17,7 @@ from simpo.launch_checks import check_launch, exit_process
 from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.parser import parse_args
 from simpo.reporting import end_summary, plot_curves
-from simpo.resume import StopOnSignal
+from simpo.resume import StopOnSignal, checkpoint_state
 from simpo.run_config import save_run_config
 from simpo.sft_config import SFTRunConfig
 from simpo.sft_data import CONVERSATIONS
@@ -56,14 +55,6 @@ def sft_model_init_kwargs(model_args, args) -> dict:
     the checkpoint's dtype (TRL: float32), and no device_map unless quantised (TRL: "auto" on GPUs outside DDP and
     DeepSpeed, which would spread one process's model over every GPU, e.g. under FSDP)."""
     return {"dtype": "auto", "device_map": None, **model_init_kwargs(model_args, args)}
-
-
-def checkpoint_state(checkpoint: str | None) -> dict | None:
-    """The trainer state a resumed run starts from (its log history and token count), None for a fresh run."""
-    if checkpoint is None:
-        return None
-    with open(os.path.join(checkpoint, "trainer_state.json")) as f:
-        return json.load(f)
 
 
 def main() -> None:
@@ -119,7 +110,8 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
         trainer.accelerator.end_training()
         return 128 + stop.signum
-    metrics = {**train_result.metrics, **throughput(trainer, train_result.metrics, checkpoint_state(checkpoint)),
+    resumed = checkpoint_state(checkpoint)
+    metrics = {**train_result.metrics, **throughput(trainer, train_result.metrics, resumed),
                "train_samples": len(tokenized["train"])}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
@@ -140,6 +132,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         trainer.push_to_hub(tags=["simpo", "sft"])
     logger.info("Training finished; outputs are in %s", args.output_dir)
     if trainer.accelerator.is_main_process:
-        print(end_summary(trainer, metrics, title="SFT run", keys=SFT_END_KEYS, files=SFT_OUTPUT_FILES,
+        print(end_summary(trainer, metrics, resumed_at=(resumed or {}).get("global_step"), title="SFT run",
+                          keys=SFT_END_KEYS, files=SFT_OUTPUT_FILES,
                           unit="sequences"), flush=True)
     return finish(trainer)

@@ -3,6 +3,7 @@ ends; SIGTERM checkpoints before exiting."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def test_signal_handlers_are_restored_when_training_ends():
         signal.signal(signal.SIGTERM, old)
 
 
-def test_relaunching_a_finished_run_keeps_its_results_and_more_steps_resume(tmp_path, caplog):
+def test_relaunching_a_finished_run_keeps_its_results_and_more_steps_resume(tmp_path, caplog, capsys):
     from simpo.cli import train_main
 
     out = tmp_path / "run"
@@ -123,9 +124,11 @@ def test_relaunching_a_finished_run_keeps_its_results_and_more_steps_resume(tmp_
     assert train_main([*args, "--max_steps=4"]) == 0  # the same command again: nothing to train or overwrite
     assert "Nothing left to train" in caplog.text and "holds step 4 of 4" in caplog.text
     assert (out / "train_results.json").read_text() == results and (out / "trainer_state.json").read_text() == state
+    capsys.readouterr()
     assert train_main([*args, "--max_steps=6"]) == 0  # more steps: resumes from step 4
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
     assert "Resuming from the last complete checkpoint" in caplog.text
+    assert re.search(r"time +[\d.]+ s for 2 steps \(resumed at step 4\)", capsys.readouterr().out)
 
 
 def test_do_train_false_evaluates_the_model_as_loaded(tmp_path):
