@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1 (got {args.batch_size})")
-    if run_folder_problem(args.output_dir):
-        parser.error(run_folder_problem(args.output_dir))
+    problem = run_folder_problem(args.output_dir)
+    if problem:
+        parser.error(problem)
     try:
         questions = read_questions(args.questions, args.benchmark)
     except (OSError, ValueError) as err:

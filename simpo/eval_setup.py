@@ -125,8 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(benchmarks) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}: choose from {', '.join(BENCHMARKS)}")
-    if run_folder_problem(args.output_dir):
-        parser.error(run_folder_problem(args.output_dir))
+    problem = run_folder_problem(args.output_dir)
+    if problem:
+        parser.error(problem)
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
     eval_dir = args.eval_dir or os.path.join(args.output_dir, "eval")
     try:

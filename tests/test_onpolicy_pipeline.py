@@ -134,28 +134,19 @@ def test_pipeline_end_to_end_then_simpo_trains_on_the_result(uninterrupted, prom
     assert not torch.equal(trained, AutoModelForCausalLM.from_pretrained(TINY_MODEL).model.norm.weight)
 
 
-def test_generate_killed_midway_resumes_to_the_same_output(uninterrupted, prompts, tmp_path):
+@pytest.mark.parametrize(("step", "folder", "units"), [("simpo.generate", "generations", GENERATION_UNITS),
+                                                      ("simpo.annotate", "annotations", SCORING_UNITS)])
+def test_a_step_killed_midway_resumes_to_the_same_output(uninterrupted, prompts, tmp_path, step, folder, units):
     baseline = uninterrupted[0]
     out = tmp_path / "killed"
-    left = kill_midway("simpo.generate", pipeline_args(prompts, out), out, "generations", tmp_path / "killed.log")
-    assert 3 <= left < GENERATION_UNITS and not (out / "generations" / "train.jsonl").exists()
-    log = run("simpo.generate", pipeline_args(prompts, out), tmp_path / "resumed.log")
-    assert f"resuming, {left} of {GENERATION_UNITS} units already done" in log
+    if step == "simpo.annotate":  # it scores the uninterrupted run's generations
+        shutil.copytree(baseline / "generations", out / "generations", ignore=shutil.ignore_patterns("units"))
+    left = kill_midway(step, pipeline_args(prompts, out), out, folder, tmp_path / "killed.log")
+    assert 3 <= left < units and not (out / folder / "train.jsonl").exists()
+    log = run(step, pipeline_args(prompts, out), tmp_path / "resumed.log")
+    assert f"resuming, {left} of {units} units already done" in log
     for side in ("train", "test"):
-        name = f"generations/{side}.jsonl"
-        assert (out / name).read_bytes() == (baseline / name).read_bytes()
-
-
-def test_annotate_killed_midway_resumes_to_the_same_output(uninterrupted, prompts, tmp_path):
-    baseline = uninterrupted[0]
-    out = tmp_path / "killed"
-    shutil.copytree(baseline / "generations", out / "generations", ignore=shutil.ignore_patterns("units"))
-    left = kill_midway("simpo.annotate", pipeline_args(prompts, out), out, "annotations", tmp_path / "killed.log")
-    assert 3 <= left < SCORING_UNITS and not (out / "annotations" / "train.jsonl").exists()
-    log = run("simpo.annotate", pipeline_args(prompts, out), tmp_path / "resumed.log")
-    assert f"resuming, {left} of {SCORING_UNITS} units already done" in log
-    for side in ("train", "test"):
-        name = f"annotations/{side}.jsonl"
+        name = f"{folder}/{side}.jsonl"
         assert (out / name).read_bytes() == (baseline / name).read_bytes()
 
 
