@@ -22,8 +22,9 @@ EXTRAS = {
     # simpo-generate's vLLM backend; GPU machines only. vllm 0.33 pins torch 2.14.0 and transformers <5.21, so it
     # moves both within our ranges. Not installed or tested by CI.
     "vllm": ["vllm>=0.33,<0.34"],
-    # triton: the CUDA log-prob kernels (simpo/triton_logps.py), tested on CPU through its interpreter (3.9; 3.6, what
-    # CUDA torch 2.11 pins, too, but its interpreter needs numpy < 2.4). CUDA torch wheels bring their own on Linux.
+    # triton: the CUDA log-prob kernels (simpo/kernels/triton_tiles.py), tested on CPU through its interpreter (3.9;
+    # 3.6, what CUDA torch 2.11 pins, too, but its interpreter needs numpy < 2.4). CUDA torch wheels bring their own
+    # on Linux.
     "dev": ["pytest>=8", "ruff>=0.15,<0.18", "deepspeed>=0.17,<0.20", "triton>=3.6,<3.10; platform_system == 'Linux'"],
 }
 
@@ -37,14 +38,14 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "simpo-train=simpo.cli:main",
-            "simpo-sft=simpo.sft_cli:main",
-            "simpo-plot=simpo.plot:main",
-            "simpo-generate=simpo.generate:main",
-            "simpo-annotate=simpo.annotate:main",
-            "simpo-binarise=simpo.binarise:main",
-            "simpo-eval-setup=simpo.eval_setup:main",
-            "simpo-answer=simpo.answer:main",
+            "simpo-train=simpo.train.recipe:main",
+            "simpo-sft=simpo.sft.recipe:main",
+            "simpo-plot=simpo.core.plot:main",
+            "simpo-generate=simpo.pipeline.generate:main",
+            "simpo-annotate=simpo.pipeline.annotate:main",
+            "simpo-binarise=simpo.pipeline.binarise:main",
+            "simpo-eval-setup=simpo.evaluation.setup:main",
+            "simpo-answer=simpo.evaluation.answer:main",
         ]
     },
 )

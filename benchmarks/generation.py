@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from simpo.generate import plan_units
-from simpo.generation_backends import TransformersBackend
+from simpo.pipeline.backends import TransformersBackend
+from simpo.pipeline.generate import plan_units
 
 SIZES = {  # 1b: TinyLlama-1.1B's layers (as benchmarks/gpu_check_run.py), on the tiny 653-token vocabulary
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,

@@ -34,7 +34,7 @@ LOSS_TOLERANCE = 0.02  # |first loss - plain path's|: bf16 log-probs averaged ov
 # Dense bf16 peak FLOP/s by GPU name (the datasheets' figures without sparsity); PEAK_TFLOPS overrides.
 PEAK_TFLOPS = {"H100 PCIe": 756, "H100 NVL": 835, "H100": 989, "H200": 989, "A100": 312, "L40S": 362, "A10G": 70}
 # mode -> (training keys, whether the fused log-probs must run, the layout it must get). The fused path's kernel on a
-# GPU is Triton (simpo/triton_logps.py) unless SIMPO_LOGPS_KERNEL says torch: the torch_tiles mode.
+# GPU is Triton (simpo/kernels/triton_tiles.py) unless SIMPO_LOGPS_KERNEL says torch: the torch_tiles mode.
 MODES = {
     "plain": (["--fused_logps=false", "--prefix_sharing=false"], False, "plain"),
     "default": ([], True, "prefix sharing"),
@@ -124,11 +124,11 @@ class Probe:
     keeps what the trainer chose (layout, attention kernel)."""
 
     def __init__(self):
-        import simpo.logps
-        from simpo.trainer import SimPOTrainer
+        import simpo.train.logps
+        from simpo.train.trainer import SimPOTrainer
 
         self.reset()
-        tiled, compute_loss = simpo.logps.tiled_logps, SimPOTrainer.compute_loss
+        tiled, compute_loss = simpo.train.logps.tiled_logps, SimPOTrainer.compute_loss
 
         def counting_tiled(*args, **kwargs):
             self.tiled_calls += 1
@@ -139,7 +139,7 @@ class Probe:
             self.layout, self.attention = trainer.layout.name, trainer.model.config._attn_implementation
             return compute_loss(trainer, *args, **kwargs)
 
-        simpo.logps.tiled_logps, SimPOTrainer.compute_loss = counting_tiled, counting_compute_loss
+        simpo.train.logps.tiled_logps, SimPOTrainer.compute_loss = counting_tiled, counting_compute_loss
 
     def reset(self):
         self.tiled_calls = self.loss_calls = 0
@@ -151,7 +151,7 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
     from accelerate.state import PartialState
     from transformers import TrainerCallback
 
-    from simpo.cli import train_main
+    from simpo.train.recipe import train_main
 
     cuda = torch.cuda.is_available()
     probe = Probe()

@@ -127,7 +127,7 @@ class Runner:
         # deepspeed: accelerate imports it when installed (a second a run otherwise); missing modules are skipped
         if start_method == "forkserver":
             self.context.set_forkserver_preload(["torch", "transformers", "datasets", "deepspeed", "gpu_train_worker",
-                                                 "simpo.trainer", "trl.experimental.cpo"])
+                                                 "simpo.train.trainer", "trl.experimental.cpo"])
         warm = self.context.Process(target=cuda_works if s["device"] == "cuda" else os.getpid)
         warm.start(), warm.join()  # starts the server, so that no run's time includes it
         if warm.exitcode != 0:
@@ -145,7 +145,7 @@ class Runner:
         if system.requires and importlib.util.find_spec(system.requires) is None:
             return {"status": f"skipped: {system.requires} is not installed"}
         if system.gpu_only and self.s["device"] != "cuda":
-            return {"status": "skipped: GPU runs only (tests/test_trainer.py checks torch_compile on CPU)"}
+            return {"status": "skipped: GPU runs only (tests/train/test_trainer.py checks torch_compile on CPU)"}
         timeout = min(self.s["run_timeout_s"], self.left())
         if timeout < self.s["min_run_s"]:
             return {"status": "skipped: time budget spent"}

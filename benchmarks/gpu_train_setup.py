@@ -58,12 +58,13 @@ def parse_config(keys: dict, workdir: Path):
     and so are keys this benchmark would ignore (data keys, and model keys a model built from a config cannot take)."""
     import yaml
 
-    from simpo.config import DataArguments, ModelArguments
-    from simpo.parser import parse_args
+    from simpo.core.arguments import DataArguments, ModelArguments
+    from simpo.core.parser import parse_args
+    from simpo.train.config import SIMPO_ARGUMENTS
 
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(keys))
-    model_args, data_args, args = parse_args([str(path)])
+    model_args, data_args, args = parse_args([str(path)], SIMPO_ARGUMENTS)
     ignored = [f.name for f in dataclasses.fields(ModelArguments) if f.name not in MODEL_KEYS
                and getattr(model_args, f.name) != getattr(ModelArguments(), f.name)]
     ignored += [f.name for f in dataclasses.fields(DataArguments)
@@ -83,7 +84,7 @@ def data_stats(pairs: list[dict]) -> dict:
 
 def build_model(shape: dict, tokenizer, model_args, training_args, device: str):
     """Random-init Llama of the given shape, seeded (every process builds the same weights), built on the device."""
-    from simpo.model import model_init_kwargs, resolve_dtype
+    from simpo.core.model import model_init_kwargs, resolve_dtype
 
     kwargs = model_init_kwargs(model_args, training_args)
     config = LlamaConfig(**shape, max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=500000.0,

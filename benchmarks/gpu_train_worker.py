@@ -30,7 +30,7 @@ TRAINING_KEYS = {f.name for f in dataclasses.fields(TrainingArguments)}
 
 
 def simpo_trainer(spec: dict, dataset, tokenizer, callbacks: list):
-    from simpo.trainer import SimPOTrainer
+    from simpo.train.trainer import SimPOTrainer
 
     model_args, args = parse_config({**spec["config"], **spec["keys"]}, Path(spec["workdir"]))
     model = build_model(spec["shape"], tokenizer, model_args, args, spec["device"])

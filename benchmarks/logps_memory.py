@@ -8,9 +8,9 @@ tokens, the SimPO loss (sigmoid, beta 2, gamma 1) on the sequences' mean log-pro
 (gradients for the hidden states and the head weight):
     plain   what plain_token_logps does to the model's output: logits = hidden @ W^T at every position, the scored
             rows gathered (a copy), upcast to fp32, log_softmax, gather
-    fused   simpo.fused_logps.tiled_logps(kernel="torch") on the scored hidden states (--token-tile, --vocab-tile)
-    triton  simpo.fused_logps.tiled_logps(kernel="triton"): simpo/triton_logps.py, tiles chosen by timing on the first
-            call (--token-tile, --vocab-tile force them); CUDA only, skipped with a note on CPU
+    fused   simpo.kernels.tiled_logps(kernel="torch") on the scored hidden states (--token-tile, --vocab-tile)
+    triton  simpo.kernels.tiled_logps(kernel="triton"): simpo/kernels/triton_tiles.py, tiles chosen by timing on the
+            first call (--token-tile, --vocab-tile force them); CUDA only, skipped with a note on CPU
     trl     trl.kernels.ChunkedLogProbFunction (its torch fallback off GPU; chunk 32768, TRL's trainer default);
             skipped, with a note, when trl >= 1.15 is not importable
     liger   liger_kernel.chunked_loss.LigerFusedLinearSimPOLoss (the same loss, computed inside from all positions
@@ -53,9 +53,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simpo.fused_logps import DEFAULT_TILES, tiled_logps
-from simpo.logps import logps_from_logits
-from simpo.loss import average_logps, simpo_loss
+from simpo.kernels import tiled_logps
+from simpo.kernels.common import DEFAULT_TILES
+from simpo.train.logps import logps_from_logits
+from simpo.train.loss import average_logps, simpo_loss
 
 METHODS = ("plain", "fused", "triton", "trl", "liger")
 TRL_CHUNK = 32768

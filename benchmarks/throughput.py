@@ -28,10 +28,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simpo.collator import PlainLayout
-from simpo.logps import plain_token_logps
-from simpo.loss import average_logps, simpo_loss
-from simpo.prefix_sharing import SharedPrefixLayout
+from simpo.train.layouts.plain import PlainLayout
+from simpo.train.layouts.shared_prefix import SharedPrefixLayout
+from simpo.train.logps import plain_token_logps
+from simpo.train.loss import average_logps, simpo_loss
 
 MODES = {
     "plain": "plain pairs (PlainLayout)",

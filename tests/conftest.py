@@ -8,9 +8,9 @@ from tokenizers import Tokenizer, models
 from transformers import PreTrainedTokenizerFast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Triton kernels (simpo/triton_logps.py) run on CPU tensors only through Triton's interpreter, and triton fixes that
-# choice for its own language functions when it is first imported, which any test may do (trl imports it): so
-# here, before all of them. tests/test_triton_logps.py checks that it took effect.
+# Triton kernels (simpo/kernels/triton_tiles.py) run on CPU tensors only through Triton's interpreter, and triton
+# fixes that choice for its own language functions when it is first imported, which any test may do (trl imports it): so
+# here, before all of them. tests/kernels/test_triton_tiles.py checks that it took effect.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def tiny_rows(count: int):
     from datasets import load_dataset
     from transformers import AutoTokenizer
 
-    from simpo.chat_templates import apply_chat_template
+    from simpo.data.chat_templates import apply_chat_template
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     tokenizer.pad_token = tokenizer.eos_token

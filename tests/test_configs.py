@@ -9,10 +9,11 @@ import pytest
 import transformers.training_args
 from conftest import REPO
 
-from simpo.chat_templates import MISTRAL_CHAT_TEMPLATE, apply_chat_template, set_chat_template
-from simpo.config import DataArguments, ModelArguments, SimPOConfig
-from simpo.parser import parse_args
-from simpo.sft_cli import SFT_ARGUMENTS
+from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.parser import parse_args
+from simpo.data.chat_templates import MISTRAL_CHAT_TEMPLATE, apply_chat_template, set_chat_template
+from simpo.sft.recipe import SFT_ARGUMENTS
+from simpo.train.config import SimPOConfig
 
 CONFIG_DIR = os.path.join(REPO, "training_configs")
 ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
@@ -213,7 +214,7 @@ def test_the_base_simpo_config_takes_the_sft_output_folder_and_renders_as_sft_di
     renders conversations with the template SFT trained on (saved with the tokenizer in the SFT output)."""
     import yaml
 
-    from simpo.model import get_tokenizer
+    from simpo.core.model import get_tokenizer
 
     model_args, data_args, _ = parse(os.path.join(CONFIG_DIR, name))
     with open(os.path.join(CONFIG_DIR, name)) as f:

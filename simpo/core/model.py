@@ -5,9 +5,10 @@ import logging
 import os
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainingArguments
 
-from simpo.config import ModelArguments, SimPOConfig
+from simpo.core.arguments import ModelArguments
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ SET_BY_KEYS = {
 }
 
 
-def model_init_kwargs(model_args: ModelArguments, training_args: SimPOConfig) -> dict:
+def model_init_kwargs(model_args: ModelArguments, training_args: TrainingArguments) -> dict:
     """from_pretrained kwargs: the YAML's model_init_kwargs (any other from_pretrained or config argument, e.g.
     max_position_embeddings) plus those the model keys set. dtype stays a string here (the args are logged as JSON);
     the trainer converts it."""
@@ -133,7 +134,7 @@ def model_init_kwargs(model_args: ModelArguments, training_args: SimPOConfig) ->
     return {**extra, **{k: v for k, v in kwargs.items() if v is not None}}
 
 
-def get_peft_config(model_args: ModelArguments, training_args: SimPOConfig):
+def get_peft_config(model_args: ModelArguments, training_args: TrainingArguments):
     if not model_args.use_peft:
         return None
     from peft import LoraConfig
@@ -157,3 +158,10 @@ def unwrap_model(model):
             model = model.module
         else:
             return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Every dropout probability set to 0: SimPO's (and the SFT stage's, by default) training runs without dropout."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0

@@ -4,6 +4,7 @@ Every value, from the file or the command line, is cast by the field's declared 
 stops the run at start-up, naming the key, the value and where it came from.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import difflib
@@ -16,8 +17,6 @@ import typing
 from typing import Any, Literal, Union
 
 import yaml
-
-from simpo.config import DataArguments, ModelArguments, SimPOConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +48,18 @@ _NONE_IS_A_WORD = {"report_to"}
 
 class ConfigError(ValueError):
     """A config key or value that cannot be used; the message says where it came from."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the commands that take no YAML (simpo-plot, simpo-eval-setup, simpo-answer): --help opens on
+    `summary`, a sentence saying what the command does, before the usage line."""
+
+    def __init__(self, prog: str, summary: str, **kwargs):
+        super().__init__(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self.summary = summary
+
+    def format_help(self) -> str:
+        return f"{self.summary}\n\n{super().format_help()}"
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -185,9 +196,12 @@ def _rename_legacy(values: dict, fields: set, source: str) -> dict:
     return out
 
 
-def usage(dataclass_types, prog: str = "simpo-train", hidden_keys: frozenset = frozenset()) -> str:
-    """The --help text: every key the command takes (hidden_keys: the ones it refuses), its type and default."""
+def usage(dataclass_types, prog: str, hidden_keys: frozenset = frozenset(), description: str = "") -> str:
+    """The --help text: what the command does, then every key it takes (hidden_keys: the ones it refuses), its type,
+    default and help."""
     lines = [f"usage: {prog} CONFIG.yaml [--key=value | --key value ...]"]
+    if description:
+        lines.insert(0, description + "\n")
     for cls in dataclass_types:
         lines.append(f"\n{cls.__name__}:")
         hints = typing.get_type_hints(cls)
@@ -198,12 +212,13 @@ def usage(dataclass_types, prog: str = "simpo-train", hidden_keys: frozenset = f
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None, dataclass_types=(ModelArguments, DataArguments, SimPOConfig),
-               prog: str = "simpo-train", hidden_keys: frozenset = frozenset()) -> tuple:
-    """`[config.yaml] [--key=value | --key value | --bool_flag]...` -> one instance per dataclass, in order."""
+def parse_args(argv: list[str] | None, dataclass_types: tuple, prog: str = "simpo",
+               hidden_keys: frozenset = frozenset(), description: str = "") -> tuple:
+    """`[config.yaml] [--key=value | --key value | --bool_flag]...` -> one instance per dataclass (the caller's
+    argument groups, in order). --help prints `description` and every key."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(usage(dataclass_types, prog, hidden_keys))
+        print(usage(dataclass_types, prog, hidden_keys, description))
         raise SystemExit(0)
     owners = {}  # key -> [(dataclass index, type)]; a key of several dataclasses feeds them all
     for n, cls in enumerate(dataclass_types):

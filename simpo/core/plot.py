@@ -7,7 +7,6 @@ plot_run and compare_runs return what they drew, {panel title: [(series name, st
 and tests can check the data rather than pixels.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -15,7 +14,8 @@ import sys
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simpo.resume import last_complete_checkpoint
+from simpo.core.parser import CommandParser
+from simpo.core.resume import last_complete_checkpoint
 
 CURVES_FILE = "training_curves.png"
 
@@ -147,10 +147,10 @@ def compare_runs(output_dirs: list[str], out: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="simpo-plot",
-        description="Plot training curves from trainer_state.json. One run: train and eval curves into "
-        f"OUTPUT_DIR/{CURVES_FILE}. Several runs: their eval curves together into --out.",
+    parser = CommandParser(
+        "simpo-plot", "Plot training curves from a run's trainer_state.json.",
+        description=f"One run: train and eval curves into OUTPUT_DIR/{CURVES_FILE}. Several runs: their eval curves"
+        " together into --out.",
     )
     parser.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's output_dir")
     parser.add_argument("--out", help=f"PNG to write (default: OUTPUT_DIR/{CURVES_FILE}, or compare.png)")

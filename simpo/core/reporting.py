@@ -1,7 +1,7 @@
 """What a run tells its user besides the per-step metrics: a one-screen summary at start and at end, and throughput.
 
 RunSummary (a TrainerCallback SimPOTrainer adds to itself) prints the start summary on the main process;
-end_summary() is printed by simpo/cli.py once everything is written. TokenThroughput counts the real tokens the
+end_summary() is printed by simpo/train/recipe.py once everything is written. TokenThroughput counts the real tokens the
 model ran on (as the plain layout runs them), per second of training with evaluation time left out.
 """
 
@@ -12,7 +12,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
-from simpo.model import unwrap_model
+from simpo.core.model import unwrap_model
 
 logger = logging.getLogger(__name__)
 RULE = "=" * 78
@@ -110,7 +110,7 @@ def plot_curves(trainer) -> str | None:
     if not trainer.accelerator.is_main_process:
         return None
     try:
-        from simpo.plot import CURVES_FILE, plot_run
+        from simpo.core.plot import CURVES_FILE, plot_run
 
         path = os.path.join(trainer.args.output_dir, CURVES_FILE)
         plot_run(trainer.args.output_dir, path)

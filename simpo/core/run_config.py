@@ -11,8 +11,8 @@ import os
 import yaml
 from transformers import AutoTokenizer
 
-from simpo.chat_templates import set_chat_template
-from simpo.config import DataArguments, ModelArguments
+from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.data.chat_templates import set_chat_template
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Message lists -> prompt / chosen / rejected strings with the model's chat template (reference semantics)."""
 
-from simpo.data import map_fingerprint
+from simpo.data.mixer import map_fingerprint
 
 # Mistral's own template rejects system messages, so (like the reference) we fold the system message into the first
 # user turn. As in the reference, each turn's text is stripped (the system text folded in first), so whitespace

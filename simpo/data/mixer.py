@@ -10,7 +10,7 @@ from typing import NamedTuple
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
-from simpo.validation import DataError, validate_rows
+from simpo.data.validation import DataError, validate_rows
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,15 @@ FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 def simpo_code_hash() -> str:
     """A hash of simpo's own source. datasets fingerprints a module's function by its name, not its code, so a map's
     cached rows would outlive an edit or upgrade of the code that made them."""
-    return Hasher.hash([path.read_text() for path in sorted(Path(__file__).parent.glob("*.py"))])
+    return Hasher.hash([[str(path.relative_to(SIMPO_ROOT)), path.read_text()] for path in simpo_sources()])
+
+
+SIMPO_ROOT = Path(__file__).resolve().parent.parent  # the simpo package, every subpackage included
+
+
+def simpo_sources() -> list[Path]:
+    """Every module of the simpo package, in a stable order."""
+    return sorted(SIMPO_ROOT.rglob("*.py"))
 
 
 def map_fingerprint(dataset: Dataset, *arguments) -> str:
@@ -152,7 +160,7 @@ def mix_datasets(
 ) -> DatasetDict:
     """Train splits are subsampled to their fraction (their first rows), test splits kept whole; each side is
     concatenated and shuffled. Malformed rows raise DataError. Every row keeps its origin (column ORIGIN).
-    row_format says what a row is (preference pairs by default; simpo.sft_data.CONVERSATIONS for SFT)."""
+    row_format says what a row is (preference pairs by default; simpo.sft.data.CONVERSATIONS for SFT)."""
     if not dataset_mixer:
         raise DataError("dataset_mixer is empty: give at least one {source: fraction}.")
     configs = configs or [None] * len(dataset_mixer)

@@ -1,9 +1,9 @@
 """Token ids and labels of one preference row (prompt, chosen, rejected strings), as the reference builds them, and
 the ids a model is prompted with for generation, derived from the same rendering and tokenisation."""
 
-from simpo.chat_templates import render_prompt, render_response
-from simpo.data import ORIGIN, map_fingerprint
-from simpo.validation import DroppedRow, degenerate_reason, handle_drops
+from simpo.data.chat_templates import render_prompt, render_response
+from simpo.data.mixer import ORIGIN, map_fingerprint
+from simpo.data.validation import DroppedRow, degenerate_reason, handle_drops
 
 # Stands for the assistant's content when the response header is read off the template.
 CONTENT_MARK = "<<simpo-content>>"

@@ -1,26 +1,27 @@
 """`simpo-answer OUTPUT_DIR --benchmark {alpaca_eval,arena_hard,mt_bench} --questions FILE [--out FILE]`: a trained
 model's answers to a benchmark's questions, in the file format that benchmark's judge reads.
 
-Prompts are the ids training fed the model (simpo.tokenization.generation_prompt_ids, with the run's template and
+Prompts are the ids training fed the model (simpo.data.tokenization.generation_prompt_ids, with the run's template and
 system-turn rule), so there is no template to get wrong; decoding is the reference's for the model's family
-(simpo.eval_families), MT-Bench's per question category, its second turn conditioned on the model's first answer.
+(simpo.evaluation.families), MT-Bench's per question category, its second turn conditioned on the model's first answer.
 Sampling runs on simpo-generate's machinery: transformers `generate` (or vLLM when installed), resumable, and
 data-parallel under `accelerate launch`.
 """
 
-import argparse
 import json
 import logging
 import os
 import time
 
-from simpo.config import ModelArguments
-from simpo.eval_families import decoding, family_of
-from simpo.generate import sample_units
-from simpo.generation_backends import backend_name, make_backend
-from simpo.run_config import run_folder_problem, run_settings, training_tokenizer
-from simpo.tokenization import generation_prompt_ids
-from simpo.work_units import file_fingerprint, process_rank, setup_logging, weights_fingerprint, write_atomic
+from simpo.core.arguments import ModelArguments
+from simpo.core.logs import setup_logging
+from simpo.core.parser import CommandParser
+from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
+from simpo.data.tokenization import generation_prompt_ids
+from simpo.evaluation.families import decoding, family_of
+from simpo.pipeline.backends import backend_name, make_backend
+from simpo.pipeline.generate import sample_units
+from simpo.pipeline.work_units import file_fingerprint, process_rank, weights_fingerprint, write_atomic
 
 logger = logging.getLogger("simpo")
 
@@ -125,8 +126,8 @@ def answer_records(benchmark: str, questions: list[dict], answers: list[list[str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="simpo-answer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser("simpo-answer", "Answer a benchmark's questions (AlpacaEval 2, Arena-Hard, MT-Bench) with a"
+                           " trained model, in the file format that benchmark's judge reads.", description=__doc__)
     parser.add_argument("output_dir", help="the trained model's folder (a simpo run's output_dir)")
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     parser.add_argument("--questions", required=True, help="the benchmark's question file")
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         questions = read_questions(args.questions, args.benchmark)
     except (OSError, ValueError) as err:
         parser.error(str(err))
-    setup_logging(process_rank()[0])
+    setup_logging(process_rank()[0] == 0)
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
     out = args.out or os.path.join(args.output_dir, "eval", args.benchmark, ANSWER_FILES[args.benchmark].format(
         name=name))

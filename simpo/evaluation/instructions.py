@@ -4,7 +4,7 @@ directory simpo-eval-setup ran in (the commands run from there)."""
 
 import os
 
-from simpo.eval_families import MT_BENCH_MAX_NEW_TOKENS, MT_BENCH_TEMPERATURE, decoding
+from simpo.evaluation.families import MT_BENCH_MAX_NEW_TOKENS, MT_BENCH_TEMPERATURE, decoding
 
 ARENA_HARD_REPO, FASTCHAT_JUDGE = "arena-hard-auto", "FastChat/fastchat/llm_judge"
 

@@ -10,12 +10,11 @@ for a finished run, in OUTPUT_DIR/eval/:
 
 Everything comes from the run: its saved tokenizer with the chat template training applied and its system-turn rule
 (run_config.yaml), its generation_config (stop tokens), the reference's decoding settings for the template's family.
-Each template is checked token by token against what training fed the model (simpo.eval_templates); if one differs,
-nothing is written and the first differing token is shown. `--alpaca-prompt-template` / `--chat-template` check and
-use your own files instead (e.g. the reference's).
+Each template is checked token by token against what training fed the model (simpo.evaluation.templates); if one
+differs, nothing is written and the first differing token is shown. `--alpaca-prompt-template` / `--chat-template` check
+and use your own files instead (e.g. the reference's).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -23,9 +22,11 @@ import sys
 import yaml
 from transformers import GenerationConfig
 
-from simpo.eval_families import decoding, family_of
-from simpo.eval_instructions import eval_md
-from simpo.eval_templates import (
+from simpo.core.parser import CommandParser
+from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
+from simpo.evaluation.families import decoding, family_of
+from simpo.evaluation.instructions import eval_md
+from simpo.evaluation.templates import (
     ALPACA_EVAL_CONVERSATIONS,
     PARITY_CONVERSATIONS,
     ParityError,
@@ -35,9 +36,8 @@ from simpo.eval_templates import (
     vllm_chat_ids,
     vllm_chat_template,
 )
-from simpo.generation_backends import eos_ids
-from simpo.run_config import run_folder_problem, run_settings, training_tokenizer
-from simpo.work_units import write_atomic
+from simpo.pipeline.backends import eos_ids
+from simpo.pipeline.work_units import write_atomic
 
 BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
 SERVER = {"api_base": "http://localhost:8000/v1", "api_key": "token-abc123"}
@@ -111,8 +111,9 @@ def setup(output_dir: str, benchmarks: list[str], name: str, eval_dir: str, alpa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="simpo-eval-setup", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser("simpo-eval-setup", "Write ready-to-run AlpacaEval 2, Arena-Hard and MT-Bench set-ups for"
+                           " a finished run, each template checked against what training fed the model.",
+                           description=__doc__)
     parser.add_argument("output_dir", help="a finished run's output_dir")
     parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated, from " + ", ".join(
         BENCHMARKS))

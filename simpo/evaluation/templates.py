@@ -13,14 +13,14 @@ Two templates, each as its tool turns it into token ids:
   training's empty-system-turn rule in front and the response header (the part of a reply before its content) as
   the generation prompt.
 
-The expected ids are simpo.tokenization.generation_prompt_ids: what training fed the model for the same conversation
-up to where the reply starts (BOS once, same headers, same system-turn rule).
+The expected ids are simpo.data.tokenization.generation_prompt_ids: what training fed the model for the same
+conversation up to where the reply starts (BOS once, same headers, same system-turn rule).
 """
 
 import json
 
-from simpo.chat_templates import maybe_insert_system_message, render_prompt, strip_bos
-from simpo.tokenization import bos_once, generation_prompt_ids, response_header
+from simpo.data.chat_templates import maybe_insert_system_message, render_prompt, strip_bos
+from simpo.data.tokenization import bos_once, generation_prompt_ids, response_header
 
 INSTRUCTION = "{instruction}"  # AlpacaEval's slot
 USER = lambda text: {"role": "user", "content": text}

@@ -6,7 +6,7 @@ For N scored tokens with final hidden states h [N, H], a head weight W [V, H] (b
     z = softcap * tanh(scale * u / softcap)         the model's logits (z = scale * u without a softcap)
     log p(y_n) = z[n, y_n] - logsumexp_v z[n, v]    what SimPO averages into its reward (arXiv:2405.14734, eq. 4)
 
-The naive code this equals is simpo/logps.py's plain path:
+The naive code this equals is simpo/train/logps.py's plain path:
     logits = model(...).logits[scored]; logps = logits.float().log_softmax(-1).gather(-1, y[:, None]).squeeze(-1)
 which keeps the logits, their log-softmax and its gradient alive: gigabytes for N = 2k tokens and V = 128k. Here the
 head is applied one [token_tile, vocab_tile] block at a time: the forward keeps a running logsumexp per token, and the
@@ -21,67 +21,9 @@ The GEMM operands take the dtype the model's own head computes in (bf16 under au
 nn.Linear would); every softmax, logsumexp and sum across tiles is fp32.
 """
 
-import importlib.util
-import os
-
 import torch
 
-
-def transform(u: torch.Tensor, scale: float, softcap: float | None) -> torch.Tensor:
-    """The model's logits from u = h W^T + b (fp32, overwritten): scale * u, then softcap * tanh(. / softcap)."""
-    if softcap is not None:
-        return u.mul_(scale / softcap).tanh_().mul_(softcap)
-    return u.mul_(scale) if scale != 1 else u
-
-
-def transform_grad(z: torch.Tensor, scale: float, softcap: float | None):
-    """dz/du from the logits z themselves: a tensor like z under a softcap, else the constant scale."""
-    return scale * (1 - (z / softcap).square_()) if softcap is not None else scale
-
-
-def operand_dtype(compute_dtype: torch.dtype) -> torch.dtype:
-    """The GEMM operands' dtype for a head that computes in compute_dtype: bf16/fp16 as is (an fp32 operand is
-    rounded to it, as autocast rounds nn.Linear's; such GEMMs run at twice the fp32 rate), anything else fp32."""
-    return compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) else torch.float32
-
-
-def rounds_products(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether a GEMM's products come out rounded to dtype: on a CPU, which has no fp32-output kernel for bf16/fp16
-    operands. CUDA sums them in fp32 straight into the fp32 output."""
-    return dtype != torch.float32 and device.type != "cuda"
-
-
-def addmm_fp32(acc, a, b, dtype: torch.dtype, alpha: float = 1.0, beta: float = 1.0, scratch=None) -> torch.Tensor:
-    """acc = beta * acc + alpha * a @ b (beta 0 or 1) into fp32 acc, the operands in dtype. Where the products come
-    out rounded (rounds_products), each is rounded to dtype (into `scratch` when given), as the model's own head
-    rounds its logits, and then added in fp32."""
-    a, b = a.to(dtype), b.to(dtype)
-    if dtype == torch.float32:
-        return torch.addmm(acc, a, b, alpha=alpha, beta=beta, out=acc)
-    if not rounds_products(dtype, acc.device):
-        return torch.addmm(acc, a, b, alpha=alpha, beta=beta, out_dtype=torch.float32, out=acc)
-    product = a @ b if scratch is None else torch.mm(a, b, out=scratch)
-    return acc.copy_(product) if beta == 0 else acc.add_(product, alpha=alpha)
-
-
-def tile_logits(hidden, w, b, scale, softcap, dtype, out=None, scratch=None) -> torch.Tensor:
-    """The logits block z [tokens, vocab tile] in fp32, written into `out` when given: the loops reuse one buffer (and
-    one `scratch` block in dtype for addmm_fp32), as a fresh 4 MB block each GEMM costs a quarter of the GEMM's time
-    in page faults on CPU."""
-    u = torch.empty(hidden.shape[0], w.shape[0], device=hidden.device) if out is None else out
-    if b is None:
-        addmm_fp32(u, hidden, w.T, dtype, beta=0, scratch=scratch)
-    else:
-        addmm_fp32(u.copy_(b.float().expand_as(u)), hidden, w.T, dtype, scratch=scratch)
-    return transform(u, scale, softcap)
-
-
-def label_logits(hidden, weight, bias, labels, scale, softcap, dtype) -> torch.Tensor:
-    """z[n, y_n] for every token: one dot product each, of operands in dtype, rounded as the tiles' logits are."""
-    u = (hidden.to(dtype).float() * weight[labels].to(dtype).float()).sum(1)
-    if rounds_products(dtype, hidden.device):
-        u = u.to(dtype).float()
-    return transform(u if bias is None else u + bias[labels].float(), scale, softcap)
+from simpo.kernels.common import addmm_fp32, label_logits, no_autocast, tile_logits, transform, transform_grad
 
 
 class TiledLogProbs(torch.autograd.Function):
@@ -94,7 +36,7 @@ class TiledLogProbs(torch.autograd.Function):
         lse = torch.full((n,), -torch.inf, device=hidden.device)
         logit_sum = torch.zeros(n, device=hidden.device) if softcap is not None else None
         buffers = tile_buffers(hidden, n, vocab, token_tile, vocab_tile, dtype)
-        with _no_autocast(hidden):
+        with no_autocast(hidden):
             for v0 in range(0, vocab, vocab_tile):
                 w, b = weight[v0 : v0 + vocab_tile], None if bias is None else bias[v0 : v0 + vocab_tile]
                 for t0 in range(0, n, token_tile):
@@ -133,7 +75,7 @@ class TiledLogProbs(torch.autograd.Function):
         # an fp32 weight's gradient is summed in place; a bf16/fp16 one through an fp32 tile, then rounded once
         direct = grad_w.dtype == torch.float32
         gw_buffer = None if direct else torch.empty(min(vocab, vocab_tile), hidden.shape[1], device=hidden.device)
-        with _no_autocast(hidden):
+        with no_autocast(hidden):
             for v0 in range(0, vocab, vocab_tile):
                 w, b = weight[v0 : v0 + vocab_tile], None if bias is None else bias[v0 : v0 + vocab_tile]
                 # This tile's weight and bias gradients, summed over tokens in fp32: onehot term minus softmax term.
@@ -178,38 +120,3 @@ def views(buffers, hidden: torch.Tensor, w: torch.Tensor) -> list:
     """Contiguous [tokens, vocab tile] views at the start of each flat buffer (edge tiles are smaller); None stays."""
     shape = hidden.shape[0], w.shape[0]
     return [None if flat is None else flat[: shape[0] * shape[1]].view(shape) for flat in buffers]
-
-
-def _no_autocast(tensor):
-    """Autocast would round the fp32 GEMMs to bf16; the caller has already chosen the operands' dtype."""
-    return torch.autocast(tensor.device.type, enabled=False)
-
-
-# [token_tile, vocab_tile] per device. CPU: a 4 MB fp32 block stays in cache through its elementwise passes (512 x 2048
-# measured as fast as 1024 x 4096 and smaller; benchmarks/logps_memory.py). CUDA: large blocks, few kernel launches.
-DEFAULT_TILES = {"cpu": (512, 2048), "cuda": (4096, 8192)}
-
-
-def tiled_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, compute_dtype=None, token_tile=None,
-                vocab_tile=None, kernel=None):
-    """log p(label) [N] fp32 and mean logit [N] (detached) for hidden [N, H] through a head weight [V, H] (+ bias).
-
-    compute_dtype is the dtype the model's head computes in (its output's dtype: bf16 under bf16 autocast even for
-    fp32 weights); None takes the weight's.
-    kernel: "triton" (simpo/triton_logps.py), "torch" (TiledLogProbs, the reference) or "auto": Triton for CUDA
-    tensors when triton is importable, else torch. None reads the environment variable SIMPO_LOGPS_KERNEL (default
-    "auto").
-    """
-    kernel = kernel or os.environ.get("SIMPO_LOGPS_KERNEL") or "auto"
-    if kernel not in ("auto", "triton", "torch"):
-        raise ValueError(f"tiled_logps: kernel (or SIMPO_LOGPS_KERNEL) is {kernel!r}; use 'auto', 'triton' or 'torch'.")
-    if kernel == "auto":
-        kernel = "triton" if hidden.device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
-    dtype = operand_dtype(compute_dtype or weight.dtype)
-    if kernel == "triton":
-        from simpo.triton_logps import triton_logps  # imports triton: only when asked for
-
-        return triton_logps(hidden, weight, bias, labels, scale, softcap, dtype, token_tile, vocab_tile)
-    tiles = DEFAULT_TILES.get(hidden.device.type, DEFAULT_TILES["cuda"])
-    token_tile, vocab_tile = token_tile or tiles[0], vocab_tile or tiles[1]
-    return TiledLogProbs.apply(hidden, weight, bias, labels, float(scale), softcap, dtype, token_tile, vocab_tile)

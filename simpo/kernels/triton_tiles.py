@@ -1,5 +1,5 @@
 """tiled_logps on CUDA: the head's GEMMs in cuBLAS, one [token, vocabulary] tile at a time, and Triton kernels for
-everything between them. Same contract as simpo.fused_logps.TiledLogProbs, which stays the reference.
+everything between them. Same contract as simpo.kernels.torch_tiles.TiledLogProbs, which stays the reference.
 
 With u = hidden @ weight^T + bias (the GEMM's fp32 output) and z the model's logits, these kernels equal
 
@@ -29,7 +29,8 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from simpo.fused_logps import DEFAULT_TILES, TiledLogProbs, _no_autocast, addmm_fp32, operand_dtype, transform
+from simpo.kernels.common import DEFAULT_TILES, addmm_fp32, no_autocast, operand_dtype, transform
+from simpo.kernels.torch_tiles import TiledLogProbs  # the reference the first call per shape is checked against
 
 INTERPRET = triton.knobs.runtime.interpret  # how triton.jit compiled the kernels below
 TILE_ELEMENTS = 2**26  # largest tile tried: 256 MB of fp32 logits plus 128 MB of their bf16 gradient
@@ -206,7 +207,7 @@ class TritonLogProbs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, scale, softcap, dtype, tiles):
-        with _no_autocast(hidden):
+        with no_autocast(hidden):
             h, labels = hidden.to(dtype).contiguous(), labels.contiguous()
             tiles = choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, h.is_cuda and not INTERPRET)
             lse, label_z, logit_sum = forward_stats(h, weight, bias, labels, scale, softcap, dtype, tiles)
@@ -223,7 +224,7 @@ class TritonLogProbs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps, _):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
-        with _no_autocast(hidden):
+        with no_autocast(hidden):
             h = hidden.to(ctx.args[2]).contiguous()
             grad_h, grad_w, grad_b = backward_grads(h, weight, bias, labels, *ctx.args, lse,
                                                     grad_logps.float().contiguous(), ctx.needs_input_grad[:3])

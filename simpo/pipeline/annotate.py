@@ -17,10 +17,11 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from simpo.generation_backends import process_device
-from simpo.model import from_pretrained, resolve_dtype
-from simpo.onpolicy_config import parse_pipeline_args
-from simpo.work_units import (
+from simpo.core.logs import setup_logging
+from simpo.core.model import from_pretrained, resolve_dtype
+from simpo.pipeline.backends import process_device
+from simpo.pipeline.config import parse_pipeline_args
+from simpo.pipeline.work_units import (
     Unit,
     UnitStore,
     check_settings,
@@ -28,11 +29,12 @@ from simpo.work_units import (
     process_rank,
     read_jsonl,
     run_units,
-    setup_logging,
     write_jsonl,
 )
 
 logger = logging.getLogger("simpo")
+DESCRIPTION = ("Score every sampled reply with a reward model (on-policy data, step 2 of 3), resumable and"
+               " data-parallel.")
 
 
 def conversation_ids(row: dict, response: str, tokenizer) -> list[int]:
@@ -94,9 +96,9 @@ def scores_of(output, n: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    _, _, args = parse_pipeline_args(argv, "simpo-annotate")
+    _, _, args = parse_pipeline_args(argv, "simpo-annotate", DESCRIPTION)
     rank, world = process_rank()
-    setup_logging(rank)
+    setup_logging(rank == 0)
     source = os.path.join(args.output_dir, "generations")
     sides = {side: read_jsonl(os.path.join(source, f"{side}.jsonl")) for side in ("train", "test")
              if os.path.exists(os.path.join(source, f"{side}.jsonl"))}

@@ -1,7 +1,7 @@
 """Sampling from the policy: transformers `generate` (batched, left-padded, any device) or vLLM (GPU, optional).
 
-Both take prompts as token ids (simpo.tokenization.generation_prompt_ids) and sample with temperature and top-p only,
-as the reference's vLLM decoding does: the model's own generation_config contributes its end-of-turn ids, not its
+Both take prompts as token ids (simpo.data.tokenization.generation_prompt_ids) and sample with temperature and top-p
+only, as the reference's vLLM decoding does: the model's own generation_config contributes its end-of-turn ids, not its
 sampling defaults (top_k, repetition penalties). Responses are decoded without special tokens and stripped.
 """
 
@@ -12,7 +12,7 @@ import os
 import torch
 from transformers import GenerationConfig
 
-from simpo.model import attn_implementation, load_for_generation, resolve_dtype
+from simpo.core.model import attn_implementation, load_for_generation, resolve_dtype
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,14 @@ from collections import Counter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simpo.model import get_tokenizer
-from simpo.onpolicy_config import parse_pipeline_args
-from simpo.work_units import read_jsonl, setup_logging, write_atomic, write_jsonl
+from simpo.core.logs import setup_logging
+from simpo.core.model import get_tokenizer
+from simpo.pipeline.config import parse_pipeline_args
+from simpo.pipeline.work_units import read_jsonl, write_atomic, write_jsonl
 
 logger = logging.getLogger("simpo")
+DESCRIPTION = ("Turn scored replies into preference pairs, best against worst per prompt (on-policy data, step 3"
+               " of 3).")
 
 
 def best_and_worst(row: dict) -> tuple[int, int] | str:
@@ -110,8 +113,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def binarise_main(argv: list[str] | None = None) -> dict:
     """Binarise the annotations into OUTPUT_DIR/dataset; returns the summary written to summary.json."""
-    model_args, _, args = parse_pipeline_args(argv, "simpo-binarise")
-    setup_logging(0)
+    model_args, _, args = parse_pipeline_args(argv, "simpo-binarise", DESCRIPTION)
+    setup_logging(True)
     source, folder = os.path.join(args.output_dir, "annotations"), os.path.join(args.output_dir, "dataset")
     sides = [side for side in ("train", "test") if os.path.exists(os.path.join(source, f"{side}.jsonl"))]
     if not sides:

@@ -9,8 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from simpo.config import DataArguments, ModelArguments
-from simpo.parser import ConfigError, parse_args
+from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.parser import ConfigError, parse_args
 
 
 @dataclass
@@ -84,13 +84,14 @@ def reject_unused(instance, used: set[str], command: str) -> None:
             raise ConfigError(f"'{f.name}' has no effect on {command}: remove it from the config.")
 
 
-def parse_pipeline_args(argv: list[str] | None, command: str) -> tuple[ModelArguments, DataArguments,
-                                                                         OnPolicyArguments]:
-    """`CONFIG.yaml [--key=value ...]`, with the training recipe's parser and override rules."""
+def parse_pipeline_args(argv: list[str] | None, command: str, description: str) -> tuple[ModelArguments, DataArguments,
+                                                                                           OnPolicyArguments]:
+    """`CONFIG.yaml [--key=value ...]`, with the training recipe's parser and override rules; --help opens on
+    `description`, what the command does."""
     refused = frozenset(f.name for cls in (ModelArguments, DataArguments) for f in dataclasses.fields(cls)
                         if f.name not in USED_TRAINING_KEYS)
     model_args, data_args, args = parse_args(argv, (ModelArguments, DataArguments, OnPolicyArguments), prog=command,
-                                             hidden_keys=refused)
+                                             hidden_keys=refused, description=description)
     for instance in (model_args, data_args):
         reject_unused(instance, USED_TRAINING_KEYS, command)
     return model_args, data_args, args

@@ -10,13 +10,14 @@ continues from there.
 import logging
 import os
 
-from simpo.chat_templates import set_chat_template
-from simpo.generation_backends import backend_name, make_backend
-from simpo.model import get_tokenizer
-from simpo.onpolicy_config import parse_pipeline_args
-from simpo.prompts import load_prompts
-from simpo.tokenization import generation_prompt_ids
-from simpo.work_units import (
+from simpo.core.logs import setup_logging
+from simpo.core.model import get_tokenizer
+from simpo.data.chat_templates import set_chat_template
+from simpo.data.tokenization import generation_prompt_ids
+from simpo.pipeline.backends import backend_name, make_backend
+from simpo.pipeline.config import parse_pipeline_args
+from simpo.pipeline.prompts import load_prompts
+from simpo.pipeline.work_units import (
     Unit,
     UnitStore,
     check_settings,
@@ -24,12 +25,13 @@ from simpo.work_units import (
     fingerprint,
     process_rank,
     run_units,
-    setup_logging,
     weights_fingerprint,
     write_jsonl,
 )
 
 logger = logging.getLogger("simpo")
+DESCRIPTION = ("Sample replies from the policy for every prompt, one per seed (on-policy data, step 1 of 3),"
+               " resumable and data-parallel.")
 
 
 def plan_units(prompt_ids: dict[str, list[list[int]]], seeds: list[int], batch_size: int) -> list[Unit]:
@@ -72,9 +74,9 @@ def sample_units(folder: str, prompt_ids: dict[str, list[list[int]]], seeds: lis
 
 
 def main(argv: list[str] | None = None) -> None:
-    model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate")
+    model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate", DESCRIPTION)
     rank, world = process_rank()
-    setup_logging(rank)
+    setup_logging(rank == 0)
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     sides = load_prompts(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,

@@ -5,8 +5,8 @@ with "test" evaluation prompts (kept whole)."""
 import json
 import logging
 
-from simpo.data import load_split, split_side, train_rows
-from simpo.validation import DataError, message_list_problem
+from simpo.data.mixer import load_split, split_side, train_rows
+from simpo.data.validation import DataError, message_list_problem
 
 logger = logging.getLogger(__name__)
 

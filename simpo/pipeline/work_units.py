@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,11 +31,6 @@ class Unit:
 def process_rank() -> tuple[int, int]:
     """(rank, world size) as `accelerate launch` / torchrun set them; (0, 1) for a plain run."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def setup_logging(rank: int) -> None:
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stdout)], level=logging.INFO if rank == 0 else logging.WARN)
 
 
 def derived_seed(*parts) -> int:

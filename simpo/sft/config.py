@@ -1,6 +1,6 @@
 """SFTRunConfig: the training group of an SFT run, TRL's SFTConfig (itself a TrainingArguments) with simpo's keys.
 
-simpo tokenises the conversations itself (simpo/sft_tokenization.py: the chat template and BOS/EOS rules of SimPO
+simpo tokenises the conversations itself (simpo/sft/tokenization.py: the chat template and BOS/EOS rules of SimPO
 training, loss on assistant turns only), so the SFTConfig keys that would redo that differently are refused here,
 each with what to use instead, rather than silently ignored.
 """

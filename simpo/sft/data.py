@@ -1,9 +1,9 @@
 """SFT rows (a `messages` conversation, as in UltraChat-200k): the checks run before any tokenisation, with errors
 that name the source, split and row and say how to fix it. Rows that cannot be trained on are decided once, on the
-tokenised conversation (simpo/sft_tokenization.py)."""
+tokenised conversation (simpo/sft/tokenization.py)."""
 
-from simpo.data import RowFormat
-from simpo.validation import DataError, message_list_problem
+from simpo.data.mixer import RowFormat
+from simpo.data.validation import DataError, message_list_problem
 
 FIX = ("SFT rows need 'messages': a list of {role, content} messages in OpenAI format (roles system, user,"
        " assistant), ending with the assistant's reply.")

@@ -1,39 +1,43 @@
 """The SFT recipe behind scripts/run_sft.py and `simpo-sft`: parse, seed, data, tokenizer, tokens, model and trainer
 (TRL's SFTTrainer), train, save, card. The SimPO recipe's parser, mixer, chat-template rules, logging, resume and
-launch checks; loss on assistant tokens only (simpo/sft_tokenization.py)."""
+launch checks (simpo/core/recipe.py); loss on assistant tokens only (simpo/sft/tokenization.py)."""
 
 import logging
 import os
-import sys
 
-from transformers import set_seed
 from trl import SFTTrainer
 
-from simpo.chat_templates import set_chat_template
-from simpo.cli import checkpoint_to_resume, evaluate_and_save, finish, no_training, setup_logging
-from simpo.config import DataArguments, ModelArguments
-from simpo.data import mix_datasets, require_eval_split
-from simpo.launch_checks import check_launch, exit_process
-from simpo.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
-from simpo.parser import parse_args
-from simpo.reporting import end_summary, plot_curves
-from simpo.resume import StopOnSignal, checkpoint_state
-from simpo.run_config import save_run_config
-from simpo.sft_config import SFTRunConfig
-from simpo.sft_data import CONVERSATIONS
-from simpo.sft_reporting import (
-    DROPPED_FILE,
-    SFT_END_KEYS,
-    SFT_OUTPUT_FILES,
-    SFTRunSummary,
-    throughput,
+from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.launch_checks import exit_process
+from simpo.core.model import (
+    disable_dropout,
+    get_peft_config,
+    get_tokenizer,
+    model_init_kwargs,
+    save_config_for_generation,
 )
-from simpo.sft_tokenization import tokenize_conversations
-from simpo.trainer import disable_dropout
-from simpo.validation import report_drops
+from simpo.core.recipe import (
+    evaluate_and_save,
+    finish,
+    no_training,
+    save_metrics,
+    start_run,
+    stopped_by_signal,
+)
+from simpo.core.reporting import end_summary, plot_curves
+from simpo.core.resume import StopOnSignal, checkpoint_state
+from simpo.data.chat_templates import set_chat_template
+from simpo.data.mixer import mix_datasets, require_eval_split
+from simpo.data.validation import report_drops
+from simpo.sft.config import SFTRunConfig
+from simpo.sft.data import CONVERSATIONS
+from simpo.sft.reporting import DROPPED_FILE, SFT_END_KEYS, SFT_OUTPUT_FILES, SFTRunSummary, throughput
+from simpo.sft.tokenization import tokenize_conversations
 
 logger = logging.getLogger("simpo")
 SFT_ARGUMENTS = (ModelArguments, DataArguments, SFTRunConfig)
+DESCRIPTION = ("Supervised fine-tuning (the SFT stage before SimPO for base models) on chat conversations, with the"
+               " loss on assistant tokens only, from a YAML config and --key=value overrides.")
 
 
 def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, dict, dict]:
@@ -64,18 +68,7 @@ def main() -> None:
 
 def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
-    model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv, SFT_ARGUMENTS, prog="simpo-sft")
-    setup_logging(args)
-    logger.info("Model arguments %s", model_args)
-    logger.info("Data arguments %s", data_args)
-    logger.info("Training arguments %s", args)
-    if args.should_save:
-        save_run_config(model_args, data_args, args)  # for evaluation set-ups and reruns
-    if model_args.trust_remote_code:
-        logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
-    check_launch(args)  # a launch accelerate would silently degrade is refused in seconds
-    checkpoint = checkpoint_to_resume(args)
-    set_seed(args.seed)
+    model_args, data_args, args, checkpoint = start_run(argv, SFT_ARGUMENTS, "simpo-sft", DESCRIPTION)
 
     raw_datasets = mix_datasets(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
                                 seed=args.seed, row_format=CONVERSATIONS)
@@ -106,16 +99,12 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         return finish(trainer)
 
     train_result = trainer.train(resume_from_checkpoint=checkpoint)
-    if stop.signum is not None:
-        logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
-        trainer.accelerator.end_training()
-        return 128 + stop.signum
+    if (code := stopped_by_signal(trainer, stop)) is not None:
+        return code
     resumed = checkpoint_state(checkpoint)
     metrics = {**train_result.metrics, **throughput(trainer, train_result.metrics, resumed),
                "train_samples": len(tokenized["train"])}
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
+    save_metrics(trainer, metrics)
     trainer.save_model(args.output_dir)  # with the tokenizer and its chat template: the SimPO stage reads both
     logger.info("Model saved to %s", args.output_dir)
 

@@ -3,8 +3,8 @@ with SFT's lines), the end summary's keys, and real-token throughput with evalua
 
 from transformers import TrainerCallback
 
-from simpo.model import unwrap_model
-from simpo.reporting import OUTPUT_FILES, RULE, count_parameters, distributed, global_batch_size, precision
+from simpo.core.model import unwrap_model
+from simpo.core.reporting import OUTPUT_FILES, RULE, count_parameters, distributed, global_batch_size, precision
 
 SFT_END_KEYS = ("loss", "mean_token_accuracy", "entropy")
 SFT_OUTPUT_FILES = tuple(f for f in OUTPUT_FILES if f != "dropped_pairs.jsonl") + ("dropped_conversations.jsonl",)
@@ -13,7 +13,7 @@ DROPPED_FILE = "dropped_conversations.jsonl"
 
 def start_summary(trainer, counts: dict, drops: dict, state=None) -> str:
     """counts: {"train": {rows, tokens, labelled, longest}, "test": ...} of the tokenised splits (before any
-    packing), as simpo.sft_tokenization.tokenize_conversations counts them; drops: their DroppedRow records."""
+    packing), as simpo.sft.tokenization.tokenize_conversations counts them; drops: their DroppedRow records."""
     args = trainer.args
     model = unwrap_model(trainer.model)
     config = getattr(model, "config", None)

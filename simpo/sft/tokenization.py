@@ -1,17 +1,17 @@
 """A conversation -> token ids and labels for SFT: every assistant turn labelled, nothing else.
 
-The text is what SimPO training feeds the model for the same conversation (simpo/chat_templates.py): the turns
+The text is what SimPO training feeds the model for the same conversation (simpo/data/chat_templates.py): the turns
 before the last rendered with the chat template, no generation prompt, then the last assistant turn rendered alone
 with its BOS stripped, so each assistant header belongs to the labelled turn. Tokenisation follows
-simpo/tokenization.py: the joint text tokenised once without special tokens, a token straddling a turn boundary
+simpo/data/tokenization.py: the joint text tokenised once without special tokens, a token straddling a turn boundary
 goes to the turn after it, BOS first once, EOS last once (labelled, as the end of the last reply). A conversation
 made of one exchange therefore gets exactly SimPO's chosen ids and labels.
 """
 
-from simpo.chat_templates import TemplateError, maybe_insert_system_message, strip_bos
-from simpo.data import ORIGIN, map_fingerprint
-from simpo.tokenization import answer_start
-from simpo.validation import DroppedRow, handle_drops
+from simpo.data.chat_templates import TemplateError, maybe_insert_system_message, strip_bos
+from simpo.data.mixer import ORIGIN, map_fingerprint
+from simpo.data.tokenization import answer_start
+from simpo.data.validation import DroppedRow, handle_drops
 
 IGNORE = -100  # the label of tokens that carry no loss, as TRL's collator and transformers' loss expect
 

@@ -1,4 +1,5 @@
-"""The three argument groups a run is configured with: model, data and training (SimPOConfig)."""
+"""SimPOConfig, the SimPO recipe's training arguments; with the shared model and data groups (simpo/core/arguments.py)
+the three argument groups a SimPO run is configured with (SIMPO_ARGUMENTS)."""
 
 import logging
 import math
@@ -7,48 +8,9 @@ from typing import Any, Literal
 
 from transformers import TrainingArguments
 
+from simpo.core.arguments import DataArguments, ModelArguments
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local folder of the model."})
-    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to model_name_or_path."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model (off)."})
-    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = field(
-        default=None, metadata={"help": "Weights dtype; None keeps the checkpoint's default loading."}
-    )
-    attn_implementation: str | None = field(
-        default=None, metadata={"help": "eager, sdpa or flash_attention_2 (falls back to sdpa when missing)."}
-    )
-    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = field(default=0.05, metadata={"help": "Forced to 0 when disable_dropout is on."})
-    lora_target_modules: list[str] | None = None
-    lora_modules_to_save: list[str] | None = None
-    load_in_8bit: bool = False
-    load_in_4bit: bool = False
-    bnb_4bit_quant_type: Literal["fp4", "nf4"] = "nf4"
-    use_bnb_nested_quant: bool = False
-    bnb_4bit_quant_storage: str = "uint8"
-
-    def __post_init__(self):
-        if self.load_in_8bit and self.load_in_4bit:
-            raise ValueError("load_in_8bit and load_in_4bit are both true: choose one quantisation.")
-
-
-@dataclass
-class DataArguments:
-    chat_template: str | None = field(default=None, metadata={"help": "Jinja template; wins over the tokenizer's."})
-    dataset_mixer: dict[str, float] | None = field(
-        default=None, metadata={"help": "{source: fraction}; a source is a hub id, a save_to_disk folder or files."}
-    )
-    dataset_splits: list[str] = field(default_factory=lambda: ["train", "test"])
-    dataset_configs: list[str] | None = field(default=None, metadata={"help": "One config name per source."})
-    preprocessing_num_workers: int | None = None
-    auto_insert_empty_system_msg: bool = True
 
 
 @dataclass
@@ -56,13 +18,21 @@ class SimPOConfig(TrainingArguments):
     beta: float = field(default=2.0, metadata={"help": "Reward scale: r = beta * mean response log-prob."})
     gamma_beta_ratio: float = field(default=0.25, metadata={"help": "Target margin gamma = beta * this."})
     sft_weight: float = field(default=0.0, metadata={"help": "Weight of the NLL on chosen responses."})
-    label_smoothing: float = 0.0
-    loss_type: Literal["sigmoid", "hinge"] = "sigmoid"
-    disable_dropout: bool = True
-    max_length: int = 512
-    max_prompt_length: int = 128
-    truncation_mode: Literal["keep_end", "keep_start"] = "keep_end"
-    label_pad_token_id: int = -100
+    label_smoothing: float = field(
+        default=0.0, metadata={"help": "Chance a preference label is flipped (the conservative loss), in [0, 0.5)."}
+    )
+    loss_type: Literal["sigmoid", "hinge"] = field(
+        default="sigmoid", metadata={"help": "sigmoid: -log sigmoid(margin - gamma); hinge: relu(1 - margin + gamma)."}
+    )
+    disable_dropout: bool = field(default=True, metadata={"help": "Every dropout probability set to 0 (SimPO's)."})
+    max_length: int = field(default=512, metadata={"help": "Most tokens of prompt plus response per sequence."})
+    max_prompt_length: int = field(
+        default=128, metadata={"help": "Most prompt tokens kept when prompt plus response exceed max_length."}
+    )
+    truncation_mode: Literal["keep_end", "keep_start"] = field(
+        default="keep_end", metadata={"help": "Which end of a long prompt is kept."}
+    )
+    label_pad_token_id: int = field(default=-100, metadata={"help": "Label of the positions that are not scored."})
     padding_value: int | None = field(default=None, metadata={"help": "Pad id; defaults to the tokenizer's."})
     generate_during_eval: bool = field(
         default=False, metadata={"help": "After each evaluation, greedy replies to a few eval prompts in "
@@ -73,7 +43,7 @@ class SimPOConfig(TrainingArguments):
         metadata={"help": "Further from_pretrained / model config arguments, e.g. {max_position_embeddings: 4096};"
                   " those a config key sets (dtype, revision, attn_implementation, ...) are refused."},
     )
-    dataset_num_proc: int | None = None
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenising pairs."})
     fused_logps: bool = field(
         default=True,
         metadata={"help": "Log-probs from the hidden states in tiles, never the full-vocabulary logits (much less "
@@ -113,8 +83,9 @@ class SimPOConfig(TrainingArguments):
         default=True, metadata={"help": "false: evaluate the model as loaded on the test split (eval_results.json),"
                                 " without training."}
     )
-    # Trainer columns are ours, not the model's forward arguments.
-    remove_unused_columns: bool = False
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay false: the columns are the trainer's, not forward arguments."}
+    )
 
     @property
     def gamma(self) -> float:
@@ -166,3 +137,6 @@ class SimPOConfig(TrainingArguments):
         if self.beta < 1:
             logger.warning("beta=%s is a DPO-scale value; SimPO's rewards are length-normalised and the paper"
                            " uses beta 2 to 10.", self.beta)
+
+
+SIMPO_ARGUMENTS = (ModelArguments, DataArguments, SimPOConfig)

@@ -1,9 +1,9 @@
 """Per-token log-probs of a batch's scored response tokens: the model runs on a layout's forward arguments (`inputs`,
-simpo/layouts.py) and score_index / score_labels say which positions predict which response token
-(simpo/collator.py).
+simpo/train/layouts/__init__.py) and score_index / score_labels say which positions predict which response token
+(simpo/train/layouts/plain.py).
 
 plain_token_logps reads them off the model's full logits: simple, and the reference every faster path is tested
-against. fused_token_logps runs the LM head tile by tile on the final hidden states (simpo/fused_logps.py) and never
+against. fused_token_logps runs the LM head tile by tile on the final hidden states (simpo/kernels) and never
 holds the [tokens, vocabulary] logits. Both call the model as the Trainer holds it, so that the wrappers' hooks fire
 (DDP, DeepSpeed ZeRO-3, FSDP2, PEFT, accelerate's autocast); both return (log p(label) [N] fp32, mean logit over the
 vocabulary [N], detached).
@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from simpo.fused_logps import _no_autocast, operand_dtype, tile_logits, tiled_logps
-from simpo.model import unwrap_model
+from simpo.core.model import unwrap_model
+from simpo.kernels import tiled_logps
+from simpo.kernels.common import no_autocast, operand_dtype, tile_logits
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def check_head(model_logits, hidden, weight, bias, scale, softcap, compute_dtype
         + sqrt(K) * r32 * |scale| * (|h| |w| + |b|)  fp32 summation in another order
     where |h| |w| >= sum_k |h_k w_k| (Cauchy-Schwarz) and the softcap's slope is at most 1. Twice that is allowed.
     """
-    with _no_autocast(hidden):
+    with no_autocast(hidden):
         ours = tile_logits(hidden, weight, bias, scale, softcap, operand_dtype(compute_dtype))
     theirs = model_logits.float()
     product_size = hidden.float().norm(dim=-1)[:, None] * weight.norm(dim=-1).float()[None, :]

@@ -1,9 +1,9 @@
 """SimPOTrainer: a transformers.Trainer whose loss is SimPO's. It overrides compute_loss, prediction_step, evaluate (to
 know it is evaluating) and log.
 
-The data's way through a step: the layout (simpo/layouts.py, chosen once) collates the tokenised pairs
-(simpo/tokenization.py) and builds the model's forward arguments; simpo/logps.py runs the model and returns each
-scored token's log-prob; simpo/loss.py turns them into the loss and the logged metrics.
+The data's way through a step: the layout (simpo/train/layouts/__init__.py, chosen once) collates the tokenised pairs
+(simpo/data/tokenization.py) and builds the model's forward arguments; simpo/train/logps.py runs the model and returns
+each scored token's log-prob; simpo/train/loss.py turns them into the loss and the logged metrics.
 """
 
 import logging
@@ -12,24 +12,18 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, Trainer
 
-from simpo.config import SimPOConfig
-from simpo.launch_checks import check_launch
-from simpo.layouts import choose_layout
-from simpo.logps import fused_token_logps, plain_token_logps
-from simpo.loss import average_logps, preference_metrics, sft_nll, simpo_loss
-from simpo.metrics import FiniteLossGuard, PairWeightedMeans
-from simpo.model import resolve_dtype
-from simpo.reporting import RunSummary, TokenThroughput, global_batch_size
-from simpo.samples import EvalSamples
-from simpo.tokenization import tokenize_pairs
+from simpo.core.launch_checks import check_launch
+from simpo.core.model import disable_dropout, resolve_dtype
+from simpo.core.reporting import RunSummary, TokenThroughput, global_batch_size
+from simpo.data.tokenization import tokenize_pairs
+from simpo.train.config import SimPOConfig
+from simpo.train.layouts import choose_layout
+from simpo.train.logps import fused_token_logps, plain_token_logps
+from simpo.train.loss import average_logps, preference_metrics, sft_nll, simpo_loss
+from simpo.train.metrics import FiniteLossGuard, PairWeightedMeans
+from simpo.train.samples import EvalSamples
 
 logger = logging.getLogger(__name__)
-
-
-def disable_dropout(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
 
 
 def load_model(model_id: str, args: SimPOConfig) -> nn.Module:

@@ -1,16 +1,16 @@
-"""The batch layout of a run, chosen once from the config and the model: plain (simpo/collator.py) or prefix sharing,
-optionally padding-free (simpo/prefix_sharing.py). A layout is the trainer's data collator; for the batches it
-collated it also builds the model's forward arguments (model_inputs) and counts their tokens as the plain layout
-would run them (real_tokens)."""
+"""The batch layout of a run, chosen once from the config and the model: plain (simpo/train/layouts/plain.py) or prefix
+sharing, optionally padding-free (simpo/train/layouts/shared_prefix.py). A layout is the trainer's data collator; for
+the batches it collated it also builds the model's forward arguments (model_inputs) and counts their tokens as the plain
+layout would run them (real_tokens)."""
 
 import logging
 
 import torch
 
-from simpo.collator import PlainLayout
-from simpo.config import SimPOConfig
-from simpo.model import unwrap_model
-from simpo.prefix_sharing import SharedPrefixLayout, prefix_sharing_problem
+from simpo.core.model import unwrap_model
+from simpo.train.config import SimPOConfig
+from simpo.train.layouts.plain import PlainLayout
+from simpo.train.layouts.shared_prefix import SharedPrefixLayout, prefix_sharing_problem
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The plain batch layout: chosen rows then rejected rows, right-padded, one forward.
 
-Every layout (simpo/layouts.py chooses one per run) is the trainer's data collator and hands the trainer the same
-description of what to score:
+Every layout (simpo/train/layouts/__init__.py chooses one per run) is the trainer's data collator and hands the trainer
+the same description of what to score:
     input_ids, attention_mask  [R, L]  the rows the model runs on (attention_mask: 1 on real tokens)
     score_index                [N]     flat index (row * L + position) of the position that predicts a token
     score_labels               [N]     the response token predicted there

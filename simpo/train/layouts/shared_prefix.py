@@ -1,8 +1,8 @@
 """Prefix sharing: one row per pair, [prompt | chosen | rejected], so the prompt is run once instead of twice.
 
 Rejected positions restart at the prompt's end, and a custom mask lets rejected see the prompt but not chosen, so
-every response token sees exactly what it sees in the plain layout (simpo/collator.py): same logits up to rounding.
-With padding_free, several such pairs share a row (block-diagonal mask, positions restart per pair).
+every response token sees exactly what it sees in the plain layout (simpo/train/layouts/plain.py): same logits up to
+rounding. With padding_free, several such pairs share a row (block-diagonal mask, positions restart per pair).
 
 Transformers 5.24 passes a 4D mask (or a FlexAttention BlockMask) through untouched (no causal part, no sliding
 window, no padding added), so the mask below is the whole mask (measured in the shared note
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from simpo.collator import pad_right
+from simpo.train.layouts.plain import pad_right
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
 # Kernels that take our mask as the whole mask: eager and sdpa a 4D tensor, flex_attention a BlockMask.

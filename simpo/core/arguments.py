@@ -1,0 +1,58 @@
+"""The argument groups every recipe and command shares: the model (ModelArguments) and the data (DataArguments). Each
+recipe adds its own training arguments (simpo/train/config.py, simpo/sft/config.py, simpo/pipeline/config.py)."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Hub id or local folder of the model."})
+    model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the model."})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "Defaults to model_name_or_path."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped with the model (off)."})
+    torch_dtype: Literal["auto", "bfloat16", "float16", "float32"] | None = field(
+        default=None, metadata={"help": "Weights dtype; None keeps the checkpoint's default loading."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa or flash_attention_2 (falls back to sdpa when missing)."}
+    )
+    use_peft: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (use_peft)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scale numerator: updates are scaled by alpha / r."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Forced to 0 when disable_dropout is on."})
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names LoRA adapts; None: peft's default for the architecture."}
+    )
+    lora_modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained in full and saved beside the adapters (e.g. lm_head)."}
+    )
+    load_in_8bit: bool = field(default=False, metadata={"help": "Load the weights 8-bit (bitsandbytes)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "Load the weights 4-bit (bitsandbytes; QLoRA)."})
+    bnb_4bit_quant_type: Literal["fp4", "nf4"] = field(default="nf4", metadata={"help": "4-bit number format."})
+    use_bnb_nested_quant: bool = field(
+        default=False, metadata={"help": "Quantise the 4-bit quantisation constants too (saves memory)."}
+    )
+    bnb_4bit_quant_storage: str = field(default="uint8", metadata={"help": "dtype the 4-bit weights are stored in."})
+
+    def __post_init__(self):
+        if self.load_in_8bit and self.load_in_4bit:
+            raise ValueError("load_in_8bit and load_in_4bit are both true: choose one quantisation.")
+
+
+@dataclass
+class DataArguments:
+    chat_template: str | None = field(default=None, metadata={"help": "Jinja template; wins over the tokenizer's."})
+    dataset_mixer: dict[str, float] | None = field(
+        default=None, metadata={"help": "{source: fraction}; a source is a hub id, a save_to_disk folder or files."}
+    )
+    dataset_splits: list[str] = field(
+        default_factory=lambda: ["train", "test"], metadata={"help": "Splits to read; *train* and *test* sides."}
+    )
+    dataset_configs: list[str] | None = field(default=None, metadata={"help": "One config name per source."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for rendering and tokenising (datasets.map num_proc)."}
+    )
+    auto_insert_empty_system_msg: bool = field(
+        default=True, metadata={"help": "Insert an empty system turn where the template expects one."}
+    )

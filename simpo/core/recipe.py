@@ -1,0 +1,88 @@
+"""The steps both training recipes (simpo/train/recipe.py, simpo/sft/recipe.py) share: start a run (parse, log,
+record, check, find the checkpoint, seed), the launches that train nothing, the stop by a signal, evaluation, and the
+closing of the process group."""
+
+import logging
+import sys
+
+from transformers import set_seed
+
+from simpo.core.launch_checks import check_launch
+from simpo.core.logs import setup_logging
+from simpo.core.parser import parse_args
+from simpo.core.resume import finished_run, last_complete_checkpoint
+from simpo.core.run_config import save_run_config
+
+logger = logging.getLogger("simpo")
+
+
+def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, description: str):
+    """Parse (model, data and the recipe's training arguments), log them, record them in output_dir/run_config.yaml,
+    refuse a launch accelerate would degrade, find the checkpoint to resume and seed. Returns (model_args, data_args,
+    args, checkpoint or None)."""
+    model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv, argument_groups, prog=prog,
+                                             description=description)
+    setup_logging(args.should_log, args.get_process_log_level())
+    logger.info("Model arguments %s", model_args)
+    logger.info("Data arguments %s", data_args)
+    logger.info("Training arguments %s", args)
+    if args.should_save:
+        save_run_config(model_args, data_args, args)  # for evaluation set-ups and reruns
+    if model_args.trust_remote_code:
+        logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
+    check_launch(args)  # a launch accelerate would silently degrade is refused in seconds
+    checkpoint = checkpoint_to_resume(args)
+    set_seed(args.seed)
+    return model_args, data_args, args, checkpoint
+
+
+def checkpoint_to_resume(args) -> str | None:
+    if args.resume_from_checkpoint is not None:
+        return args.resume_from_checkpoint
+    last = last_complete_checkpoint(args.output_dir)
+    if last is not None:
+        logger.info("Resuming from the last complete checkpoint in output_dir: %s", last)
+    return last
+
+
+def no_training(trainer, checkpoint: str | None) -> bool:
+    """Whether this launch trains nothing: evaluation alone (do_train: false, done here), or the relaunch of a
+    finished run (said here; its results are kept)."""
+    if not trainer.args.do_train:
+        evaluate_and_save(trainer)
+        logger.info("Evaluation only (do_train: false): eval_results.json is in %s", trainer.args.output_dir)
+        return True
+    finished = finished_run(trainer, checkpoint)
+    if finished:
+        logger.warning(finished)
+    return finished is not None
+
+
+def stopped_by_signal(trainer, stop) -> int | None:
+    """The exit code of a run a signal stopped (128 + the signal; a checkpoint was saved), or None."""
+    if stop.signum is None:
+        return None
+    logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
+    trainer.accelerator.end_training()
+    return 128 + stop.signum
+
+
+def evaluate_and_save(trainer) -> None:
+    """The test split's metrics, logged and written to output_dir/eval_results.json."""
+    metrics = {**trainer.evaluate(), "eval_samples": len(trainer.eval_dataset)}
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+
+
+def save_metrics(trainer, metrics: dict) -> None:
+    """The training metrics, logged and written (train_results.json), and the trainer's state (trainer_state.json)."""
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+
+
+def finish(trainer) -> int:
+    """Close trackers and the process group (gloo threads left running at exit can abort a finished rank: SIGABRT)."""
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return 0

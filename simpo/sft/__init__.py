@@ -1,0 +1,1 @@
+"""The SFT stage (simpo-sft): its config, conversation data, assistant-only labels, reporting and recipe."""

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from simpo.data.mixer import mix_datasets
+from simpo.data.validation import DataError
+
+
+def pair(i, split="train"):
+    user = {"role": "user", "content": f"{split} question {i}"}
+    return {
+        "prompt": user["content"],
+        "chosen": [user, {"role": "assistant", "content": f"good {i}"}],
+        "rejected": [user, {"role": "assistant", "content": f"bad {i}"}],
+        "score": i,
+    }
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def sources(tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    write_jsonl(files / "train.jsonl", [pair(i) for i in range(10)])
+    write_jsonl(files / "test.jsonl", [pair(i, "test") for i in range(4)])
+    saved = tmp_path / "saved"
+    DatasetDict({
+        "train_prefs": Dataset.from_list([pair(100 + i) for i in range(20)]),
+        "test_prefs": Dataset.from_list([pair(100 + i, "test") for i in range(6)]),
+    }).save_to_disk(str(saved))
+    return files, saved
+
+
+def test_fractions_subsample_train_and_keep_test_whole(sources):
+    files, saved = sources
+    mixed = mix_datasets({str(files): 0.5}, ["train", "test"])
+    assert len(mixed["train"]) == 5 and len(mixed["test"]) == 4
+    assert sorted(mixed["train"].column_names) == ["chosen", "origin", "prompt", "rejected"]  # score dropped
+    # each row's origin: the source, the split and its row there, whatever the shuffle did
+    assert sorted(o["row"] for o in mixed["train"]["origin"]) == list(range(5))
+    assert {(o["source"], o["split"]) for o in mixed["test"]["origin"]} == {(str(files), "test")}
+    mixed = mix_datasets({str(saved): 0.25}, ["train_prefs", "test_prefs"])
+    assert len(mixed["train"]) == 5 and len(mixed["test"]) == 6
+    # the first 25% of the source, in shuffled order
+    assert sorted(r["prompt"] for r in mixed["train"]) == [f"train question {100 + i}" for i in range(5)]
+
+
+def test_two_sources_are_concatenated_and_shuffled_with_the_seed(sources, tmp_path):
+    files, _ = sources
+    single = tmp_path / "extra.jsonl"
+    write_jsonl(single, [pair(50 + i) for i in range(4)])
+    a = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=3)
+    b = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=3)
+    c = mix_datasets({str(files): 1.0, str(single): 1.0}, ["train"], seed=4)
+    assert len(a["train"]) == 14 and "test" not in a
+    assert a["train"]["prompt"] == b["train"]["prompt"] != c["train"]["prompt"]
+    assert a["train"]["prompt"] != sorted(a["train"]["prompt"], key=lambda p: int(p.split()[-1]))
+
+
+def test_single_file_is_train_only(sources, tmp_path):
+    single = tmp_path / "one.jsonl"
+    write_jsonl(single, [pair(0)])
+    with pytest.raises(DataError, match="a single file is a train split only"):
+        mix_datasets({str(single): 1.0}, ["train", "test"])
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
+def test_fraction_outside_range(sources, fraction):
+    files, _ = sources
+    with pytest.raises(DataError, match=r"a fraction is in \(0, 1\]"):
+        mix_datasets({str(files): fraction}, ["train"])
+
+
+def test_missing_split_names_the_source_and_its_splits(sources):
+    _, saved = sources
+    with pytest.raises(DataError, match=r"no split 'test' \(it has \['test_prefs', 'train_prefs'\]\)"):
+        mix_datasets({str(saved): 1.0}, ["train_prefs", "test"])
+
+
+def test_split_that_is_neither_train_nor_test(sources):
+    files, _ = sources
+    with pytest.raises(DataError, match="Split 'validation' names neither train nor test"):
+        mix_datasets({str(files): 1.0}, ["validation"])
+
+
+def test_row_not_in_message_format_names_source_split_and_row(tmp_path):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    rows = [pair(0), pair(1), dict(pair(2), chosen="just a string")]
+    write_jsonl(folder / "train.jsonl", rows[:2])
+    (folder / "train.jsonl").write_text((folder / "train.jsonl").read_text() + json.dumps(
+        {"prompt": "p", "chosen": [{"role": "user", "content": "p"}, {"role": "bot", "content": "x"}],
+         "rejected": pair(2)["rejected"], "score": 2}) + "\n")
+    with pytest.raises(DataError, match=rf"{folder} \[train\] row 2: 'chosen': message 1 has unknown role 'bot'"):
+        mix_datasets({str(folder): 1.0}, ["train"])

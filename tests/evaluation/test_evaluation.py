@@ -1,0 +1,276 @@
+"""simpo-eval-setup and simpo-answer on a real tiny run (2 training steps of the tiny config, in outputs/tiny-simpo-cpu
+of a scratch working directory, as the README's quick start leaves it)."""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, TINY_DATA, TINY_MODEL
+from transformers import AutoModelForCausalLM
+
+from simpo.core.parser import parse_args
+from simpo.core.run_config import run_settings, training_tokenizer
+from simpo.data.tokenization import generation_prompt_ids
+from simpo.evaluation import answer as answer_cli
+from simpo.evaluation import setup as eval_setup
+from simpo.evaluation.templates import ALPACA_EVAL_CONVERSATIONS, alpaca_eval_ids, vllm_chat_ids
+from simpo.train.config import SIMPO_ARGUMENTS, SimPOConfig
+from simpo.train.recipe import train_main
+
+RUN = "outputs/tiny-simpo-cpu"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A scratch directory holding a finished tiny run; tests run from it (commands are relative to it)."""
+    folder = tmp_path_factory.mktemp("evaluation")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        train_main([os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"), f"--output_dir={RUN}",
+                    f"--model_name_or_path={TINY_MODEL}", f"--dataset_mixer={{{TINY_DATA}: 1.0}}", "--max_steps=2",
+                    "--report_to=none", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false",
+                    "--save_strategy=no"])
+        yield folder
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture
+def in_workdir(workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+def test_a_run_records_its_settings_and_they_parse_back(in_workdir):
+    model_args, data_args, training_args = parse_args([os.path.join(RUN, "run_config.yaml")], SIMPO_ARGUMENTS)
+    assert model_args.model_name_or_path == TINY_MODEL and data_args.dataset_mixer == {TINY_DATA: 1.0}
+    assert training_args.max_steps == 2 and training_args.beta == 2.0 and training_args.output_dir == RUN
+    assert isinstance(training_args, SimPOConfig) and run_settings(RUN) == (model_args, data_args)
+
+
+def test_eval_setup_writes_the_three_set_ups_with_token_parity(in_workdir, capsys):
+    eval_setup.main([RUN])
+    assert "token parity with training checked" in capsys.readouterr().out
+    folder = os.path.join(RUN, "eval")
+    alpaca = yaml.safe_load(open(os.path.join(folder, "alpaca_eval", "tiny-simpo-cpu", "configs.yaml")))
+    kwargs = alpaca["tiny-simpo-cpu"]["completions_kwargs"]
+    assert (kwargs["temperature"], kwargs["top_p"], kwargs["max_new_tokens"]) == (0.9, 1.0, 4096)  # llama3 family
+    assert kwargs["model_name"] == os.path.abspath(RUN) and kwargs["stop_token_ids"] == [1]
+    template = open(alpaca["tiny-simpo-cpu"]["prompt_template"]).read()
+    gen_answer = yaml.safe_load(open(os.path.join(folder, "arena_hard", "gen_answer_config.yaml")))
+    assert gen_answer["temperature"] == 0.0 and gen_answer["model_list"] == ["tiny-simpo-cpu"]
+    api = yaml.safe_load(open(os.path.join(folder, "arena_hard", "api_config.yaml")))
+    assert api["tiny-simpo-cpu"]["endpoints"][0]["api_base"] == "http://localhost:8000/v1"
+    chat = open(os.path.join(folder, "arena_hard", "chat_template.jinja")).read()
+    # The written files, put through their tools' paths, prompt as training did (checked here independently).
+    tokenizer = training_tokenizer(RUN, *run_settings(RUN))
+    for turns in ALPACA_EVAL_CONVERSATIONS:
+        expected = generation_prompt_ids(turns, tokenizer)
+        assert alpaca_eval_ids(template, turns, tokenizer) == expected == vllm_chat_ids(chat, turns, tokenizer)
+    parity = json.load(open(os.path.join(folder, "parity.json")))
+    assert parity["family"] == "llama3" and parity["parity"]["arena_hard"]["prompts"] == 7
+    assert "## MT-Bench" in open(os.path.join(folder, "EVAL.md")).read()
+
+
+def test_a_double_bos_template_is_refused_and_nothing_is_written(in_workdir, tmp_path, capsys):
+    broken = tmp_path / "llama3.txt"
+    broken.write_text("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{instruction}<|eot_id|>"
+                      "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    out = tmp_path / "eval"
+    with pytest.raises(SystemExit) as exit_:
+        eval_setup.main([RUN, f"--alpaca-prompt-template={broken}", f"--eval-dir={out}"])
+    assert exit_.value.code == 1
+    message = capsys.readouterr().err
+    assert "refused, nothing written" in message and "position 1 of check prompt 0" in message
+    assert "training fed token 2 '<|start_header_id|>', alpaca_eval prompt template gives token 0" in message
+    assert "'<|begin_of_text|>'" in message and not out.exists()
+
+
+def test_the_docs_evaluation_commands_are_the_ones_the_tool_writes(in_workdir):
+    eval_setup.main([RUN])
+    written = set(open(os.path.join(RUN, "eval", "EVAL.md")).read().splitlines())
+    section = open(os.path.join(REPO, "docs", "evaluation.md")).read()
+    commands = [line for block in re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
+                for line in block.splitlines()]
+    assert commands[0] == f"simpo-eval-setup {RUN}"  # the command that writes the rest
+    assert len(commands) > 15 and [c for c in commands[1:] if c not in written] == []
+
+
+def write_questions(path, rows, as_list=False):
+    path.write_text(json.dumps(rows) if as_list else "".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def greedy(model, ids, n):
+    """Plain greedy decoding, no generate(): the reference for a temperature-0 answer."""
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            token = model(torch.tensor([seq])).logits[0, -1].argmax().item()
+            if token == 1:  # <|eot_id|>
+                break
+            seq.append(token)
+    return seq[len(ids):]
+
+
+def test_simpo_answer_writes_each_benchmarks_answer_file(in_workdir, tmp_path):
+    alpaca = write_questions(tmp_path / "alpaca.json", [{"instruction": "Name a colour.", "dataset": "x"},
+                                                       {"instruction": "What is 2+2?", "dataset": "y"}], True)
+    answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", alpaca, "--max-new-tokens", "6"])
+    outputs = json.load(open(os.path.join(RUN, "eval", "alpaca_eval", "model_outputs.json")))
+    assert [(o["instruction"], o["generator"], o["dataset"]) for o in outputs] == [
+        ("Name a colour.", "tiny-simpo-cpu", "x"), ("What is 2+2?", "tiny-simpo-cpu", "y")]
+
+    arena = write_questions(tmp_path / "arena.jsonl", [{"question_id": "q1", "turns": [{"content": "Explain TCP."}]}])
+    out = tmp_path / "arena" / "model_answer" / "tiny.jsonl"
+    answer_cli.main([RUN, "--benchmark", "arena_hard", "--questions", arena, "--out", str(out), "--name", "tiny",
+                     "--max-new-tokens", "6"])
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["question_id"] == "q1" and record["model_id"] == "tiny"
+    turn = record["choices"][0]["turns"][0]
+    assert set(turn) == {"content", "token_len"}
+
+
+def test_mt_bench_answers_greedy_categories_exactly_and_carries_the_first_answer(in_workdir, tmp_path):
+    questions = [{"question_id": 111, "category": "math", "turns": ["hi", "hi again"]},
+                 {"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter."]}]
+    path = write_questions(tmp_path / "mt.jsonl", questions)
+    out = tmp_path / "mt" / "tiny.jsonl"
+    answer_cli.main([RUN, "--benchmark", "mt_bench", "--questions", path, "--out", str(out), "--max-new-tokens", "8"])
+    records = {r["question_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {111, 81} and all(len(r["choices"][0]["turns"]) == 2 for r in records.values())
+    # "math" decodes greedily: both turns equal plain greedy decoding of the training prompt ids, the second with
+    # the model's first answer in its conversation.
+    model_args, data_args = run_settings(RUN)
+    tokenizer = training_tokenizer(RUN, model_args, data_args)
+    model = AutoModelForCausalLM.from_pretrained(RUN).eval()
+    first, second = records[111]["choices"][0]["turns"]
+    assert first and second  # real text, not an immediate end of turn
+    turns = [{"role": "user", "content": "hi"}]
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert first == decode(greedy(model, generation_prompt_ids(turns, tokenizer), 8))
+    turns += [{"role": "assistant", "content": first}, {"role": "user", "content": "hi again"}]
+    assert second == decode(greedy(model, generation_prompt_ids(turns, tokenizer), 8))
+
+
+def test_unknown_benchmark_is_an_error(in_workdir):
+    with pytest.raises(SystemExit):
+        eval_setup.main([RUN, "--benchmarks=alpaca_eval,mmlu"])
+
+
+def test_simpo_answer_relaunched_resumes_and_refuses_another_batch_size(in_workdir, tmp_path, capsys):
+    questions = write_questions(tmp_path / "alpaca.json", [{"instruction": f"Say {i}."} for i in range(3)], True)
+    command = [RUN, "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4",
+               "--out", str(tmp_path / "a.json"), "--batch-size", "1"]
+    answer_cli.main(command)
+    first = json.loads((tmp_path / "a.json").read_text())
+    answer_cli.main(command)  # the same command again: every unit is done, the answers are the same
+    assert json.loads((tmp_path / "a.json").read_text()) == first and all(o["output"] is not None for o in first)
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(batch_size; e.g. batch_size: 1 then, 3"):
+        answer_cli.main([*command[:-1], "3"])  # other units: resuming would mix two runs (or lose answers)
+
+
+def test_simpo_answer_batch_size_below_one_is_refused(in_workdir, capsys):
+    with pytest.raises(SystemExit) as done:
+        answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", "q.json", "--batch-size", "0"])
+    assert done.value.code == 2 and "--batch-size must be at least 1 (got 0)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "holds no questions"),
+    ("[]", "holds no questions"),
+    ('[{"instruction": "a"}, {"prompt": "b"}]', r"row 1: no question text in 'instruction' for alpaca_eval"),
+    ('[{"instruction": "a"}, "b"]', r"row 1: a question is a JSON object with 'instruction', not str"),
+    ('[{"instruction": "a"},\n {"instruction": ', r"line 2: not JSON"),
+])
+def test_simpo_answer_names_what_is_wrong_with_a_question_file(in_workdir, tmp_path, capsys, content, message):
+    path = tmp_path / "questions.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as done:
+        answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", str(path)])
+    assert done.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_jsonl_question_files_name_the_broken_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"turns": ["a"]}\n\n{"turns": ["b"]\n')
+    with pytest.raises(ValueError, match=r"q.jsonl line 3: not JSON"):
+        answer_cli.read_questions(str(path), "mt_bench")
+
+
+@pytest.mark.parametrize("command", ["eval_setup", "answer"])
+def test_a_folder_that_is_not_a_finished_run_is_named(in_workdir, tmp_path, capsys, command):
+    empty, missing = tmp_path / "empty", tmp_path / "missing"
+    empty.mkdir()
+    main = eval_setup.main if command == "eval_setup" else lambda argv: answer_cli.main(
+        [*argv, "--benchmark", "alpaca_eval", "--questions", "q.json"])
+    for folder, message in ((empty, "holds no saved model (no config.json or adapter_config.json and no"
+                                    " tokenizer_config.json)"), (missing, "is not a folder")):
+        with pytest.raises(SystemExit) as done:
+            main([str(folder)])
+        assert done.value.code == 2
+        assert f"{folder} {message}" in capsys.readouterr().err
+
+
+def test_run_config_masks_a_set_hub_token_and_keeps_unset_tokens_unset(tmp_path):
+    from simpo.core.arguments import DataArguments, ModelArguments
+    from simpo.core.run_config import save_run_config
+
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, hub_token="hf_secret")
+    text = open(save_run_config(ModelArguments(), DataArguments(), args)).read()
+    assert "hf_secret" not in text and yaml.safe_load(text)["hub_token"] == "<HUB_TOKEN>"
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert yaml.safe_load(open(save_run_config(ModelArguments(), DataArguments(), args)))["hub_token"] is None
+
+
+def test_simpo_answer_does_not_resume_answers_of_a_model_retrained_into_the_folder(in_workdir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run, ignore=shutil.ignore_patterns("eval"))
+    questions = write_questions(tmp_path / "alpaca.json", [{"instruction": "Say 1."}], True)
+    command = [str(run), "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4"]
+    answer_cli.main(command)
+    weights = run / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten by training
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(model;"):
+        answer_cli.main(command)
+
+
+def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_path):
+    """A LoRA run's folder holds the adapter (no base config.json beside it, which would make loaders look for full
+    weights there); simpo-answer samples from the adapter merged into its base model."""
+    from peft import AutoPeftModelForCausalLM
+
+    from simpo.core.model import load_for_generation
+
+    run = tmp_path / "lora"
+    train_main([os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"), f"--output_dir={run}",
+                f"--model_name_or_path={TINY_MODEL}", f"--dataset_mixer={{{TINY_DATA}: 1.0}}", "--max_steps=2",
+                "--report_to=none", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false",
+                "--save_strategy=no", "--use_peft=true", "--lora_r=4"])
+    assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
+    merged, adapter = load_for_generation(str(run)), AutoPeftModelForCausalLM.from_pretrained(str(run))
+    ids = torch.tensor([[1, 5, 9, 13]])
+    torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, rtol=1e-5, atol=1e-5)
+    questions = write_questions(tmp_path / "alpaca.json", [{"instruction": "Name a colour."}], True)
+    answer_cli.main([str(run), "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4",
+                     "--out", str(tmp_path / "answers.json")])
+    assert isinstance(json.loads((tmp_path / "answers.json").read_text())[0]["output"], str)
+
+
+def test_a_relaunch_with_other_settings_says_what_changed(tmp_path, caplog):
+    from simpo.core.arguments import DataArguments, ModelArguments
+    from simpo.core.run_config import save_run_config
+
+    save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))
+    save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))
+    assert "held other settings" not in caplog.text  # the same launch again: nothing to say
+    save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=5.0,
+                                                                   learning_rate=1e-6))
+    assert "held other settings than this launch's (learning_rate: 5e-05 -> 1e-06, beta: 2.0 -> 5.0)" in caplog.text

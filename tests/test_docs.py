@@ -1,0 +1,106 @@
+"""The README is a short front door with a table of contents; the rest lives in docs/, every page reachable from the
+README, and no relative link (file or #anchor) points nowhere."""
+
+import os
+import re
+
+from conftest import REPO
+
+README = os.path.join(REPO, "README.md")
+DOCS = os.path.join(REPO, "docs")
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def prose_lines(text):
+    """The lines outside fenced code blocks (``` fences, also indented in list items), code spans removed."""
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            yield re.sub(r"`[^`]*`", "", line)
+
+
+def headings(text, level=None):
+    """(level, title) of every Markdown heading outside code blocks."""
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        match = re.match(r"(#{1,6}) +(.*?) *#* *$", line)
+        if not fenced and match and (level is None or len(match.group(1)) == level):
+            yield len(match.group(1)), match.group(2)
+
+
+def slug(title):
+    """GitHub's anchor for a heading: link markup and code ticks dropped, lower case, punctuation other than - and _
+    removed, spaces to hyphens."""
+    title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", title).replace("`", "")
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def anchors(text):
+    seen, out = {}, set()
+    for _, title in headings(text):
+        base = slug(title)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        out.add(base if count == 0 else f"{base}-{count}")
+    return out
+
+
+def markdown_files():
+    files = [README]
+    for root, _, names in os.walk(DOCS):
+        files += [os.path.join(root, name) for name in sorted(names) if name.endswith(".md")]
+    return files
+
+
+def links(path):
+    return [target for line in prose_lines(read(path)) for target in LINK.findall(line)]
+
+
+def test_readme_is_at_most_300_lines():
+    assert len(read(README).splitlines()) <= 300
+
+
+def test_docs_exist():
+    assert os.path.isdir(DOCS) and len(markdown_files()) > 1
+
+
+def test_every_relative_link_resolves_to_a_file_and_heading():
+    broken = []
+    for path in markdown_files():
+        for target in links(path):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+                continue
+            file_part, _, anchor = target.partition("#")
+            dest = os.path.normpath(os.path.join(os.path.dirname(path), file_part)) if file_part else path
+            where = f"{os.path.relpath(path, REPO)} -> {target}"
+            if not os.path.exists(dest):
+                broken.append(f"{where}: no such file")
+            elif anchor and (not dest.endswith(".md") or anchor not in anchors(read(dest))):
+                broken.append(f"{where}: no heading with that anchor")
+    assert broken == []
+
+
+def test_every_docs_file_is_linked_from_the_readme():
+    linked = {os.path.normpath(os.path.join(REPO, target.partition("#")[0])) for target in links(README)}
+    pages = {os.path.normpath(os.path.join(root, name)) for root, _, names in os.walk(DOCS) for name in names}
+    assert sorted(os.path.relpath(page, REPO) for page in pages - linked) == []
+
+
+def test_readme_table_of_contents_lists_every_section():
+    text = read(README)
+    sections = [title for _, title in headings(text, level=2)]
+    toc_title = next(title for title in sections if title.lower() in ("contents", "table of contents"))
+    toc = text.split(f"\n## {toc_title}\n")[1].split("\n## ")[0]
+    listed = [target[1:] for line in prose_lines(toc) for target in LINK.findall(line) if target.startswith("#")]
+    assert listed == [slug(title) for title in sections if title != toc_title]
