@@ -104,7 +104,7 @@ def truncate_prompt(prompt_ids: list[int], max_prompt_length: int, truncation_mo
         return prompt_ids[:max_prompt_length]
     if truncation_mode != "keep_end":
         raise ValueError(f"Unknown truncation_mode {truncation_mode!r}: use 'keep_end' or 'keep_start'.")
-    # Keep BOS first: the reference cut it off with the prompt's start (see README, differences).
+    # Keep BOS first: the reference cut it off with the prompt's start (docs/differences.md).
     if bos is not None and prompt_ids and prompt_ids[0] == bos:
         return [bos] + prompt_ids[1:][-(max_prompt_length - 1) :] if max_prompt_length > 1 else [bos]
     return prompt_ids[-max_prompt_length:]

@@ -27,7 +27,7 @@ class OnPolicyArguments:
         default_factory=lambda: [13, 21, 42, 79, 100], metadata={"help": "One sample per prompt and seed."}
     )
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature; 0 is greedy."})
-    top_p: float = 0.95
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling: the smallest token set of this mass."})
     max_tokens: int = field(default=4096, metadata={"help": "Most new tokens per response."})
     generation_batch_size: int = field(
         default=16,
@@ -39,7 +39,7 @@ class OnPolicyArguments:
     )
     # simpo-annotate (default: the reference's reward model)
     reward_model: str = field(default="RLHFlow/ArmoRM-Llama3-8B-v0.1", metadata={"help": "Hub id or folder."})
-    reward_model_revision: str = "main"
+    reward_model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the reward model."})
     reward_trust_remote_code: bool = field(
         default=False, metadata={"help": "Needed by reward models with custom heads, e.g. ArmoRM."}
     )

@@ -33,8 +33,10 @@ REFUSED = {
 class SFTRunConfig(SFTConfig):
     # TrainingArguments' defaults, not TRL's, so a key means the same in simpo-sft and simpo-train (TRL's
     # gradient_checkpointing=True would also trip transformers 5's deprecation warning: use activation_checkpointing).
-    gradient_checkpointing: bool | None = None
-    bf16: bool | None = False
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Recompute activations in the backward pass (saves memory, costs time)."}
+    )
+    bf16: bool | None = field(default=False, metadata={"help": "bf16 mixed precision (TRL's default would be on)."})
     include_num_input_tokens_seen: str | bool = field(
         default="auto",
         metadata={"help": "Count the tokens trained on (num_input_tokens_seen, and the end summary's throughput). auto:"

@@ -1,4 +1,6 @@
+import functools
 import json
+import shutil
 
 import pytest
 from datasets import Dataset, DatasetDict
@@ -97,3 +99,21 @@ def test_row_not_in_message_format_names_source_split_and_row(tmp_path):
          "rejected": pair(2)["rejected"], "score": 2}) + "\n")
     with pytest.raises(DataError, match=rf"{folder} \[train\] row 2: 'chosen': message 1 has unknown role 'bot'"):
         mix_datasets({str(folder): 1.0}, ["train"])
+
+
+def test_the_code_fingerprint_covers_modules_in_subpackages(tmp_path, monkeypatch):
+    """An edit to any module under simpo/, a subpackage's included, gives cached rows a new fingerprint."""
+    from simpo.data import mixer
+
+    copy = tmp_path / "simpo"
+    shutil.copytree(mixer.SIMPO_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(mixer, "SIMPO_ROOT", copy)
+    monkeypatch.setattr(mixer, "simpo_code_hash", functools.cache(mixer.simpo_code_hash.__wrapped__))
+    rows = Dataset.from_list([{"a": 1}])
+    assert (copy / "train" / "loss.py") in mixer.simpo_sources()
+    before = mixer.map_fingerprint(rows, "settings")
+    assert mixer.map_fingerprint(rows, "settings") == before  # same code: the cached rows are reused
+    loss = copy / "train" / "loss.py"
+    loss.write_text(loss.read_text() + "\n# an edit\n")
+    mixer.simpo_code_hash.cache_clear()
+    assert mixer.map_fingerprint(rows, "settings") != before
