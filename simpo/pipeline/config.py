@@ -84,8 +84,8 @@ def reject_unused(instance, used: set[str], command: str) -> None:
             raise ConfigError(f"'{f.name}' has no effect on {command}: remove it from the config.")
 
 
-def parse_pipeline_args(argv: list[str] | None, command: str, description: str) -> tuple[ModelArguments, DataArguments,
-                                                                                           OnPolicyArguments]:
+def parse_pipeline_args(argv: list[str] | None, command: str, description: str = "") -> tuple[
+        ModelArguments, DataArguments, OnPolicyArguments]:
     """`CONFIG.yaml [--key=value ...]`, with the training recipe's parser and override rules; --help opens on
     `description`, what the command does."""
     refused = frozenset(f.name for cls in (ModelArguments, DataArguments) for f in dataclasses.fields(cls)
