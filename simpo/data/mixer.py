@@ -28,6 +28,12 @@ PREFERENCE_PAIRS = RowFormat(("prompt", "chosen", "rejected"), validate_rows)
 # the row a user can find in their file: {source, split, row}.
 ORIGIN = "origin"
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+SIMPO_ROOT = Path(__file__).resolve().parent.parent  # the simpo package, every subpackage included
+
+
+def simpo_sources() -> list[Path]:
+    """Every module of the simpo package, in a stable order."""
+    return sorted(SIMPO_ROOT.rglob("*.py"))
 
 
 @functools.cache
@@ -35,14 +41,6 @@ def simpo_code_hash() -> str:
     """A hash of simpo's own source. datasets fingerprints a module's function by its name, not its code, so a map's
     cached rows would outlive an edit or upgrade of the code that made them."""
     return Hasher.hash([[str(path.relative_to(SIMPO_ROOT)), path.read_text()] for path in simpo_sources()])
-
-
-SIMPO_ROOT = Path(__file__).resolve().parent.parent  # the simpo package, every subpackage included
-
-
-def simpo_sources() -> list[Path]:
-    """Every module of the simpo package, in a stable order."""
-    return sorted(SIMPO_ROOT.rglob("*.py"))
 
 
 def map_fingerprint(dataset: Dataset, *arguments) -> str:
