@@ -184,7 +184,7 @@ def test_gemma_template_trims_each_turn_after_folding_the_system_text_as_the_ref
 @pytest.mark.parametrize("name", sorted(SFT_RUNS))
 def test_sft_run_values(name, parse):
     """The reference's SFT values (its llama-3-8b-base-sft.yaml): lr 2e-5, 1 epoch, cosine with 10% warm-up, max
-    length 2048, 8 per device x 4 accumulation (x 4 GPUs = 128), UltraChat-200k's SFT splits, bf16."""
+    length 2048, packed rows, 8 per device x 4 accumulation (x 4 GPUs = 128), UltraChat-200k's SFT splits, bf16."""
     model_args, data_args, args = parse(os.path.join(CONFIG_DIR, name))
     assert model_args.model_name_or_path == SFT_RUNS[name][0]
     assert model_args.torch_dtype == "bfloat16" and model_args.attn_implementation == "flash_attention_2"
@@ -192,7 +192,10 @@ def test_sft_run_values(name, parse):
     assert data_args.dataset_splits == ["train_sft", "test_sft"]
     assert args.learning_rate == 2e-5 and args.num_train_epochs == 1 and args.seed == 42
     assert args.lr_scheduler_type == "cosine" and args.warmup_steps == 0.1 and args.optim == "adamw_torch"
-    assert args.max_length == 2048 and not args.packing
+    # Packed as alignment-handbook's run_sft.py packed (packing=True, 2048-token rows): the batch of 128 counts rows;
+    # a conversation longer than a row carries on into another (bfd_split), the test split is packed the same way.
+    assert args.max_length == 2048 and args.packing and args.packing_strategy == "bfd_split"
+    assert args.eval_packing is None and args.include_num_input_tokens_seen == "all"
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 4)
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * 4 == 128
     assert args.bf16 and not args.fp16

@@ -9,7 +9,8 @@ for a finished run, in OUTPUT_DIR/eval/:
   parity.json                                 what the token-parity check compared
 
 Everything comes from the run: its saved tokenizer with the chat template training applied and its system-turn rule
-(run_config.yaml), its generation_config (stop tokens), the reference's decoding settings for the template's family.
+(run_config.yaml), its stop tokens (the generation_config's EOS ids and the token the template ends an assistant turn
+with), the reference's decoding settings for the template's family.
 Each template is checked token by token against what training fed the model (simpo.evaluation.templates); if one
 differs, nothing is written and the first differing token is shown. `--alpaca-prompt-template` / `--chat-template` check
 and use your own files instead (e.g. the reference's).
@@ -20,7 +21,6 @@ import os
 import sys
 
 import yaml
-from transformers import GenerationConfig
 
 from simpo.core.parser import CommandParser
 from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
@@ -36,7 +36,7 @@ from simpo.evaluation.templates import (
     vllm_chat_ids,
     vllm_chat_template,
 )
-from simpo.pipeline.backends import eos_ids
+from simpo.pipeline.backends import model_stop_ids
 from simpo.pipeline.work_units import write_atomic
 
 BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
@@ -44,10 +44,8 @@ SERVER = {"api_base": "http://localhost:8000/v1", "api_key": "token-abc123"}
 
 
 def stop_token_ids(output_dir: str, tokenizer) -> list[int]:
-    try:
-        return eos_ids(GenerationConfig.from_pretrained(output_dir), tokenizer)
-    except OSError:  # no generation_config.json
-        return [tokenizer.eos_token_id]
+    """The run's EOS ids and its template's end-of-turn token: what simpo-answer and simpo-generate stop at."""
+    return model_stop_ids(output_dir, tokenizer)
 
 
 def read(path: str | None) -> str | None:

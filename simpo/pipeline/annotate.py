@@ -56,10 +56,17 @@ def plan_units(lengths: dict[str, list[int]], batch_size: int, limit: int | None
 
 
 def unused_token_id(sequences, vocab_size: int, preferred: int | None) -> int:
+    """`preferred` (the tokenizer's pad id) if it is inside the embedding and in no sequence, else the highest id
+    below vocab_size that occurs in none (a tokenizer's pad may be an added token past the embedding, id vocab_size:
+    ArmoRM's may be)."""
     used = {t for ids in sequences for t in ids}
-    if preferred is not None and preferred not in used:
+    if preferred is not None and 0 <= preferred < vocab_size and preferred not in used:
         return preferred
-    return next(t for t in range(vocab_size - 1, -1, -1) if t not in used)
+    free = next((t for t in range(vocab_size - 1, -1, -1) if t not in used), None)
+    if free is None:
+        raise ValueError(f"Every id below the reward model's vocab_size ({vocab_size}) occurs in the conversations:"
+                         " none is left to pad with.")
+    return free
 
 
 class RewardModel:

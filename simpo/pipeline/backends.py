@@ -2,17 +2,20 @@
 
 Both take prompts as token ids (simpo.data.tokenization.generation_prompt_ids) and sample with temperature and top-p
 only, as the reference's vLLM decoding does: the model's own generation_config contributes its end-of-turn ids, not its
-sampling defaults (top_k, repetition penalties). Responses are decoded without special tokens and stripped.
+sampling defaults (top_k, repetition penalties), and the token the chat template ends an assistant turn with stops a
+reply too (stop_ids). Responses are decoded without special tokens and stripped.
 """
 
 import importlib.util
 import logging
 import os
 
+import jinja2
 import torch
 from transformers import GenerationConfig
 
 from simpo.core.model import attn_implementation, load_for_generation, resolve_dtype
+from simpo.data.chat_templates import maybe_insert_system_message
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,43 @@ def eos_ids(generation_config, tokenizer) -> list[int]:
     return [eos] if isinstance(eos, int) else list(eos)
 
 
+TURN_PROBE = "Xq7Zr"  # an assistant reply no template rewrites, to find what the template writes after it
+
+
+def turn_end_id(tokenizer) -> int | None:
+    """The special token the chat template writes right after an assistant reply (Llama-3's <|eot_id|>, Gemma's
+    <end_of_turn>, ChatML's <|im_end|>, the EOS of simpo's Mistral template), or None (no template, or plain text)."""
+    if not tokenizer.chat_template:
+        return None
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": TURN_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(maybe_insert_system_message(turns, tokenizer), tokenize=False)
+    except jinja2.TemplateError:  # a template that cannot render a plain exchange has no turn end to learn from it
+        return None
+    after = text[text.rfind(TURN_PROBE) + len(TURN_PROBE):].lstrip() if TURN_PROBE in text else ""
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return ids[0] if ids and ids[0] in special else None
+
+
+def stop_ids(generation_config, tokenizer) -> list[int]:
+    """The tokens that end a reply: the model's EOS ids (its generation_config, else the tokenizer's) and the token
+    its chat template ends an assistant turn with. A Llama-3 base model's SFT output lists only <|end_of_text|> as
+    EOS, but the template ends every turn with <|eot_id|>, where the reference's decoding stops too."""
+    ids = eos_ids(generation_config, tokenizer)
+    end = turn_end_id(tokenizer)
+    return ids + [end] if end is not None and end not in ids else ids
+
+
+def model_stop_ids(model_path: str, tokenizer, revision: str | None = None) -> list[int]:
+    """stop_ids from the generation_config saved with the model (its config.json's, else the tokenizer's EOS)."""
+    try:
+        generation_config = GenerationConfig.from_pretrained(model_path, revision=revision)
+    except OSError:  # no generation_config.json
+        generation_config = GenerationConfig()
+    return stop_ids(generation_config, tokenizer)
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -43,7 +83,7 @@ class TransformersBackend:
             attn_implementation=attn_implementation(model_args.attn_implementation),
         ).to(self.device).eval()
         self.tokenizer = tokenizer
-        self.stop_ids = eos_ids(self.model.generation_config, tokenizer)
+        self.stop_ids = stop_ids(self.model.generation_config, tokenizer)
         self.set_sampling(temperature, top_p, max_tokens)
 
     def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
@@ -86,11 +126,13 @@ class VLLMBackend:
                        tokenizer=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
                        trust_remote_code=model_args.trust_remote_code, dtype=model_args.torch_dtype or "auto")
         self.sampling_params = SamplingParams
+        self.stop_ids = model_stop_ids(model_args.model_name_or_path, tokenizer, model_args.model_revision)
         self.set_sampling(temperature, top_p, max_tokens)
 
     def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
         self.params = lambda seed: self.sampling_params(temperature=temperature, max_tokens=max_tokens, seed=seed,
-                                                        top_p=top_p if temperature > 0 else 1.0)
+                                                        top_p=top_p if temperature > 0 else 1.0,
+                                                        stop_token_ids=self.stop_ids)
 
     def generate(self, prompts: list[list[int]], batch_seed: int, row_seeds: list[int]) -> list[str]:
         """Each request samples from its own seed, so batching does not change it."""

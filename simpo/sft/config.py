@@ -24,9 +24,20 @@ REFUSED = {
                           " trust_remote_code, load_in_4bit/8bit)"),
     "truncation_mode": ("keep_start", "a long conversation keeps its start (its first turns); keep_end is"
                         " deprecated in TRL"),
-    "packing_strategy": ("bfd", "'bfd' keeps each conversation whole and apart (its own positions and attention);"
-                         " the others cut or join conversations"),
+    "packing_strategy": (("bfd", "bfd_split"), "packed conversations keep their own positions and attention ('bfd'"
+                         " cuts a conversation at max_length, 'bfd_split' carries the rest into another row);"
+                         " 'wrapped' joins conversations into one attention span, so each would attend to those before"
+                         " it in its row"),
 }
+
+
+def allowed_values(allowed) -> tuple:
+    return allowed if isinstance(allowed, tuple) else (allowed,)
+
+
+def cuts_conversations(args, packed: bool) -> bool:
+    """Whether tokenisation cuts a conversation at max_length: not when bfd_split packing carries the rest on."""
+    return not (packed and args.packing_strategy == "bfd_split")
 
 
 @dataclass
@@ -58,9 +69,9 @@ class SFTRunConfig(SFTConfig):
 
     def __post_init__(self):
         for key, (allowed, why) in REFUSED.items():
-            if getattr(self, key) != allowed:
-                raise ValueError(f"{key}={getattr(self, key)!r} is not supported by simpo-sft (only {allowed!r}):"
-                                 f" {why}.")
+            if getattr(self, key) not in allowed_values(allowed):
+                only = " or ".join(map(repr, allowed_values(allowed)))
+                raise ValueError(f"{key}={getattr(self, key)!r} is not supported by simpo-sft (only {only}): {why}.")
         if self.use_cache:
             raise ValueError("use_cache: true is not supported by simpo-sft: training runs without the KV cache (with"
                              " it, packed conversations would attend to each other); the saved model's config turns"

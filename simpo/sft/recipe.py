@@ -29,7 +29,7 @@ from simpo.core.resume import StopOnSignal, checkpoint_state
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import report_drops
-from simpo.sft.config import SFTRunConfig
+from simpo.sft.config import SFTRunConfig, cuts_conversations
 from simpo.sft.data import CONVERSATIONS
 from simpo.sft.reporting import DROPPED_FILE, SFT_END_KEYS, SFT_OUTPUT_FILES, SFTRunSummary, throughput
 from simpo.sft.tokenization import tokenize_conversations
@@ -43,11 +43,13 @@ DESCRIPTION = ("Supervised fine-tuning (the SFT stage before SimPO for base mode
 def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, dict, dict]:
     """{"train": ..., "test": ...} of input_ids/labels, each side's DroppedRow records and its token counts."""
     out, drops, counts = {}, {}, {}
+    packed = {"train": args.packing, "test": args.packing if args.eval_packing is None else args.eval_packing}
     with args.main_process_first(desc="tokenizing conversations"):
         for side in ("train", "test"):
             if side in datasets:
+                max_length = args.max_length if cuts_conversations(args, packed[side]) else None
                 out[side], drops[side], counts[side] = tokenize_conversations(
-                    datasets[side], tokenizer, args.max_length, f"{side}_dataset",
+                    datasets[side], tokenizer, max_length, f"{side}_dataset",
                     data_args.auto_insert_empty_system_msg, data_args.preprocessing_num_workers,
                     args.on_degenerate_rows,
                 )

@@ -48,11 +48,12 @@ def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_syste
     return text, spans
 
 
-def tokenize_conversation(messages: list[dict], tokenizer, max_length: int,
+def tokenize_conversation(messages: list[dict], tokenizer, max_length: int | None,
                           auto_insert_empty_system_msg: bool = True) -> dict:
     """{input_ids, labels, drop_reason}: labels are the ids on assistant turns and IGNORE elsewhere; the sequence is
-    cut to max_length keeping its start. drop_reason, the one place that decides it, is set for an empty assistant
-    reply (it would train the model to end its turn at once) and when no labelled token is left to predict."""
+    cut to max_length keeping its start (None: not cut, as when bfd_split packing carries the rest into another
+    row). drop_reason, the one place that decides it, is set for an empty assistant reply (it would train the model to
+    end its turn at once) and when no labelled token is left to predict."""
     text, spans = render_conversation(messages, tokenizer, auto_insert_empty_system_msg)
     encode = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
     ids = encode(text)
@@ -83,8 +84,9 @@ def tokenize_row(row: dict, index: int, name: str, **kwargs) -> dict:
             "num_labelled": sum(t != IGNORE for t in out["labels"])}
 
 
-def tokenize_conversations(dataset, tokenizer, max_length: int, name: str, auto_insert_empty_system_msg: bool = True,
-                           num_proc: int | None = None, on_degenerate_rows: str = "drop"):
+def tokenize_conversations(dataset, tokenizer, max_length: int | None, name: str,
+                           auto_insert_empty_system_msg: bool = True, num_proc: int | None = None,
+                           on_degenerate_rows: str = "drop"):
     """(dataset of input_ids/labels, DroppedRow records of the rows left out, counts {rows, tokens, labelled,
     longest} of the rows kept). A drop names the row's origin from the mixer, or `name` and its index; with
     on_degenerate_rows: error the first one raises."""

@@ -4,12 +4,13 @@ of a scratch working directory, as the README's quick start leaves it)."""
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
 import yaml
 from conftest import REPO, TINY_DATA, TINY_MODEL
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 from simpo.core.parser import parse_args
 from simpo.core.run_config import run_settings, training_tokenizer
@@ -74,6 +75,18 @@ def test_eval_setup_writes_the_three_set_ups_with_token_parity(in_workdir, capsy
     parity = json.load(open(os.path.join(folder, "parity.json")))
     assert parity["family"] == "llama3" and parity["parity"]["arena_hard"]["prompts"] == 7
     assert "## MT-Bench" in open(os.path.join(folder, "EVAL.md")).read()
+
+
+def test_eval_setup_stops_at_the_template_turn_end_when_the_run_lists_another_eos(in_workdir, tmp_path):
+    # A Llama-3 base model's SFT output lists only <|end_of_text|>; its template ends turns with <|eot_id|> (here 1).
+    run = tmp_path / "base-like-run"
+    shutil.copytree(RUN, run, ignore=shutil.ignore_patterns("eval"))
+    GenerationConfig(bos_token_id=0, eos_token_id=2).save_pretrained(run)
+    eval_setup.main([str(run)])
+    alpaca = yaml.safe_load(open(run / "eval" / "alpaca_eval" / "base-like-run" / "configs.yaml"))
+    assert alpaca["base-like-run"]["completions_kwargs"]["stop_token_ids"] == [2, 1]
+    gen_answer = yaml.safe_load(open(run / "eval" / "arena_hard" / "gen_answer_config.yaml"))
+    assert gen_answer["stop_token_ids"] == [2, 1]
 
 
 def test_a_double_bos_template_is_refused_and_nothing_is_written(in_workdir, tmp_path, capsys):

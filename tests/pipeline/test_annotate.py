@@ -41,3 +41,24 @@ def test_a_custom_head_score_wins_over_logits_and_several_outputs_are_refused():
 def test_plan_batches_by_length_and_leaves_out_what_does_not_fit():
     units = plan_units({"train": [30, 5, 600, 12, 7], "test": [3]}, batch_size=2, limit=512)
     assert [(u.split, u.rows) for u in units] == [("train", (1, 4)), ("train", (3, 0)), ("test", (0,))]
+
+
+def test_a_pad_id_outside_the_embedding_falls_back_to_an_unused_id_inside_it():
+    tok = AutoTokenizer.from_pretrained(TINY_REWARD)
+    tok.add_special_tokens({"pad_token": "<|pad|>"})  # an added token: id vocab_size, past the embedding (ArmoRM's)
+    vocab_size = AutoModelForSequenceClassification.from_pretrained(TINY_REWARD).config.vocab_size
+    assert tok.pad_token_id == vocab_size == 653
+    sequences = [conversation_ids(ROW, reply, tok) for reply in REPLIES]
+    pad = unused_token_id(sequences, vocab_size, preferred=tok.pad_token_id)
+    assert 0 <= pad < vocab_size and all(pad not in seq for seq in sequences)
+    assert unused_token_id(sequences, vocab_size, preferred=-1) == pad  # a negative id is no embedding row either
+    batched = RewardModel(TINY_REWARD, "main", False, "float32", pad).score(sequences)  # old code: index error
+    model = AutoModelForSequenceClassification.from_pretrained(TINY_REWARD).eval()
+    with torch.no_grad():
+        alone = [model(torch.tensor([seq])).logits[0, 0].item() for seq in sequences]
+    assert batched == pytest.approx(alone, abs=1e-5)
+
+
+def test_no_id_left_to_pad_with_is_an_error_naming_vocab_size():
+    with pytest.raises(ValueError, match=r"Every id below the reward model's vocab_size \(3\)"):
+        unused_token_id([[0, 1, 2]], 3, preferred=3)

@@ -3,8 +3,10 @@
 import os
 from types import SimpleNamespace
 
+import jinja2
 import pytest
 import torch
+import yaml
 from conftest import REPO, TINY_MODEL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -72,7 +74,7 @@ def test_a_reply_is_cut_at_its_first_end_of_turn(tokenizer):
 
 def test_the_v02_pipeline_config_carries_the_reference_settings(tmp_path):
     model, data, args = parse_pipeline_args([os.path.join(REPO, "onpolicy_configs", "llama-3-8b-instruct-v2.yaml")],
-                                            "simpo-generate")
+                                            "simpo-generate", "")
     assert model.model_name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert data.dataset_mixer == {"HuggingFaceH4/ultrafeedback_binarized": 1.0}
     assert data.dataset_splits == ["train_prefs", "test_prefs"]
@@ -82,14 +84,14 @@ def test_the_v02_pipeline_config_carries_the_reference_settings(tmp_path):
 
 def test_overrides_apply_and_keys_the_pipeline_does_not_use_are_refused():
     tiny = os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml")
-    _, _, args = parse_pipeline_args([tiny, "--seeds=1,2", "--temperature=0"], "simpo-generate")
+    _, _, args = parse_pipeline_args([tiny, "--seeds=1,2", "--temperature=0"], "simpo-generate", "")
     assert args.seeds == [1, 2] and args.temperature == 0.0
     with pytest.raises(ConfigError, match="'use_peft' has no effect on simpo-generate: remove it"):
-        parse_pipeline_args([tiny, "--use_peft"], "simpo-generate")
+        parse_pipeline_args([tiny, "--use_peft"], "simpo-generate", "")
     with pytest.raises(ConfigError, match="Unknown config key 'learning_rate'"):
-        parse_pipeline_args([tiny, "--learning_rate=1e-6"], "simpo-generate")
+        parse_pipeline_args([tiny, "--learning_rate=1e-6"], "simpo-generate", "")
     with pytest.raises(ConfigError, match="seeds must be distinct"):
-        parse_pipeline_args([tiny, "--seeds=1,1"], "simpo-generate")
+        parse_pipeline_args([tiny, "--seeds=1,1"], "simpo-generate", "")
 
 
 def test_every_pipeline_key_is_read():
@@ -98,3 +100,48 @@ def test_every_pipeline_key_is_read():
     from simpo.pipeline.config import OnPolicyArguments
 
     assert unread_fields(OnPolicyArguments) == []
+
+
+GEMMA_SPECIALS = ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
+# Gemma's own template, in short: it names "system" only to refuse it.
+GEMMA_OWN = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+             "{% endif %}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}"
+             "\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+             "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def test_the_gemma2_pipeline_config_samples_from_the_ids_training_feeds(make_tokenizer):
+    from simpo.data.chat_templates import apply_chat_template, set_chat_template
+    from simpo.data.tokenization import generation_prompt_ids, tokenize_row
+
+    model, data, args = parse_pipeline_args([os.path.join(REPO, "onpolicy_configs", "gemma-2-9b-it.yaml")],
+                                            "simpo-generate", "")
+    assert model.model_name_or_path == "google/gemma-2-9b-it" and data.auto_insert_empty_system_msg
+    assert data.dataset_mixer == {"HuggingFaceH4/ultrafeedback_binarized": 1.0}
+    assert data.dataset_splits == ["train_prefs", "test_prefs"]
+    assert (args.seeds, args.temperature, args.top_p, args.max_tokens) == ([13, 21, 42, 79, 100], 0.8, 0.95, 4096)
+    assert (args.reward_model, args.reward_trust_remote_code) == ("RLHFlow/ArmoRM-Llama3-8B-v0.1", True)
+    with open(os.path.join(REPO, "training_configs", "gemma-2-9b-it-simpo.yaml")) as f:
+        training = yaml.safe_load(f)  # its model and template keys (the training keys need a bf16 GPU to parse)
+    assert training["model_name_or_path"] == model.model_name_or_path and "auto_insert_empty_system_msg" not in training
+
+    def gemma_tokenizer(template, name):
+        tok = make_tokenizer(GEMMA_SPECIALS, bos="<bos>", eos="<eos>", template=GEMMA_OWN)
+        set_chat_template(tok, template, name)
+        return tok
+
+    pipeline_tok = gemma_tokenizer(data.chat_template, model.model_name_or_path)
+    training_tok = gemma_tokenizer(training["chat_template"], training["model_name_or_path"])
+    for turns in ([{"role": "user", "content": "Name a colour."}],
+                  [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]):
+        sampled_from = generation_prompt_ids(turns, pipeline_tok, data.auto_insert_empty_system_msg)
+        row = {"prompt": turns, "chosen": [{"role": "assistant", "content": "Blue."}],
+               "rejected": [{"role": "assistant", "content": "x"}]}
+        trained = tokenize_row(apply_chat_template(row, training_tok), training_tok, max_length=1024,
+                               max_prompt_length=512)["chosen_input_ids"]
+        assert sampled_from == trained[: len(sampled_from)]
+        assert pipeline_tok.convert_ids_to_tokens(sampled_from)[:2] == ["<bos>", "<start_of_turn>"]
+        assert pipeline_tok.convert_ids_to_tokens(sampled_from)[-7:] == ["<start_of_turn>", *"model", "\n"]
+    # Without the config's template, Gemma's own one refuses the empty system turn the rule inserts.
+    with pytest.raises(jinja2.TemplateError, match="System role not supported"):
+        generation_prompt_ids([{"role": "user", "content": "hi"}], gemma_tokenizer(None, model.model_name_or_path))
