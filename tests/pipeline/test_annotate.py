@@ -41,3 +41,14 @@ def test_a_custom_head_score_wins_over_logits_and_several_outputs_are_refused():
 def test_plan_batches_by_length_and_leaves_out_what_does_not_fit():
     units = plan_units({"train": [30, 5, 600, 12, 7], "test": [3]}, batch_size=2, limit=512)
     assert [(u.split, u.rows) for u in units] == [("train", (1, 4)), ("train", (3, 0)), ("test", (0,))]
+
+
+def test_a_cut_generations_file_names_its_file_line_and_the_command_to_rerun(tmp_path):
+    from simpo.pipeline.annotate import main
+
+    (tmp_path / "generations").mkdir()
+    path = tmp_path / "generations" / "train.jsonl"
+    path.write_text('{"prompt": "q", "messages": [], "responses": ["a"]}\n{"prompt": "q2", "mess')
+    with pytest.raises(ValueError, match=rf"^{path} line 2 is not a whole JSON row \(.*; was the file cut short\?\)\."
+                                         r" Rerun simpo-generate with the same config"):
+        main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={tmp_path}"])
