@@ -179,6 +179,7 @@ def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrup
 
 
 def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it(uninterrupted, prompts, tmp_path):
+    from simpo.core.run_lock import unlock_folder
     from simpo.pipeline.annotate import main as annotate_main
 
     out = tmp_path / "cut"
@@ -191,5 +192,6 @@ def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it
                                          r" the same config: it keeps its finished units and rewrites this file"):
         annotate_main(pipeline_args(prompts, out))
     assert not (out / "annotations").exists()
+    unlock_folder(str(out))  # held by this (test) process until it ends, as by a command's process
     run("simpo.pipeline.generate", pipeline_args(prompts, out), tmp_path / "generate.log")  # every unit is done
     assert path.read_bytes() == whole
