@@ -5,11 +5,16 @@ Two such cases: an FSDP launch on CPU (`use_cpu: true`, or no CUDA) becomes plai
 only switches to FSDP on accelerator backends, so every process holds the full model and optimizer, exactly what
 FSDP was chosen to avoid. And processes launched together on a machine without GPUs, when the training YAML does not
 say use_cpu, each set up a run of their own: every one trains on all the data and they write the same output_dir.
+
+Also refused, before parsing (which starts DeepSpeed): a DeepSpeed launch that would wait forever on a torch
+extension build lock that an interrupted build left behind (check_build_locks).
 """
 
+import glob
 import logging
 import os
 import sys
+import time
 
 import torch
 from accelerate.utils import DistributedType
@@ -72,6 +77,83 @@ def check_distributed_setup(state, args) -> None:
     how = fsdp_requested(args)
     if how is not None and kind not in BECOMES_FSDP:
         raise RuntimeError(NOT_FSDP.format(how=how, actual=actual, why=ON_CPU if on_cpu else NOT_LAUNCHED))
+
+
+STALE_BUILD_LOCK = (
+    "A build lock is left over from an interrupted build of a torch extension (DeepSpeed builds its ops on first"
+    " use): {paths}. No process holds it, and every DeepSpeed launch would wait on it forever without a word. Delete"
+    " it and launch again: rm {rm}"
+)
+
+
+def deepspeed_requested(argv: list[str]) -> bool:
+    """DeepSpeed is asked for by `accelerate launch` with a DeepSpeed config (ACCELERATE_USE_DEEPSPEED) or by the
+    `deepspeed` key, on the command line or in the YAML (read as text: this runs before parsing, which would
+    already start DeepSpeed)."""
+    if _flag("ACCELERATE_USE_DEEPSPEED") or any(arg.startswith("--deepspeed") for arg in argv):
+        return True
+    config = next((arg for arg in argv if arg.endswith((".yaml", ".yml"))), None)
+    try:
+        with open(config) as f:
+            return any(line.startswith("deepspeed:") and line.split(":", 1)[1].strip() not in ("", "null")
+                       for line in f)
+    except (OSError, TypeError):
+        return False
+
+
+def extension_build_locks() -> list[str]:
+    """The `lock` files of torch extension builds: TORCH_EXTENSIONS_DIR/<name>/lock, or by default
+    ~/.cache/torch_extensions/<python>_<accelerator>/<name>/lock (torch.utils.cpp_extension's build folders)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    return sorted(glob.glob(os.path.join(root, "*", "lock")) + glob.glob(os.path.join(root, "*", "*", "lock")))
+
+
+def open_files() -> set[tuple[int, int]]:
+    """(device, inode) of every file a process on this machine has open (those whose /proc entries we may read)."""
+    opened = set()
+    for fd_dir in glob.glob("/proc/[0-9]*/fd"):
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                stat = os.stat(os.path.join(fd_dir, name))
+            except OSError:
+                continue
+            opened.add((stat.st_dev, stat.st_ino))
+    return opened
+
+
+def unheld(paths: list[str]) -> dict[str, tuple[int, int]]:
+    """The lock files among `paths` that no process has open: torch's FileBaton keeps its lock open while it builds
+    and deletes it after, so a lock nobody holds was left by a build that died."""
+    opened, found = open_files(), {}
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        if (stat.st_dev, stat.st_ino) not in opened:
+            found[path] = (stat.st_dev, stat.st_ino)
+    return found
+
+
+def check_build_locks(argv: list[str], settle_s: float = 1.0) -> None:
+    """Refuse a DeepSpeed launch that would wait forever on a stale extension build lock, before DeepSpeed starts.
+    A lock seen unheld is looked at again after `settle_s` (a build that just ended closes its lock before it
+    deletes it)."""
+    if not deepspeed_requested(argv):
+        return
+    stale = unheld(extension_build_locks())
+    if stale:
+        time.sleep(settle_s)
+        again = unheld(list(stale))
+        stale = [path for path, key in stale.items() if again.get(path) == key]
+    if stale:
+        raise RuntimeError(STALE_BUILD_LOCK.format(paths=", ".join(stale), rm=" ".join(stale)))
 
 
 def exit_process(code: int) -> None:

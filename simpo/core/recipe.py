@@ -3,30 +3,35 @@ record, check, find the checkpoint, seed), the launches that train nothing, the 
 closing of the process group."""
 
 import logging
+import os
 import sys
 
 from transformers import set_seed
 
-from simpo.core.launch_checks import check_launch
+from simpo.core.finite import refuse_non_finite_weights
+from simpo.core.launch_checks import check_build_locks, check_launch
 from simpo.core.logs import setup_logging
 from simpo.core.parser import parse_args
-from simpo.core.resume import finished_run, last_complete_checkpoint
+from simpo.core.resume import checkpoint_problem, disk_full_explained, finished_run, last_complete_checkpoint
 from simpo.core.run_config import save_run_config
+from simpo.core.run_lock import lock_folder, unlock_folder
 
 logger = logging.getLogger("simpo")
 
 
 def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, description: str):
-    """Parse (model, data and the recipe's training arguments), log them, record them in output_dir/run_config.yaml,
-    refuse a launch accelerate would degrade, find the checkpoint to resume and seed. Returns (model_args, data_args,
-    args, checkpoint or None)."""
-    model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv, argument_groups, prog=prog,
-                                             description=description)
+    """Parse (model, data and the recipe's training arguments), log them, lock output_dir for this run, record them
+    in output_dir/run_config.yaml, refuse a launch accelerate would degrade, find the checkpoint to resume and seed.
+    Returns (model_args, data_args, args, checkpoint or None)."""
+    argv = sys.argv[1:] if argv is None else argv
+    check_build_locks(argv)  # before parsing, which starts DeepSpeed (and would wait on the lock forever)
+    model_args, data_args, args = parse_args(argv, argument_groups, prog=prog, description=description)
     setup_logging(args.should_log, args.get_process_log_level())
     logger.info("Model arguments %s", model_args)
     logger.info("Data arguments %s", data_args)
     logger.info("Training arguments %s", args)
     if args.should_save:
+        lock_folder(args.output_dir, prog)  # before anything is written: a refused launch writes nothing
         save_run_config(model_args, data_args, args)  # for evaluation set-ups and reruns
     if model_args.trust_remote_code:
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
@@ -38,11 +43,31 @@ def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, descrip
 
 def checkpoint_to_resume(args) -> str | None:
     if args.resume_from_checkpoint is not None:
-        return args.resume_from_checkpoint
+        chosen = args.resume_from_checkpoint
+        problem = checkpoint_problem(chosen) if os.path.isdir(chosen) else None
+        if problem:
+            raise ValueError(f"resume_from_checkpoint={chosen} cannot be resumed from: {problem}. Give an earlier"
+                             " checkpoint, or leave resume_from_checkpoint unset to resume from the newest complete"
+                             " one in output_dir.")
+        return chosen
     last = last_complete_checkpoint(args.output_dir)
     if last is not None:
         logger.info("Resuming from the last complete checkpoint in output_dir: %s", last)
     return last
+
+
+def train(trainer, checkpoint: str | None):
+    """trainer.train, resuming from `checkpoint`; a checkpoint write that fails on a full disk says so."""
+    with disk_full_explained(trainer.args.output_dir, lambda: trainer.state.global_step):
+        return trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def save_final_model(trainer) -> None:
+    """The trained model into output_dir: refused if a weight is not finite, explained if the disk is full."""
+    refuse_non_finite_weights(trainer.model, trainer.args.output_dir, "the final model", trainer.args.device)
+    with disk_full_explained(trainer.args.output_dir, lambda: None):
+        trainer.save_model(trainer.args.output_dir)
+    logger.info("Model saved to %s", trainer.args.output_dir)
 
 
 def no_training(trainer, checkpoint: str | None) -> bool:
@@ -85,4 +110,5 @@ def finish(trainer) -> int:
     """Close trackers and the process group (gloo threads left running at exit can abort a finished rank: SIGABRT)."""
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
+    unlock_folder(trainer.args.output_dir)
     return 0

@@ -17,6 +17,7 @@ from simpo.core.arguments import ModelArguments
 from simpo.core.logs import setup_logging
 from simpo.core.parser import CommandParser
 from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
+from simpo.core.run_lock import lock_folder
 from simpo.data.tokenization import generation_prompt_ids
 from simpo.evaluation.families import decoding, family_of
 from simpo.pipeline.backends import backend_name, make_backend
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as err:
         parser.error(str(err))
     setup_logging(process_rank()[0] == 0)
+    if process_rank()[0] == 0:  # one answering run per model and benchmark at a time
+        lock_folder(os.path.join(args.output_dir, "eval", args.benchmark), "simpo-answer")
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
     out = args.out or os.path.join(args.output_dir, "eval", args.benchmark, ANSWER_FILES[args.benchmark].format(
         name=name))

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from simpo.core.logs import setup_logging
 from simpo.core.model import from_pretrained, resolve_dtype
+from simpo.core.run_lock import lock_folder
 from simpo.pipeline.backends import process_device
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.work_units import (
@@ -106,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     _, _, args = parse_pipeline_args(argv, "simpo-annotate", DESCRIPTION)
     rank, world = process_rank()
     setup_logging(rank == 0)
+    if rank == 0:
+        lock_folder(args.output_dir, "simpo-annotate")
     source = os.path.join(args.output_dir, "generations")
-    sides = {side: read_jsonl(os.path.join(source, f"{side}.jsonl")) for side in ("train", "test")
+    sides = {side: read_jsonl(os.path.join(source, f"{side}.jsonl"), "simpo-generate") for side in ("train", "test")
              if os.path.exists(os.path.join(source, f"{side}.jsonl"))}
     if not sides:
         raise FileNotFoundError(f"No generations in {source}: run simpo-generate with this config first.")

@@ -1,10 +1,10 @@
 """`simpo-binarise PIPELINE.yaml [--key=value ...]`: the best and the worst scored response of each prompt as a
 preference pair, written where dataset_mixer reads it.
 
-Per prompt, responses that are empty or were not scored (too long for the reward model) are left out; chosen is the
-highest score, rejected the lowest (the first one on equal scores). The prompt is dropped, and counted by reason, when
-fewer than two responses remain, when chosen and rejected are the same text, when the scores tie, or when the gap is
-below `min_score_gap`.
+Per prompt, responses that are empty or were not scored (null: too long for the reward model; or NaN) are left out;
+chosen is the highest score, rejected the lowest (the first one on equal scores). The prompt is dropped, and counted
+by reason, when fewer than two responses remain, when chosen and rejected are the same text, when the scores tie,
+or when the gap is below `min_score_gap`.
 
 Writes OUTPUT_DIR/dataset/<side>.jsonl (rows: prompt, chosen, rejected as message lists, score_chosen,
 score_rejected): train with `dataset_mixer: {OUTPUT_DIR/dataset: 1.0}` and `dataset_splits: [train, test]`. Also
@@ -14,6 +14,7 @@ and score_gaps.png.
 
 import json
 import logging
+import math
 import os
 import statistics
 from collections import Counter
@@ -23,18 +24,24 @@ from matplotlib.figure import Figure
 
 from simpo.core.logs import setup_logging
 from simpo.core.model import get_tokenizer
+from simpo.core.run_lock import lock_folder
 from simpo.pipeline.config import parse_pipeline_args
-from simpo.pipeline.work_units import read_jsonl, write_atomic, write_jsonl
+from simpo.pipeline.work_units import numbered_jsonl, write_atomic, write_jsonl
 
 logger = logging.getLogger("simpo")
 DESCRIPTION = ("Turn scored replies into preference pairs, best against worst per prompt (on-policy data, step 3"
                " of 3).")
 
 
+def scored(score) -> bool:
+    """A number the reward model gave: null (too long to score) and NaN (a failed score) are unscored."""
+    return isinstance(score, (int, float)) and math.isfinite(score)
+
+
 def best_and_worst(row: dict) -> tuple[int, int] | str:
     """Indices of the chosen and rejected responses, or why the prompt makes no pair."""
     candidates = [k for k, (reply, score) in enumerate(zip(row["responses"], row["scores"]))
-                  if score is not None and reply.strip()]
+                  if scored(score) and reply.strip()]
     if len(candidates) < 2:
         return "fewer than two scored, non-empty responses"
     if len({row["responses"][k] for k in candidates}) == 1:
@@ -46,6 +53,22 @@ def best_and_worst(row: dict) -> tuple[int, int] | str:
     if row["responses"][best] == row["responses"][worst]:  # one text scored twice, differently
         return "identical responses"
     return best, worst
+
+
+def read_annotations(path: str) -> list[dict]:
+    """simpo-annotate's rows; a row that is not one (no "scores" list, one per response) names its line."""
+    rows = []
+    for number, row in numbered_jsonl(path, "simpo-annotate"):
+        responses, scores = row.get("responses"), row.get("scores")
+        if not isinstance(responses, list) or not isinstance(scores, list) or len(scores) != len(responses):
+            found = "no 'scores'" if scores is None else "no 'responses'" if responses is None else (
+                f"{len(scores) if isinstance(scores, list) else scores!r:.40} scores for"
+                f" {len(responses) if isinstance(responses, list) else responses!r:.40} responses")
+            raise ValueError(f"{path} line {number}: a row needs 'responses' and 'scores' (one score per response),"
+                             f" this one has {found}. Give simpo-annotate's output: rerun simpo-annotate with this"
+                             " config.")
+        rows.append(row)
+    return rows
 
 
 def preference_row(row: dict, best: int, worst: int) -> dict:
@@ -115,6 +138,7 @@ def binarise_main(argv: list[str] | None = None) -> dict:
     """Binarise the annotations into OUTPUT_DIR/dataset; returns the summary written to summary.json."""
     model_args, _, args = parse_pipeline_args(argv, "simpo-binarise", DESCRIPTION)
     setup_logging(True)
+    lock_folder(args.output_dir, "simpo-binarise")
     source, folder = os.path.join(args.output_dir, "annotations"), os.path.join(args.output_dir, "dataset")
     sides = [side for side in ("train", "test") if os.path.exists(os.path.join(source, f"{side}.jsonl"))]
     if not sides:
@@ -122,7 +146,7 @@ def binarise_main(argv: list[str] | None = None) -> dict:
     tokenizer = get_tokenizer(model_args)
     summary, all_gaps, binarised = {"min_score_gap": args.min_score_gap}, {}, {}
     for side in sides:  # every side is checked before anything is written
-        rows = read_jsonl(os.path.join(source, f"{side}.jsonl"))
+        rows = read_annotations(os.path.join(source, f"{side}.jsonl"))
         pairs, drops, all_gaps[side] = binarise(rows, args.min_score_gap)
         binarised[side] = rows, pairs, drops
         if not pairs:

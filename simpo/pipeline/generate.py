@@ -12,6 +12,7 @@ import os
 
 from simpo.core.logs import setup_logging
 from simpo.core.model import get_tokenizer
+from simpo.core.run_lock import lock_folder
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.tokenization import generation_prompt_ids
 from simpo.pipeline.backends import backend_name, make_backend
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate", DESCRIPTION)
     rank, world = process_rank()
     setup_logging(rank == 0)
+    if rank == 0:
+        lock_folder(args.output_dir, "simpo-generate")
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     sides = load_prompts(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,

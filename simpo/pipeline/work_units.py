@@ -74,9 +74,26 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str, made_by: str | None = None) -> list[dict]:
+    return [row for _, row in numbered_jsonl(path, made_by)]
+
+
+def numbered_jsonl(path: str, made_by: str | None = None) -> list[tuple[int, dict]]:
+    """(line number, row) per non-blank line. A line that is not JSON (a file cut mid-line) is an error naming the
+    file and line, and the command that rewrites the file (`made_by`), when there is one."""
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as err:
+                fix = (f" Rerun {made_by} with the same config: it keeps its finished units and rewrites this file"
+                       " from them." if made_by else "")
+                raise ValueError(f"{path} line {number} is not a whole JSON row ({err.msg}; was the file cut"
+                                 f" short?).{fix}") from err
+    return rows
 
 
 def check_settings(folder: str, settings: dict) -> None:

@@ -8,6 +8,7 @@ import os
 from trl import SFTTrainer
 
 from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.finite import FiniteUpdates
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import (
     disable_dropout,
@@ -20,9 +21,11 @@ from simpo.core.recipe import (
     evaluate_and_save,
     finish,
     no_training,
+    save_final_model,
     save_metrics,
     start_run,
     stopped_by_signal,
+    train,
 )
 from simpo.core.reporting import end_summary, plot_curves
 from simpo.core.resume import StopOnSignal, checkpoint_state
@@ -88,7 +91,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         eval_dataset=tokenized.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, args),
-        callbacks=[stop, summary, *(callbacks or [])],
+        callbacks=[stop, summary, FiniteUpdates(), *(callbacks or [])],  # after stop: it may ask for a save
     )
     summary.trainer = trainer
     if args.disable_dropout:
@@ -100,15 +103,14 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     if no_training(trainer, checkpoint):
         return finish(trainer)
 
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_result = train(trainer, checkpoint)
     if (code := stopped_by_signal(trainer, stop)) is not None:
         return code
     resumed = checkpoint_state(checkpoint)
     metrics = {**train_result.metrics, **throughput(trainer, train_result.metrics, resumed),
                "train_samples": len(tokenized["train"])}
     save_metrics(trainer, metrics)
-    trainer.save_model(args.output_dir)  # with the tokenizer and its chat template: the SimPO stage reads both
-    logger.info("Model saved to %s", args.output_dir)
+    save_final_model(trainer)  # with the tokenizer and its chat template: the SimPO stage reads both
 
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(model_name=os.path.basename(os.path.normpath(args.output_dir)),

@@ -2,8 +2,9 @@
 
 PairWeightedMeans sums each metric over pairs on the device and reduces over processes only when a log asks for it.
 FiniteLossGuard stops the run on a NaN or infinite loss: the verdict on a micro-batch is copied to the host
-asynchronously and read when the next micro-batch starts (or at the next log), by when it is long computed; so no
-step stalls on it, and a non-finite loss stops training before a second optimizer step can use it.
+asynchronously and read when the next micro-batch starts, before the optimizer update (simpo/core/finite.py) or at
+the next log, by when it is long computed; so no micro-step stalls on it, and a non-finite loss stops training before
+an optimizer step can use it.
 """
 
 import torch

@@ -9,9 +9,11 @@ from simpo.core.recipe import (
     evaluate_and_save,
     finish,
     no_training,
+    save_final_model,
     save_metrics,
     start_run,
     stopped_by_signal,
+    train,
 )
 from simpo.core.reporting import end_summary, plot_curves
 from simpo.core.resume import StopOnSignal, checkpoint_state
@@ -62,12 +64,11 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     if no_training(trainer, checkpoint):
         return finish(trainer)
 
-    train_result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_result = train(trainer, checkpoint)
     if (code := stopped_by_signal(trainer, stop)) is not None:
         return code
     save_metrics(trainer, {**train_result.metrics, "train_samples": len(trainer.train_dataset)})
-    trainer.save_model(training_args.output_dir)
-    logger.info("Model saved to %s", training_args.output_dir)
+    save_final_model(trainer)
 
     if trainer.accelerator.is_main_process:
         trainer.create_model_card(

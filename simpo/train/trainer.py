@@ -12,9 +12,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, Trainer
 
+from simpo.core.finite import FiniteUpdates
 from simpo.core.launch_checks import check_launch
 from simpo.core.model import disable_dropout, resolve_dtype
 from simpo.core.reporting import RunSummary, TokenThroughput, global_batch_size
+from simpo.core.resume import resume_advice
 from simpo.data.tokenization import tokenize_pairs
 from simpo.train.config import SimPOConfig
 from simpo.train.layouts import choose_layout
@@ -90,6 +92,8 @@ class SimPOTrainer(Trainer):
         self._eval_prefix = None  # set while evaluate() runs: its logs are evaluation metrics
         self.throughput = TokenThroughput()
         self.add_callback(RunSummary(self))
+        # Before each optimizer update: the last micro-batch's loss, then the gradients; before each save: the weights.
+        self.add_callback(FiniteUpdates(before_update=self.loss_guard.check))
         if args.generate_during_eval:
             self.add_callback(EvalSamples(self))  # after the report_to callbacks, which set up on_train_begin first
 
@@ -115,8 +119,8 @@ class SimPOTrainer(Trainer):
         seen = loss.detach(), losses.detach(), batch["response_lengths"]
         self.loss_guard.watch(loss, lambda: (
             f"Non-finite SimPO loss ({seen[0].item()}) in {phase} at step {step}: per-pair losses {seen[1].tolist()},"
-            f" response lengths {seen[2].tolist()}. Lower the learning rate, check the data, or resume from the last"
-            " checkpoint."
+            f" response lengths {seen[2].tolist()}. Lower the learning rate or check the data;"
+            f" {resume_advice(self.args.output_dir)}."
         ))
 
         metrics = preference_metrics(chosen, rejected, args.beta, args.gamma)

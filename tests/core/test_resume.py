@@ -4,16 +4,18 @@ ends; SIGTERM checkpoints before exiting."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
-from simpo.core.resume import last_complete_checkpoint
+from simpo.core.resume import checkpoint_problem, last_complete_checkpoint
 
 RUN = [sys.executable, os.path.join(REPO, "scripts", "run_simpo.py"), "training_configs/tiny-simpo-cpu.yaml",
        "--max_steps=12", "--save_strategy=steps", "--logging_steps=1", "--eval_strategy=no",
@@ -139,3 +141,106 @@ def test_do_train_false_evaluates_the_model_as_loaded(tmp_path):
     metrics = json.loads((out / "eval_results.json").read_text())
     assert metrics["eval_samples"] == 100 and 0 <= metrics["eval_rewards/accuracies"] <= 1
     assert not (out / "model.safetensors").exists() and not (out / "train_results.json").exists()
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory):
+    """A 4-step run's checkpoint-2 and checkpoint-4 (its final outputs removed: the run looks killed after step 4's
+    checkpoint, so a relaunch resumes rather than finding a finished run)."""
+    from simpo.train.recipe import train_main
+
+    out = tmp_path_factory.mktemp("checkpoints") / "run"
+    base = [arg for arg in RUN[2:] if not arg.startswith("--max_steps")]
+    assert train_main([*base, f"--output_dir={out}", "--save_steps=2", "--max_steps=4"]) == 0
+    return out, [*base, "--save_steps=2", "--max_steps=4"]
+
+
+def copy_checkpoints(source, target):
+    target.mkdir()
+    for name in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(source / name, target / name)
+
+
+@pytest.mark.parametrize("cut", ["model.safetensors", "optimizer.pt"])
+def test_a_cut_last_checkpoint_is_skipped_and_the_relaunch_resumes_from_the_one_before(two_checkpoints, tmp_path,
+                                                                                        caplog, cut):
+    from simpo.train.recipe import train_main
+
+    source, args = two_checkpoints
+    out = tmp_path / "run"
+    copy_checkpoints(source, out)
+    path = out / "checkpoint-4" / cut
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy or a write that stopped halfway
+    assert train_main([*args, f"--output_dir={out}"]) == 0
+    assert f"Skipping incomplete checkpoint {out / 'checkpoint-4'}: {cut} is cut short" in caplog.text
+    assert f"Resuming from the last complete checkpoint in output_dir: {out / 'checkpoint-2'}" in caplog.text
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-4")  # rewritten whole by the relaunch
+
+
+def test_every_file_the_trainer_reads_is_verified(two_checkpoints, tmp_path):
+    source, _ = two_checkpoints
+    checkpoint = tmp_path / "checkpoint-2"
+    shutil.copytree(source / "checkpoint-2", checkpoint)
+    assert checkpoint_problem(str(checkpoint)) is None
+    for name in ("scheduler.pt", "rng_state.pth", "optimizer.pt", "model.safetensors", "trainer_state.json"):
+        path = checkpoint / name
+        whole = path.read_bytes()
+        for cut in (whole[:-3], whole[: len(whole) // 2], b""):
+            path.write_bytes(cut)
+            problem = checkpoint_problem(str(checkpoint))
+            assert problem is not None and (name in problem or "trainer_state.json" in problem), (name, len(cut))
+        path.write_bytes(whole)
+    header = (checkpoint / "model.safetensors").read_bytes()
+    (checkpoint / "model.safetensors").write_bytes(header[:8] + b"{not json" + header[17:])
+    assert checkpoint_problem(str(checkpoint)) == "model.safetensors has an unreadable header"
+
+
+def test_an_explicit_resume_from_a_cut_checkpoint_is_refused_with_the_reason(two_checkpoints, tmp_path):
+    from simpo.train.recipe import train_main
+
+    source, args = two_checkpoints
+    out = tmp_path / "run"
+    copy_checkpoints(source, out)
+    (out / "checkpoint-2" / "scheduler.pt").write_bytes(b"PK\x03\x04")
+    with pytest.raises(ValueError, match=rf"resume_from_checkpoint={out / 'checkpoint-2'} cannot be resumed from:"
+                                         r" scheduler.pt is cut short"):
+        train_main([*args, f"--output_dir={out}", f"--resume_from_checkpoint={out / 'checkpoint-2'}"])
+
+
+def test_a_full_disk_while_saving_says_so_where_and_which_checkpoint_is_intact(two_checkpoints, tmp_path,
+                                                                              monkeypatch):
+    """torch.save on a full disk raises "basic_ios::clear: iostream error" from its C++ stream: the user reads that
+    the disk is full, where, and what a relaunch resumes from."""
+    from simpo.core.resume import DiskFullError
+    from simpo.train.recipe import train_main
+
+    _, args = two_checkpoints
+    out = tmp_path / "run"
+    real_save = torch.save
+
+    def full_from_step_4(obj, f, *rest, **kwargs):
+        if "checkpoint-4" in str(f):
+            raise RuntimeError("basic_ios::clear: iostream error")
+        return real_save(obj, f, *rest, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_from_step_4)
+    with pytest.raises(DiskFullError) as raised:
+        train_main([*args, f"--output_dir={out}"])
+    message = str(raised.value)
+    assert message.startswith(f"The disk is full: writing {out / 'checkpoint-4'} failed (RuntimeError:"
+                              " basic_ios::clear: iostream error; ")
+    assert f"GiB free now on the disk holding {out})" in message
+    assert f"{out / 'checkpoint-2'}, the last complete checkpoint, is intact" in message
+    assert f"{out / 'checkpoint-4'} is incomplete: a relaunch skips it" in message
+    assert last_complete_checkpoint(str(out)) == str(out / "checkpoint-2")
+
+
+def test_a_full_disk_names_errno_enospc_too():
+    import errno
+
+    from simpo.core.resume import is_disk_full
+
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0"))
+    assert not is_disk_full(RuntimeError("CUDA out of memory"))

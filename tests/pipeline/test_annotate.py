@@ -62,3 +62,14 @@ def test_a_pad_id_outside_the_embedding_falls_back_to_an_unused_id_inside_it():
 def test_no_id_left_to_pad_with_is_an_error_naming_vocab_size():
     with pytest.raises(ValueError, match=r"Every id below the reward model's vocab_size \(3\)"):
         unused_token_id([[0, 1, 2]], 3, preferred=3)
+
+
+def test_a_cut_generations_file_names_its_file_line_and_the_command_to_rerun(tmp_path):
+    from simpo.pipeline.annotate import main
+
+    (tmp_path / "generations").mkdir()
+    path = tmp_path / "generations" / "train.jsonl"
+    path.write_text('{"prompt": "q", "messages": [], "responses": ["a"]}\n{"prompt": "q2", "mess')
+    with pytest.raises(ValueError, match=rf"^{path} line 2 is not a whole JSON row \(.*; was the file cut short\?\)\."
+                                         r" Rerun simpo-generate with the same config"):
+        main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={tmp_path}"])

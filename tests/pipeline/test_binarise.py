@@ -93,3 +93,28 @@ def test_a_side_left_without_pairs_stops_before_anything_is_written(tmp_path):
         binarise_main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}",
                        "--min_score_gap=0.5"])
     assert not (out / "dataset").exists()
+
+
+def test_a_nan_or_missing_score_is_an_unscored_candidate():
+    """Before, [nan, 0.5, 0.1] dropped the prompt as "identical responses" and lost the 0.5-vs-0.1 pair."""
+    nan = float("nan")
+    assert best_and_worst(row(["a", "b", "c"], [nan, 0.5, 0.1])) == (1, 2)
+    assert best_and_worst(row(["a", "b", "c"], [0.5, nan, 0.1])) == (0, 2)
+    assert best_and_worst(row(["a", "b", "c"], [None, 0.5, 0.1])) == (1, 2)
+    assert best_and_worst(row(["a", "b"], [nan, 0.5])) == "fewer than two scored, non-empty responses"
+
+
+def test_a_row_without_scores_names_the_file_and_line(tmp_path):
+    out = tmp_path / "run"
+    (out / "annotations").mkdir(parents=True)
+    path = out / "annotations" / "train.jsonl"
+    good = json.dumps(row(["a", "b"], [1.0, 0.0]))
+    path.write_text(good + "\n\n" + json.dumps({"prompt": "q", "messages": USER, "responses": ["a", "b"]}) + "\n")
+    config = os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml")
+    with pytest.raises(ValueError, match=rf"^{path} line 3: a row needs 'responses' and 'scores' .* this one has no"
+                                         r" 'scores'\. Give simpo-annotate's output: rerun simpo-annotate"):
+        binarise_main([config, f"--output_dir={out}"])
+    path.write_text(good + "\n" + good[: len(good) // 2])
+    with pytest.raises(ValueError, match=rf"^{path} line 2 is not a whole JSON row .* Rerun simpo-annotate"):
+        binarise_main([config, f"--output_dir={out}"])
+    assert not (out / "dataset").exists()

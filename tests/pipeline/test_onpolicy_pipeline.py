@@ -176,3 +176,22 @@ def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrup
     for side in ("train", "test"):
         name = f"generations/{side}.jsonl"
         assert (out / name).read_bytes() == (uninterrupted[0] / name).read_bytes()
+
+
+def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it(uninterrupted, prompts, tmp_path):
+    from simpo.core.run_lock import unlock_folder
+    from simpo.pipeline.annotate import main as annotate_main
+
+    out = tmp_path / "cut"
+    shutil.copytree(uninterrupted[0] / "generations", out / "generations")
+    path = out / "generations" / "train.jsonl"
+    whole = path.read_bytes()
+    lines = whole.count(b"\n")
+    path.write_bytes(whole[: whole.rindex(b"\n", 0, len(whole) - 1) + 20])  # the last row cut after 19 bytes
+    with pytest.raises(ValueError, match=rf"^{path} line {lines} is not a whole JSON row .* Rerun simpo-generate with"
+                                         r" the same config: it keeps its finished units and rewrites this file"):
+        annotate_main(pipeline_args(prompts, out))
+    assert not (out / "annotations").exists()
+    unlock_folder(str(out))  # held by this (test) process until it ends, as by a command's process
+    run("simpo.pipeline.generate", pipeline_args(prompts, out), tmp_path / "generate.log")  # every unit is done
+    assert path.read_bytes() == whole

@@ -1,0 +1,91 @@
+"""One live run per output folder: a second launch is refused before it writes anything, naming the process that
+holds the folder; a killed run's lock never blocks the relaunch."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from simpo.core.run_lock import LOCK_FILE, FolderInUseError, lock_folder, unlock_folder
+
+HOLD = ("import sys, time; from simpo.core.run_lock import lock_folder; lock_folder(sys.argv[1], 'x');"
+        " print('held', flush=True); time.sleep(600)")
+
+
+def hold(folder):
+    """Another process that holds `folder` (as a live run does) until it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_training_launch_is_refused_and_writes_nothing_until_the_first_is_killed(tmp_path, monkeypatch):
+    from simpo.train.recipe import train_main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run_config.yaml").write_text("learning_rate: 1.0e-3\n")  # the live run's settings
+    other = hold(out)
+    try:
+        with pytest.raises(FolderInUseError) as raised:
+            train_main(["training_configs/tiny-simpo-cpu.yaml", "--report_to=none", f"--output_dir={out}",
+                        "--learning_rate=5e-2", "--max_steps=1"])
+        assert f"{out} is in use by a run that is still going (pid {other.pid} on " in str(raised.value)
+        assert f"-c {HOLD} {out})" in str(raised.value)  # the other process's command
+        assert (out / "run_config.yaml").read_text() == "learning_rate: 1.0e-3\n"
+        assert sorted(os.listdir(out)) == sorted(["run_config.yaml", LOCK_FILE])
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+    lock_folder(str(out), "simpo-train")  # the killed run's lock went with its process
+    unlock_folder(str(out))
+
+
+@pytest.mark.parametrize("command", ["generate", "annotate", "binarise"])
+def test_the_pipeline_commands_refuse_a_folder_in_use(tmp_path, command):
+    import importlib
+
+    out = tmp_path / "pipeline"
+    out.mkdir()
+    other = hold(out)
+    try:
+        main = importlib.import_module(f"simpo.pipeline.{command}").main
+        with pytest.raises(FolderInUseError, match=f"in use by a run that is still going \\(pid {other.pid} on .*"
+                                                   f" or give simpo-{command} another folder"):
+            main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"])
+        assert sorted(os.listdir(out)) == [LOCK_FILE]
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+
+
+def test_simpo_answer_refuses_a_benchmark_folder_in_use(tmp_path):
+    from simpo.evaluation.answer import main
+
+    run = tmp_path / "model"
+    run.mkdir()
+    for name in ("config.json", "tokenizer_config.json"):
+        (run / name).write_text("{}")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question_id": 1, "turns": ["hi"]}\n')
+    other = hold(run / "eval" / "mt_bench")
+    try:
+        with pytest.raises(FolderInUseError, match="or give simpo-answer another folder"):
+            main([str(run), "--benchmark=mt_bench", f"--questions={questions}"])
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+
+
+def test_the_same_process_may_lock_again_and_unlock_lets_others_in(tmp_path):
+    lock_folder(str(tmp_path), "a")
+    lock_folder(str(tmp_path), "a")
+    unlock_folder(str(tmp_path))
+    other = hold(tmp_path)
+    other.send_signal(signal.SIGKILL)
+    other.wait()
