@@ -7,6 +7,7 @@ import sys
 
 from transformers import set_seed
 
+from simpo.core.elastic import adapt_to_checkpoint
 from simpo.core.launch_checks import check_launch
 from simpo.core.logs import setup_logging
 from simpo.core.parser import parse_args
@@ -18,8 +19,8 @@ logger = logging.getLogger("simpo")
 
 def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, description: str):
     """Parse (model, data and the recipe's training arguments), log them, record them in output_dir/run_config.yaml,
-    refuse a launch accelerate would degrade, find the checkpoint to resume and seed. Returns (model_args, data_args,
-    args, checkpoint or None)."""
+    refuse a launch accelerate would degrade, find the checkpoint to resume (fitting the launch to it:
+    simpo/core/elastic.py) and seed. Returns (model_args, data_args, args, checkpoint or None)."""
     model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv, argument_groups, prog=prog,
                                              description=description)
     setup_logging(args.should_log, args.get_process_log_level())
@@ -32,6 +33,7 @@ def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, descrip
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
     check_launch(args)  # a launch accelerate would silently degrade is refused in seconds
     checkpoint = checkpoint_to_resume(args)
+    adapt_to_checkpoint(args, checkpoint)  # another process count: the same global batch, or refused here
     set_seed(args.seed)
     return model_args, data_args, args, checkpoint
 

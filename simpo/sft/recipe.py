@@ -8,6 +8,7 @@ import os
 from trl import SFTTrainer
 
 from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.elastic import ElasticResume
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import (
     disable_dropout,
@@ -86,7 +87,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         eval_dataset=tokenized.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, args),
-        callbacks=[stop, summary, *(callbacks or [])],
+        callbacks=[stop, summary, ElasticResume(), *(callbacks or [])],
     )
     summary.trainer = trainer
     if args.disable_dropout:
