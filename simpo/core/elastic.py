@@ -20,6 +20,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
+import torch
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -186,6 +187,24 @@ def convert_to_universal(checkpoint: str, tag: str) -> str:
     return target
 
 
+def unshare_adam_steps(optimizer) -> int:
+    """DeepSpeed's universal ZeRO-3 load (0.19) gives every parameter group one shared `step` tensor, and torch's Adam
+    adds 1 to each group's in place: with the Trainer's two groups (decay, no decay) the bias correction would count
+    two steps per step (the weights then drift from the uninterrupted run's). Each group gets its own copy; returns how
+    many were copied. `optimizer`: the Trainer's, whose innermost `.optimizer` is torch's."""
+    while getattr(optimizer, "optimizer", None) is not None:
+        optimizer = optimizer.optimizer
+    seen, copied = set(), 0
+    for param_state in getattr(optimizer, "state", {}).values():
+        step = param_state.get("step")
+        if torch.is_tensor(step):
+            if id(step) in seen:
+                param_state["step"] = step.clone()
+                copied += 1
+            seen.add(id(step))
+    return copied
+
+
 def epoch_tail_steps(plan: ResumePlan, resumed_step: int, max_steps: int, train_pairs: int) -> list[int]:
     """The remaining steps that end an epoch with a partial global batch: there the processes pad their last
     batches from the epoch's start, differently for another process count, so those steps' pairs differ."""
@@ -210,8 +229,10 @@ class ElasticResume(TrainerCallback):
             config = AcceleratorState().deepspeed_plugin.deepspeed_config
             config.setdefault("checkpoint", {})["load_universal"] = True
 
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, optimizer=None, **kwargs):
         plan = getattr(args, "elastic_resume", None)
+        if plan is not None and plan.universal is not None:
+            unshare_adam_steps(optimizer)  # loaded by now (the Trainer loads the checkpoint before this call)
         if plan is None or train_dataloader is None or not state.is_world_process_zero:
             return
         tails = epoch_tail_steps(plan, state.global_step, state.max_steps, len(train_dataloader.dataset))

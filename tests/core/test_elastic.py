@@ -112,3 +112,24 @@ def test_an_other_global_batch_is_refused_before_the_data_or_model_loads(tmp_pat
         train_main([f"{REPO}/training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none",
                     "--per_device_train_batch_size=8"])
     assert "Using 600 rows" not in caplog.text
+
+
+def test_a_step_count_deepspeeds_universal_load_shares_between_groups_is_counted_once_per_step():
+    """DeepSpeed's universal ZeRO-3 load puts one `step` tensor in every group's Adam state; torch's Adam adds 1 per
+    group in place, so with two groups a resumed run's bias correction counted 2 steps per step (the ZeRO-3 resume test
+    drifted from the uninterrupted run by 1e-3 before this)."""
+    import torch
+
+    from simpo.core.elastic import unshare_adam_steps
+
+    weights, norm = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    adam = torch.optim.AdamW([{"params": [weights]}, {"params": [norm], "weight_decay": 0.0}])
+    shared = torch.tensor(2.0)  # as DeepSpeed's load_hp_checkpoint_state_from_checkpoint_dir_stage3 leaves it
+    for p in (weights, norm):
+        adam.state[p].update(step=shared, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=adam))  # accelerate's wrapper, then DeepSpeed's
+    assert unshare_adam_steps(wrapped) == 1
+    weights.grad, norm.grad = torch.ones(3), torch.ones(2)
+    adam.step()
+    assert [adam.state[p]["step"].item() for p in (weights, norm)] == [3.0, 3.0]
+    assert unshare_adam_steps(wrapped) == 0

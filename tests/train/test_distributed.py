@@ -179,6 +179,22 @@ def test_ddp_resumes_on_another_process_count_with_the_same_batches_and_weights(
     assert_saved_model_is(runs[-1], runs[-1].params[0])
 
 
+def test_zero3_resumes_on_another_process_count_through_a_universal_checkpoint(tmp_path, zero3):
+    """2 -> 1 -> 2 processes under ZeRO-3: each relaunch converts the ZeRO shards (partitioned per process, which
+    DeepSpeed refuses on another count) into DeepSpeed's universal checkpoint beside them, and ends where the
+    uninterrupted 2-process run ends: rtol 1e-4, atol 1e-6, the ZeRO-3-vs-DDP tolerance above (the reduce-scatter
+    and one process's accumulation add the gradients in another fp32 order)."""
+    runs = stop_and_resume_on(tmp_path, "accelerate_configs/deepspeed_zero3_cpu.yaml", ELASTIC_LEGS)
+    assert_resumed_elastically(runs, zero3, "DEEPSPEED, 2 process(es)")
+    for step, leg in ((1, runs[1]), (3, runs[2])):
+        checkpoint = runs[0].out / f"checkpoint-{step}"
+        assert f"Converting {checkpoint / f'global_step{step}'} to DeepSpeed's universal checkpoint" in leg.output
+        assert (checkpoint / "latest_universal").read_text() == f"global_step{step}_universal"
+        assert (checkpoint / f"global_step{step}_universal" / "zero").is_dir()  # kept beside the ZeRO shards
+    assert_same_params(runs[-1].params[0], zero3.params[0], rtol=1e-4, atol=1e-6)
+    assert_saved_model_is(runs[-1], runs[-1].params[0])
+
+
 def test_ddp_in_bf16_mixed_precision_as_the_gpu_configs_run(tmp_path):
     """accelerate's bf16 autocast with fp32 outputs, in 2 gloo processes: where the first GPU run crashed at step 1."""
     run = finished(launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", "--mixed_precision", "bf16",
