@@ -1,5 +1,8 @@
 """Distributed launches on CPU, for real: `accelerate launch` of the tiny config in 2 processes under DDP and DeepSpeed
 ZeRO-3, and the refusal of FSDP on CPU. Each rank reports what it ran through tests/helpers/dist_train.py's probe.
+Elastic resume (docs/elastic-resume.md): a run stopped and relaunched on 2 -> 1 -> 2 processes under DDP and ZeRO-3,
+against the uninterrupted 2-process runs of the module fixtures (3 launches each, about 2.5-3 minutes each on 2 busy
+cores).
 
 Slow (each launch starts 2 Python processes; the first ZeRO-3 launch on a machine also compiles a small DeepSpeed
 extension): about 2-5 minutes in all on 2 cores. They are part of the CI run on purpose: nothing else checks the
