@@ -8,6 +8,7 @@ import sys
 
 from transformers import set_seed
 
+from simpo.core.elastic import adapt_to_checkpoint
 from simpo.core.finite import refuse_non_finite_weights
 from simpo.core.launch_checks import check_build_locks, check_launch
 from simpo.core.logs import setup_logging
@@ -21,8 +22,8 @@ logger = logging.getLogger("simpo")
 
 def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, description: str):
     """Parse (model, data and the recipe's training arguments), log them, lock output_dir for this run, record them
-    in output_dir/run_config.yaml, refuse a launch accelerate would degrade, find the checkpoint to resume and seed.
-    Returns (model_args, data_args, args, checkpoint or None)."""
+    in output_dir/run_config.yaml, refuse a launch accelerate would degrade, find the checkpoint to resume (fitting
+    the launch to it: simpo/core/elastic.py) and seed. Returns (model_args, data_args, args, checkpoint or None)."""
     argv = sys.argv[1:] if argv is None else argv
     check_build_locks(argv)  # before parsing, which starts DeepSpeed (and would wait on the lock forever)
     model_args, data_args, args = parse_args(argv, argument_groups, prog=prog, description=description)
@@ -37,6 +38,7 @@ def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, descrip
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
     check_launch(args)  # a launch accelerate would silently degrade is refused in seconds
     checkpoint = checkpoint_to_resume(args)
+    adapt_to_checkpoint(args, checkpoint)  # another process count: the same global batch, or refused here
     set_seed(args.seed)
     return model_args, data_args, args, checkpoint
 

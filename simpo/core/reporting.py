@@ -54,6 +54,8 @@ def distributed(trainer) -> str:
         text += f", DeepSpeed ZeRO-{plugin.zero_stage}"
     if args.activation_checkpointing:
         text += ", gradient checkpointing"
+    if getattr(args, "elastic_resume", None) is not None:
+        text += f", {args.elastic_resume.note}"
     return text
 
 

@@ -10,6 +10,8 @@ from typing import Literal
 
 from trl import SFTConfig
 
+from simpo.core.elastic import ElasticResumeArguments
+
 # key -> (the value simpo works with, why another one is refused)
 REFUSED = {
     "assistant_only_loss": (False, "the loss is always on assistant tokens only: simpo labels every assistant turn"
@@ -41,7 +43,7 @@ def cuts_conversations(args, packed: bool) -> bool:
 
 
 @dataclass
-class SFTRunConfig(SFTConfig):
+class SFTRunConfig(SFTConfig, ElasticResumeArguments):
     # TrainingArguments' defaults, not TRL's, so a key means the same in simpo-sft and simpo-train (TRL's
     # gradient_checkpointing=True would also trip transformers 5's deprecation warning: use activation_checkpointing).
     gradient_checkpointing: bool | None = field(

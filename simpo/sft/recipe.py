@@ -8,6 +8,7 @@ import os
 from trl import SFTTrainer
 
 from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.elastic import ElasticResume
 from simpo.core.finite import FiniteUpdates
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import (
@@ -91,7 +92,8 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         eval_dataset=tokenized.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, args),
-        callbacks=[stop, summary, FiniteUpdates(), *(callbacks or [])],  # after stop: it may ask for a save
+        # FiniteUpdates after stop: it may ask for a save
+        callbacks=[stop, summary, FiniteUpdates(), ElasticResume(), *(callbacks or [])],
     )
     summary.trainer = trainer
     if args.disable_dropout:

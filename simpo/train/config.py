@@ -9,12 +9,13 @@ from typing import Any, Literal
 from transformers import TrainingArguments
 
 from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.elastic import ElasticResumeArguments
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class SimPOConfig(TrainingArguments):
+class SimPOConfig(TrainingArguments, ElasticResumeArguments):
     beta: float = field(default=2.0, metadata={"help": "Reward scale: r = beta * mean response log-prob."})
     gamma_beta_ratio: float = field(default=0.25, metadata={"help": "Target margin gamma = beta * this."})
     sft_weight: float = field(default=0.0, metadata={"help": "Weight of the NLL on chosen responses."})

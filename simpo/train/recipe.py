@@ -3,6 +3,7 @@ tokenizer, model and trainer, train, save, card; each step one call into a small
 
 import logging
 
+from simpo.core.elastic import ElasticResume
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.core.recipe import (
@@ -56,7 +57,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         eval_dataset=raw_datasets.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, training_args),
-        callbacks=[stop, *(callbacks or [])],
+        callbacks=[stop, ElasticResume(), *(callbacks or [])],
     )
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)

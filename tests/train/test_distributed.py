@@ -1,5 +1,8 @@
 """Distributed launches on CPU, for real: `accelerate launch` of the tiny config in 2 processes under DDP and DeepSpeed
 ZeRO-3, and the refusal of FSDP on CPU. Each rank reports what it ran through tests/helpers/dist_train.py's probe.
+Elastic resume (docs/elastic-resume.md): a run stopped and relaunched on 2 -> 1 -> 2 processes under DDP and ZeRO-3,
+against the uninterrupted 2-process runs of the module fixtures (3 launches each, about 2.5-3 minutes each on 2 busy
+cores).
 
 Slow (each launch starts 2 Python processes; the first ZeRO-3 launch on a machine also compiles a small DeepSpeed
 extension): about 2-5 minutes in all on 2 cores. They are part of the CI run on purpose: nothing else checks the
@@ -36,22 +39,25 @@ def launch_command(config: str, probe, out, *launch_args: str, train_args: tuple
                    recipe: tuple = (TINY_CONFIG,)) -> list[str]:
     """accelerate launch tests/helpers/dist_train.py on the tiny config (recipe: ("sft", TINY_SFT_CONFIG) for the SFT
     recipe; port 0: a free one, other runs may share the machine)."""
+    overridden = {arg.split("=")[0] for arg in train_args}  # a key given twice is refused
+    short_run = [arg for arg in SHORT_RUN if arg.split("=")[0] not in overridden]
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", str(port),
         *launch_args,
-        "tests/helpers/dist_train.py", str(probe), *recipe, f"--output_dir={out}", *SHORT_RUN, *train_args,
+        "tests/helpers/dist_train.py", str(probe), *recipe, f"--output_dir={out}", *short_run, *train_args,
     ]
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = (), recipe: tuple = (TINY_CONFIG,)
-           ) -> SimpleNamespace:
+def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = (), recipe: tuple = (TINY_CONFIG,),
+           probe_name: str = "probe", env: dict | None = None) -> SimpleNamespace:
     """Launch and wait; returns the process, the probe records and dirs."""
-    probe, out = tmp_path / "probe", tmp_path / "out"
+    probe, out = tmp_path / probe_name, tmp_path / "out"
     cmd = launch_command(config, probe, out, *launch_args, train_args=train_args, recipe=recipe)
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=TIMEOUT_S)
+    proc = subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
     return probed(proc.returncode, proc.stdout + proc.stderr, probe, out)
 
 
@@ -124,6 +130,72 @@ def test_zero3_trains_the_same_model_as_ddp(ddp, zero3):
     """Same data, seed and steps: sharding changes where the numbers live, not what they are (up to summation
     order)."""
     assert_same_params(zero3.params[0], ddp.params[0], rtol=1e-4, atol=1e-6)
+
+
+def pairs_per_step(*runs) -> dict[int, list[str]]:
+    """The pairs (dist_train.py's ids) each optimizer step trained on, over all ranks of the runs."""
+    steps = {}
+    for run in runs:
+        for record in run.records:
+            for step, pairs in record["pairs"].items():
+                steps.setdefault(int(step), []).extend(pairs)
+    return {step: sorted(pairs) for step, pairs in sorted(steps.items())}
+
+
+def stop_and_resume_on(tmp_path, config: str, legs: tuple) -> list[SimpleNamespace]:
+    """One run in output_dir, launched once per (processes, step it stops at, None: to the end) in legs; each stop is
+    the SIGTERM path (checkpoint, exit 143), i.e. a preemption, and each relaunch is the same command."""
+    runs = []
+    for n, (processes, stop_at) in enumerate(legs):
+        runs.append(launch(tmp_path, config, "--num_processes", str(processes), probe_name=f"probe{n}",
+                           train_args=("--save_strategy=steps", "--save_steps=100"),
+                           env={"PROBE_STOP_AT_STEP": str(stop_at or "")}))
+        assert [r["global_step"] for r in runs[-1].records] == [stop_at or 4] * processes, runs[-1].output[-5000:]
+        assert runs[-1].proc.returncode == (0 if stop_at is None else 1), runs[-1].output[-5000:]
+    return runs
+
+
+# 2 processes to step 1, 1 process to step 3, 2 processes to step 4: both directions, in 3 launches.
+ELASTIC_LEGS = ((2, 1), (1, 3), (2, None))
+
+
+def assert_resumed_elastically(runs, reference, written_by: str) -> None:
+    """Each leg kept the global batch of 32 (accumulation 1 on 2 processes, 2 on 1), each optimizer step trained on
+    the pairs the uninterrupted 2-process run trained on in that step, and the summary said what was resumed."""
+    assert [r["gradient_accumulation_steps"] for run in runs for r in run.records] == [1, 1, 2, 1, 1]
+    assert "gradient_accumulation_steps becomes 2 to keep the global batch" in runs[1].output
+    assert "resumed from checkpoint-1 written by 2 processes, now 1" in runs[1].output
+    assert "resumed from checkpoint-3 written by 1 processes, now 2" in runs[2].output
+    assert f"distributed     {written_by}" in runs[2].output
+    expected = pairs_per_step(reference)
+    assert list(expected) == [1, 2, 3, 4] and all(len(pairs) == 32 for pairs in expected.values())
+    assert pairs_per_step(*runs) == expected
+
+
+def test_ddp_resumes_on_another_process_count_with_the_same_batches_and_weights(tmp_path, ddp):
+    """2 -> 1 -> 2 processes ends where the uninterrupted 2-process run ends. The weights are compared with rtol 1e-5,
+    atol 1e-6 (fp32), not bit for bit: one process sums the two micro-batches' gradients, DDP all-reduces the two
+    processes' gradients, in another order (here they came out equal to the bit)."""
+    runs = stop_and_resume_on(tmp_path, "accelerate_configs/ddp_cpu.yaml", ELASTIC_LEGS)
+    assert_resumed_elastically(runs, ddp, "MULTI_CPU, 2 process(es)")
+    assert_same_params(runs[-1].params[0], ddp.params[0], rtol=1e-5, atol=1e-6)
+    assert_saved_model_is(runs[-1], runs[-1].params[0])
+
+
+def test_zero3_resumes_on_another_process_count_through_a_universal_checkpoint(tmp_path, zero3):
+    """2 -> 1 -> 2 processes under ZeRO-3: each relaunch converts the ZeRO shards (partitioned per process, which
+    DeepSpeed refuses on another count) into DeepSpeed's universal checkpoint beside them, and ends where the
+    uninterrupted 2-process run ends: rtol 1e-4, atol 1e-6, the ZeRO-3-vs-DDP tolerance above (the reduce-scatter
+    and one process's accumulation add the gradients in another fp32 order)."""
+    runs = stop_and_resume_on(tmp_path, "accelerate_configs/deepspeed_zero3_cpu.yaml", ELASTIC_LEGS)
+    assert_resumed_elastically(runs, zero3, "DEEPSPEED, 2 process(es)")
+    for step, leg in ((1, runs[1]), (3, runs[2])):
+        checkpoint = runs[0].out / f"checkpoint-{step}"
+        assert f"Converting {checkpoint / f'global_step{step}'} to DeepSpeed's universal checkpoint" in leg.output
+        assert (checkpoint / "latest_universal").read_text() == f"global_step{step}_universal"
+        assert (checkpoint / f"global_step{step}_universal" / "zero").is_dir()  # kept beside the ZeRO shards
+    assert_same_params(runs[-1].params[0], zero3.params[0], rtol=1e-4, atol=1e-6)
+    assert_saved_model_is(runs[-1], runs[-1].params[0])
 
 
 def test_ddp_in_bf16_mixed_precision_as_the_gpu_configs_run(tmp_path):
