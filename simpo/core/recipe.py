@@ -17,23 +17,28 @@ logger = logging.getLogger("simpo")
 
 
 def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, description: str):
-    """Parse (model, data and the recipe's training arguments), log them, record them in output_dir/run_config.yaml,
-    refuse a launch accelerate would degrade, find the checkpoint to resume and seed. Returns (model_args, data_args,
-    args, checkpoint or None)."""
+    """Parse (model, data and the recipe's training arguments), log them, refuse a launch accelerate would degrade,
+    find the checkpoint to resume and seed. Returns (model_args, data_args, args, checkpoint or None). Nothing is
+    written yet: record_run does, once the data and model have loaded."""
     model_args, data_args, args = parse_args(sys.argv[1:] if argv is None else argv, argument_groups, prog=prog,
                                              description=description)
     setup_logging(args.should_log, args.get_process_log_level())
     logger.info("Model arguments %s", model_args)
     logger.info("Data arguments %s", data_args)
     logger.info("Training arguments %s", args)
-    if args.should_save:
-        save_run_config(model_args, data_args, args)  # for evaluation set-ups and reruns
     if model_args.trust_remote_code:
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
     check_launch(args)  # a launch accelerate would silently degrade is refused in seconds
     checkpoint = checkpoint_to_resume(args)
     set_seed(args.seed)
     return model_args, data_args, args, checkpoint
+
+
+def record_run(model_args, data_args, args) -> None:
+    """output_dir/run_config.yaml (for evaluation set-ups and reruns), once the launch is accepted: the config, the
+    data and the model have all loaded, so a launch refused for any of them leaves no output_dir behind."""
+    if args.should_save:
+        save_run_config(model_args, data_args, args)
 
 
 def checkpoint_to_resume(args) -> str | None:

@@ -14,6 +14,7 @@ import os
 import time
 
 from simpo.core.arguments import ModelArguments
+from simpo.core.errors import report_input_errors
 from simpo.core.logs import setup_logging
 from simpo.core.parser import CommandParser
 from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
@@ -125,6 +126,7 @@ def answer_records(benchmark: str, questions: list[dict], answers: list[list[str
              "choices": [{"index": 0, "turns": turns(a)}], "tstamp": time.time()} for q, a in zip(questions, answers)]
 
 
+@report_input_errors("simpo-answer")
 def main(argv: list[str] | None = None) -> None:
     parser = CommandParser("simpo-answer", "Answer a benchmark's questions (AlpacaEval 2, Arena-Hard, MT-Bench) with a"
                            " trained model, in the file format that benchmark's judge reads.", description=__doc__)

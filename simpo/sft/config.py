@@ -10,6 +10,8 @@ from typing import Literal
 
 from trl import SFTConfig
 
+from simpo.core.arguments import check_training_numbers
+
 # key -> (the value simpo works with, why another one is refused)
 REFUSED = {
     "assistant_only_loss": (False, "the loss is always on assistant tokens only: simpo labels every assistant turn"
@@ -55,6 +57,7 @@ class SFTRunConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        check_training_numbers(self)
         for key, (allowed, why) in REFUSED.items():
             if getattr(self, key) != allowed:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not supported by simpo-sft (only {allowed!r}):"

@@ -8,6 +8,7 @@ import os
 from trl import SFTTrainer
 
 from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.errors import report_input_errors
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import (
     disable_dropout,
@@ -20,6 +21,7 @@ from simpo.core.recipe import (
     evaluate_and_save,
     finish,
     no_training,
+    record_run,
     save_metrics,
     start_run,
     stopped_by_signal,
@@ -49,7 +51,7 @@ def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, dict, d
                 out[side], drops[side], counts[side] = tokenize_conversations(
                     datasets[side], tokenizer, args.max_length, f"{side}_dataset",
                     data_args.auto_insert_empty_system_msg, data_args.preprocessing_num_workers,
-                    args.on_degenerate_rows,
+                    args.on_degenerate_rows, data_args.allow_special_tokens_in_text,
                 )
     return out, drops, counts
 
@@ -61,6 +63,7 @@ def sft_model_init_kwargs(model_args, args) -> dict:
     return {"dtype": "auto", "device_map": None, **model_init_kwargs(model_args, args)}
 
 
+@report_input_errors("simpo-sft")
 def main() -> None:
     """`simpo-sft` and scripts/run_sft.py: the recipe, then the process's exit (exit_process)."""
     exit_process(sft_main())
@@ -91,6 +94,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     summary.trainer = trainer
     if args.disable_dropout:
         disable_dropout(trainer.model)
+    record_run(model_args, data_args, args)
     if trainer.accelerator.is_main_process:
         report_drops(drops["train"] + drops.get("test", []), args.output_dir, noun="conversations",
                      file_name=DROPPED_FILE)

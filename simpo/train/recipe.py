@@ -3,12 +3,14 @@ tokenizer, model and trainer, train, save, card; each step one call into a small
 
 import logging
 
+from simpo.core.errors import report_input_errors
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.core.recipe import (
     evaluate_and_save,
     finish,
     no_training,
+    record_run,
     save_metrics,
     start_run,
     stopped_by_signal,
@@ -26,6 +28,7 @@ DESCRIPTION = ("Train a language model with SimPO (Simple Preference Optimizatio
                " config and --key=value overrides.")
 
 
+@report_input_errors("simpo-train")
 def main() -> None:
     """`simpo-train` and scripts/run_simpo.py: the recipe, then the process's exit (exit_process)."""
     exit_process(train_main())
@@ -43,7 +46,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     raw_datasets = render_pairs(raw_datasets, tokenizer, data_args.auto_insert_empty_system_msg,
-                                data_args.preprocessing_num_workers)
+                                data_args.preprocessing_num_workers, data_args.allow_special_tokens_in_text)
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     stop = StopOnSignal()
@@ -56,6 +59,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         peft_config=get_peft_config(model_args, training_args),
         callbacks=[stop, *(callbacks or [])],
     )
+    record_run(model_args, data_args, training_args)
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
 
