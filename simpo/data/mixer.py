@@ -88,9 +88,9 @@ def first_json_problem(path: Path) -> str | None:
         try:
             value = line.strip() and json.loads(line)
         except json.JSONDecodeError as err:
-            return f"{path} line {number}: {err.msg} (column {err.colno})"
+            return f"{path.name} line {number}: {err.msg} (column {err.colno})"
         if line.strip() and not isinstance(value, dict):
-            return f"{path} line {number}: a JSON {type(value).__name__}, not an object (one {{...}} row per line)"
+            return f"{path.name} line {number}: a JSON {type(value).__name__}, not an object (one {{...}} row per line)"
     return None
 
 

@@ -143,7 +143,8 @@ def test_a_json_line_that_is_not_an_object_is_named_with_file_and_line(tmp_path,
     folder = tmp_path / "rows"
     folder.mkdir()
     (folder / "train.jsonl").write_text(json.dumps(pair(0)) + "\n" + line + "\n" + json.dumps(pair(1)) + "\n")
-    with pytest.raises(DataError, match=rf"{folder / 'train.jsonl'} line 2: a JSON {kind}, not an object"):
+    with pytest.raises(DataError, match=rf"{folder} \[train\] cannot be read as json: train.jsonl line 2: a JSON"
+                                        rf" {kind}, not an object"):
         mix_datasets({str(folder): 1.0}, ["train"])
 
 
