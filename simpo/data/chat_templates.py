@@ -1,5 +1,7 @@
 """Message lists -> prompt / chosen / rejected strings with the model's chat template (reference semantics)."""
 
+import re
+
 from simpo.data.errors import SimpoError
 from simpo.data.mixer import map_fingerprint
 
@@ -87,26 +89,30 @@ def check_response_rendering(tokenizer, auto_insert_empty_system_msg: bool = Tru
 SPECIAL_TEXT = "special_token_in_text"
 
 
-def special_tokens(tokenizer) -> list[str]:
-    """Every special token's text: BOS/EOS/PAD and the like, and added tokens marked special (Llama-3's headers)."""
+def special_tokens(tokenizer) -> re.Pattern | None:
+    """A pattern matching any special token's text: BOS/EOS/PAD and the like, and added tokens marked special
+    (Llama-3's headers and its 250 reserved tokens: one regex search per message, not one per token)."""
     added = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
-    return sorted(t for t in set(tokenizer.all_special_tokens) | added if t)
+    tokens = sorted((t for t in set(tokenizer.all_special_tokens) | added if t), key=lambda t: (-len(t), t))
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
 
 
-def special_token_in_text(row: dict, tokens: list[str], columns: tuple = ("prompt", "chosen", "rejected")) -> str:
+def special_token_in_text(row: dict, tokens: re.Pattern | None,
+                          columns: tuple = ("prompt", "chosen", "rejected")) -> str:
     """Why the messages of a row (its message-list `columns`) hold a special token in their text, or ""."""
-    for column in columns:
+    for column in columns if tokens is not None else ():
         messages = row.get(column)
         for message in messages if isinstance(messages, list) else []:
-            token = next((t for t in tokens if t in message["content"]), None)
-            if token is not None:
+            found = tokens.search(message["content"])
+            token = found and found.group()
+            if token:
                 return (f"special token {token!r} in the text of '{column}' (set allow_special_tokens_in_text: true"
                         " to train on it as that control token)")
     return ""
 
 
 def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool = True,
-                        specials: list[str] | None = None) -> dict:
+                        specials: re.Pattern | None = None) -> dict:
     """A row of message lists -> {prompt, chosen, rejected} strings.
 
     An explicit message-list prompt is used as the prompt turns; otherwise the prompt is every turn of `chosen` but

@@ -55,7 +55,7 @@ def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_syste
 
 
 def tokenize_conversation(messages: list[dict], tokenizer, max_length: int,
-                          auto_insert_empty_system_msg: bool = True, specials: list[str] | None = None) -> dict:
+                          auto_insert_empty_system_msg: bool = True, specials=None) -> dict:
     """{input_ids, labels, drop_reason}: labels are the ids on assistant turns and IGNORE elsewhere; the sequence is
     cut to max_length keeping its start. drop_reason, the one place that decides it, is set for an empty assistant
     reply (it would train the model to end its turn at once) and when no labelled token is left to predict."""

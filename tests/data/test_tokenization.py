@@ -92,7 +92,7 @@ def test_literal_special_tokens_in_text_drop_the_pair_unless_allowed(tmp_path):
     rendered = render_pairs({"train": Dataset.from_list(rows)}, tokenizer)["train"]
     kept, drops = tokenize_pairs(rendered, tokenizer, args, "train_dataset")
     assert len(kept) == 2 and [(d.source, d.row) for d in drops] == [("prefs", 1)]
-    assert drops[0].reason.startswith("special token '<|end_header_id|>' in the text of 'chosen'")
+    assert drops[0].reason.startswith("special token '<|eot_id|>' in the text of 'chosen'")  # the first one
     assert "allow_special_tokens_in_text: true" in drops[0].reason
     report_drops(drops, str(tmp_path))
     listed = [json.loads(line) for line in (tmp_path / "dropped_pairs.jsonl").read_text().splitlines()]
