@@ -34,11 +34,12 @@ def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, descrip
     return model_args, data_args, args, checkpoint
 
 
-def record_run(model_args, data_args, args) -> None:
-    """output_dir/run_config.yaml (for evaluation set-ups and reruns), once the launch is accepted: the config, the
-    data and the model have all loaded, so a launch refused for any of them leaves no output_dir behind."""
+def record_run(model_args, data_args, args, as_parsed: dict) -> None:
+    """output_dir/run_config.yaml (for evaluation set-ups and reruns) holding `as_parsed` (run_config_values taken
+    right after start_run), once the launch is accepted: the config, the data and the model have all loaded, so a
+    launch refused for any of them leaves no output_dir behind."""
     if args.should_save:
-        save_run_config(model_args, data_args, args)
+        save_run_config(model_args, data_args, args, as_parsed)
 
 
 def checkpoint_to_resume(args) -> str | None:

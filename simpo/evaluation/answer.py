@@ -116,10 +116,15 @@ def answer(output_dir: str, benchmark: str, questions: list[dict], work_dir: str
 
 
 def context_length(output_dir: str, trust_remote_code: bool = False) -> int | None:
-    """The model's positions (max_position_embeddings), or None when its config does not say."""
+    """The model's positions (max_position_embeddings), or None when its config does not say. A LoRA run's folder
+    holds the adapter alone: its base model's config says."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(output_dir, trust_remote_code=trust_remote_code)
+    path, adapter = output_dir, os.path.join(output_dir, "adapter_config.json")
+    if not os.path.exists(os.path.join(output_dir, "config.json")) and os.path.exists(adapter):
+        with open(adapter) as f:
+            path = json.load(f)["base_model_name_or_path"]
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 

@@ -28,6 +28,7 @@ from simpo.core.recipe import (
 )
 from simpo.core.reporting import end_summary, plot_curves
 from simpo.core.resume import StopOnSignal, checkpoint_state
+from simpo.core.run_config import run_config_values
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import report_drops
@@ -72,6 +73,7 @@ def main() -> None:
 def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
     model_args, data_args, args, checkpoint = start_run(argv, SFT_ARGUMENTS, "simpo-sft", DESCRIPTION)
+    as_parsed = run_config_values(model_args, data_args, args)  # recorded once the launch is accepted
 
     raw_datasets = mix_datasets(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
                                 seed=args.seed, row_format=CONVERSATIONS)
@@ -94,7 +96,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     summary.trainer = trainer
     if args.disable_dropout:
         disable_dropout(trainer.model)
-    record_run(model_args, data_args, args)
+    record_run(model_args, data_args, args, as_parsed)
     if trainer.accelerator.is_main_process:
         report_drops(drops["train"] + drops.get("test", []), args.output_dir, noun="conversations",
                      file_name=DROPPED_FILE)

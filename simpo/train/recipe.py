@@ -17,6 +17,7 @@ from simpo.core.recipe import (
 )
 from simpo.core.reporting import end_summary, plot_curves
 from simpo.core.resume import StopOnSignal, checkpoint_state
+from simpo.core.run_config import run_config_values
 from simpo.data.chat_templates import render_pairs, set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import report_drops
@@ -38,6 +39,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes. Returns
     the process's exit code: 0, or 128 + the signal that stopped training (a checkpoint is saved; relaunch)."""
     model_args, data_args, training_args, checkpoint = start_run(argv, SIMPO_ARGUMENTS, "simpo-train", DESCRIPTION)
+    as_parsed = run_config_values(model_args, data_args, training_args)  # recorded once the launch is accepted
 
     raw_datasets = mix_datasets(
         data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
@@ -59,7 +61,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         peft_config=get_peft_config(model_args, training_args),
         callbacks=[stop, *(callbacks or [])],
     )
-    record_run(model_args, data_args, training_args)
+    record_run(model_args, data_args, training_args, as_parsed)
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
 
