@@ -1,8 +1,11 @@
 """The argument groups every recipe and command shares: the model (ModelArguments) and the data (DataArguments). Each
 recipe adds its own training arguments (simpo/train/config.py, simpo/sft/config.py, simpo/pipeline/config.py)."""
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+from simpo.core.parser import ConfigError
 
 
 @dataclass
@@ -56,3 +59,30 @@ class DataArguments:
     auto_insert_empty_system_msg: bool = field(
         default=True, metadata={"help": "Insert an empty system turn where the template expects one."}
     )
+    allow_special_tokens_in_text: bool = field(
+        default=False,
+        metadata={"help": "Train on pairs whose message text holds a special token of the tokenizer (e.g."
+                  " <|eot_id|>), which is tokenised as that control token; off: such pairs are dropped, counted and"
+                  " listed in output_dir/dropped_pairs.jsonl."},
+    )
+
+
+def check_training_numbers(args) -> None:
+    """Refuse, at parse time, the training numbers transformers only trips over once data and model have loaded (a
+    ZeroDivisionError for gradient_accumulation_steps: 0) or quietly replaces (eval_steps: 0 becomes logging_steps),
+    and a launch that would train nothing. `args` is a TrainingArguments before its own __post_init__; each error
+    names its key."""
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, key) < 1:
+            raise ConfigError(f"{key} must be at least 1 (got {getattr(args, key)}).")
+    if not math.isfinite(args.learning_rate) or args.learning_rate < 0:
+        raise ConfigError(f"learning_rate must be a finite number >= 0 (got {args.learning_rate}).")
+    for key in ("logging_steps", "eval_steps", "save_steps"):
+        value = getattr(args, key)
+        if value is not None and not value > 0:  # `not >` also catches nan
+            remedy = " Remove the key to evaluate every logging_steps." if key == "eval_steps" else ""
+            raise ConfigError(f"{key} must be positive (got {value}): a number of steps, or below 1 a fraction of the"
+                              f" run's steps.{remedy}")
+    if getattr(args, "do_train", True) and args.max_steps <= 0 and not args.num_train_epochs > 0:
+        raise ConfigError(f"max_steps={args.max_steps} and num_train_epochs={args.num_train_epochs} train nothing: set"
+                         " a positive max_steps or num_train_epochs (do_train: false evaluates without training).")

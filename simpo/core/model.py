@@ -9,10 +9,16 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainingArguments
 
 from simpo.core.arguments import ModelArguments
+from simpo.core.parser import ConfigError
+from simpo.data.errors import SimpoError
 
 logger = logging.getLogger(__name__)
 
 MAX_SANE_MODEL_LENGTH = 100_000  # some tokenizers report int(1e30) when they have no limit
+
+
+class ModelNotFound(SimpoError, FileNotFoundError):
+    """A model or tokenizer key names neither a local folder nor a model the Hub (or its cache) has."""
 
 
 def from_pretrained(loader, name: str, key: str, **kwargs):
@@ -20,7 +26,7 @@ def from_pretrained(loader, name: str, key: str, **kwargs):
     local folder nor a model the Hub (or, offline, its cache) has: transformers' own says neither."""
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
     if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise FileNotFoundError(f"{key}: there is no folder {name!r}. Give a model folder (e.g. a finished run's"
+        raise ModelNotFound(f"{key}: there is no folder {name!r}. Give a model folder (e.g. a finished run's"
                                 " output_dir) or a Hub id.")
     try:
         return loader.from_pretrained(name, **kwargs)
@@ -29,7 +35,7 @@ def from_pretrained(loader, name: str, key: str, **kwargs):
             raise
         offline = " (HF_HUB_OFFLINE is set: only the local Hub cache was searched)" if os.environ.get(
             "HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") else ""
-        raise OSError(f"{key}: {name!r} is not a local folder, and it could not be loaded from the Hub{offline}."
+        raise ModelNotFound(f"{key}: {name!r} is not a local folder, and it could not be loaded from the Hub{offline}."
                       f" Check the name (and your login, for gated models) or give a local folder. ({err})") from err
 
 
@@ -115,7 +121,7 @@ def model_init_kwargs(model_args: ModelArguments, training_args: TrainingArgumen
     extra = dict(training_args.model_init_kwargs or {})
     clashes = sorted(set(extra) & set(SET_BY_KEYS))
     if clashes:
-        raise ValueError(
+        raise ConfigError(
             f"model_init_kwargs sets {clashes[0]!r}, which the config key {SET_BY_KEYS[clashes[0]]} sets: use that key"
             " instead."
         )

@@ -18,6 +18,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from simpo.data.errors import SimpoError
+
 logger = logging.getLogger(__name__)
 
 CLI = "command line"
@@ -46,7 +48,7 @@ REMOVED_KEYS = {
 _NONE_IS_A_WORD = {"report_to"}
 
 
-class ConfigError(ValueError):
+class ConfigError(SimpoError, ValueError):
     """A config key or value that cannot be used; the message says where it came from."""
 
 
@@ -220,6 +222,10 @@ def parse_args(argv: list[str] | None, dataclass_types: tuple, prog: str = "simp
     if "-h" in argv or "--help" in argv:
         print(usage(dataclass_types, prog, hidden_keys, description))
         raise SystemExit(0)
+    if not argv:  # nothing to run: say how, as argparse does, before anything is set up or written
+        print(f"usage: {prog} CONFIG.yaml [--key=value | --key value ...]\n{prog}: error: give a config YAML"
+              f" (e.g. training_configs/tiny-simpo-cpu.yaml); `{prog} --help` lists every key.", file=sys.stderr)
+        raise SystemExit(2)
     owners = {}  # key -> [(dataclass index, type)]; a key of several dataclasses feeds them all
     for n, cls in enumerate(dataclass_types):
         hints = typing.get_type_hints(cls)
@@ -264,4 +270,15 @@ def parse_args(argv: list[str] | None, dataclass_types: tuple, prog: str = "simp
                     raise ConfigError(
                         f"Bad value {value!r} for '{key}' ({source}): expected {_name(tp)}; {e}."
                     ) from None
-    return tuple(cls(**kw) for cls, kw in zip(dataclass_types, kwargs))
+    return tuple(build(cls, kw) for cls, kw in zip(dataclass_types, kwargs))
+
+
+def build(cls, kwargs: dict):
+    """cls(**kwargs); a value its checks refuse (a ValueError from __post_init__, simpo's or transformers') is a
+    ConfigError, reported like every other bad key."""
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from error

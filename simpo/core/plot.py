@@ -14,6 +14,7 @@ import sys
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from simpo.core.errors import report_input_errors
 from simpo.core.parser import CommandParser
 from simpo.core.resume import last_complete_checkpoint
 
@@ -146,6 +147,7 @@ def compare_runs(output_dirs: list[str], out: str) -> dict:
     return panels
 
 
+@report_input_errors("simpo-plot")
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
         "simpo-plot", "Plot training curves from a run's trainer_state.json.",

@@ -21,9 +21,10 @@ logger = logging.getLogger("simpo")
 
 
 def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, description: str):
-    """Parse (model, data and the recipe's training arguments), log them, lock output_dir for this run, record them
-    in output_dir/run_config.yaml, refuse a launch accelerate would degrade, find the checkpoint to resume (fitting
-    the launch to it: simpo/core/elastic.py) and seed. Returns (model_args, data_args, args, checkpoint or None)."""
+    """Parse (model, data and the recipe's training arguments), log them, refuse a launch accelerate would degrade,
+    find the checkpoint to resume (fitting the launch to it: simpo/core/elastic.py) and seed. Returns (model_args,
+    data_args, args, checkpoint or None). Nothing is written yet: record_run does, once the data and model have
+    loaded."""
     argv = sys.argv[1:] if argv is None else argv
     check_build_locks(argv)  # before parsing, which starts DeepSpeed (and would wait on the lock forever)
     model_args, data_args, args = parse_args(argv, argument_groups, prog=prog, description=description)
@@ -31,9 +32,6 @@ def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, descrip
     logger.info("Model arguments %s", model_args)
     logger.info("Data arguments %s", data_args)
     logger.info("Training arguments %s", args)
-    if args.should_save:
-        lock_folder(args.output_dir, prog)  # before anything is written: a refused launch writes nothing
-        save_run_config(model_args, data_args, args)  # for evaluation set-ups and reruns
     if model_args.trust_remote_code:
         logger.warning("trust_remote_code is on: code shipped with %s will run.", model_args.model_name_or_path)
     check_launch(args)  # a launch accelerate would silently degrade is refused in seconds
@@ -41,6 +39,16 @@ def start_run(argv: list[str] | None, argument_groups: tuple, prog: str, descrip
     adapt_to_checkpoint(args, checkpoint)  # another process count: the same global batch, or refused here
     set_seed(args.seed)
     return model_args, data_args, args, checkpoint
+
+
+def record_run(model_args, data_args, args, as_parsed: dict, prog: str) -> None:
+    """Lock output_dir for this run's life (a second live launch into it is refused) and write
+    output_dir/run_config.yaml (for evaluation set-ups and reruns) holding `as_parsed` (run_config_values taken right
+    after start_run), once the launch is accepted: the config, the data and the model have all loaded, so a launch
+    refused for any of them leaves no output_dir behind."""
+    if args.should_save:
+        lock_folder(args.output_dir, prog)
+        save_run_config(model_args, data_args, args, as_parsed)
 
 
 def checkpoint_to_resume(args) -> str | None:

@@ -166,6 +166,21 @@ def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict |
     return "\n".join(lines)
 
 
+def short_run_warning(args, state) -> str | None:
+    """Said at the start (the Trainer knows the run's optimizer steps once its dataloader is built): a launch whose
+    steps reach no multiple of logging_steps logs no training metrics at all, which it would otherwise say only at
+    its end."""
+    every = state.logging_steps
+    if str(getattr(args.logging_strategy, "value", args.logging_strategy)) != "steps" or not every:
+        return None
+    if state.max_steps // every > state.global_step // every:
+        return None
+    steps = state.max_steps - state.global_step
+    return (f"This launch trains {steps} optimizer step(s) (to step {state.max_steps}) but logs every {every:g}: no"
+            f" training metrics (loss, rewards, ...) will be logged. Set logging_steps to at most {steps} (e.g."
+            " --logging_steps=1) to see them.")
+
+
 class RunSummary(TrainerCallback):
     """Prints start_summary(trainer) on the main process when training begins."""
 
@@ -175,6 +190,8 @@ class RunSummary(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             print("\n" + start_summary(self.trainer, state), flush=True)
+            if warning := short_run_warning(args, state):
+                logger.warning(warning)
 
 
 class TokenThroughput:

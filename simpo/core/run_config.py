@@ -19,13 +19,20 @@ logger = logging.getLogger(__name__)
 RUN_CONFIG = "run_config.yaml"
 
 
-def save_run_config(model_args, data_args, training_args) -> str:
-    """Write output_dir/run_config.yaml; a hub_token that is set stays masked as TrainingArguments.to_dict masks it."""
+def run_config_values(model_args, data_args, training_args) -> dict:
+    """Every key of the three groups, flat, as run_config.yaml holds them; a hub_token that is set stays masked as
+    TrainingArguments.to_dict masks it. Taken as parsed: a recipe sets some (model_init_kwargs) before training."""
     training = training_args.to_dict()
     for key in training:  # to_dict masks every *_token field, also unset ones and SFT's eos_token / pad_token
         if key.endswith("_token") and (key != "hub_token" or getattr(training_args, key) is None):
             training[key] = getattr(training_args, key)
-    values = {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training}
+    return {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training}
+
+
+def save_run_config(model_args, data_args, training_args, values: dict | None = None) -> str:
+    """Write output_dir/run_config.yaml: `values` (run_config_values, taken when the arguments were parsed), or the
+    arguments' values now."""
+    values = values if values is not None else run_config_values(model_args, data_args, training_args)
     os.makedirs(training_args.output_dir, exist_ok=True)
     path = os.path.join(training_args.output_dir, RUN_CONFIG)
     if os.path.exists(path):  # a relaunch: a resumed run continues under today's settings, so say what changed

@@ -1,5 +1,8 @@
 """Message lists -> prompt / chosen / rejected strings with the model's chat template (reference semantics)."""
 
+import re
+
+from simpo.data.errors import SimpoError
 from simpo.data.mixer import map_fingerprint
 
 # Mistral's own template rejects system messages, so (like the reference) we fold the system message into the first
@@ -17,6 +20,11 @@ MISTRAL_CHAT_TEMPLATE = (
 )
 
 
+class TemplateError(SimpoError, ValueError):
+    """A chat template simpo cannot train with: none at all, or one that renders part of a conversation differently
+    alone than inside the whole conversation."""
+
+
 def set_chat_template(tokenizer, chat_template: str | None, model_name_or_path: str | None) -> None:
     """The YAML's chat_template wins; Mistral models get the system-folding template; else the tokenizer's own."""
     if chat_template:
@@ -24,7 +32,7 @@ def set_chat_template(tokenizer, chat_template: str | None, model_name_or_path: 
     elif model_name_or_path and "mistral" in model_name_or_path.lower():
         tokenizer.chat_template = MISTRAL_CHAT_TEMPLATE
     if not tokenizer.chat_template:
-        raise ValueError(
+        raise TemplateError(
             "The tokenizer has no chat template: set `chat_template` in the YAML (a Jinja string) or use a tokenizer"
             " that ships one."
         )
@@ -38,10 +46,6 @@ def maybe_insert_system_message(messages: list[dict], tokenizer) -> list[dict]:
     if "system" in template or "<|im_start|>" in template:
         return [{"role": "system", "content": ""}] + messages
     return messages
-
-
-class TemplateError(ValueError):
-    """The chat template renders part of a conversation differently alone than inside the whole conversation."""
 
 
 def strip_bos(text: str, tokenizer) -> str:
@@ -79,7 +83,36 @@ def check_response_rendering(tokenizer, auto_insert_empty_system_msg: bool = Tru
         )
 
 
-def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool = True) -> dict:
+# Column render_pairs adds: why a row's own text holds one of the tokenizer's special tokens ("" when it does not).
+# Such text is tokenised as the control token itself (an end of turn, a header) and trained on silently, so the
+# row is dropped at tokenisation (simpo/data/tokenization.py) unless allow_special_tokens_in_text is on.
+SPECIAL_TEXT = "special_token_in_text"
+
+
+def special_tokens(tokenizer) -> re.Pattern | None:
+    """A pattern matching any special token's text: BOS/EOS/PAD and the like, and added tokens marked special
+    (Llama-3's headers and its 250 reserved tokens: one regex search per message, not one per token)."""
+    added = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special}
+    tokens = sorted((t for t in set(tokenizer.all_special_tokens) | added if t), key=lambda t: (-len(t), t))
+    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
+
+
+def special_token_in_text(row: dict, tokens: re.Pattern | None,
+                          columns: tuple = ("prompt", "chosen", "rejected")) -> str:
+    """Why the messages of a row (its message-list `columns`) hold a special token in their text, or ""."""
+    for column in columns if tokens is not None else ():
+        messages = row.get(column)
+        for message in messages if isinstance(messages, list) else []:
+            found = tokens.search(message["content"])
+            token = found and found.group()
+            if token:
+                return (f"special token {token!r} in the text of '{column}' (set allow_special_tokens_in_text: true"
+                        " to train on it as that control token)")
+    return ""
+
+
+def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool = True,
+                        specials: re.Pattern | None = None) -> dict:
     """A row of message lists -> {prompt, chosen, rejected} strings.
 
     An explicit message-list prompt is used as the prompt turns; otherwise the prompt is every turn of `chosen` but
@@ -89,17 +122,24 @@ def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool
         prompt_turns, chosen_turns, rejected_turns = row["prompt"], row["chosen"], row["rejected"]
     else:
         prompt_turns, chosen_turns, rejected_turns = row["chosen"][:-1], row["chosen"][-1:], row["rejected"][-1:]
-    return {
+    rendered = {
         "prompt": render_prompt(prompt_turns, tokenizer, auto_insert_empty_system_msg),
         "chosen": render_response(chosen_turns, tokenizer),
         "rejected": render_response(rejected_turns, tokenizer),
     }
+    if specials is not None:
+        rendered[SPECIAL_TEXT] = special_token_in_text(row, specials)
+    return rendered
 
 
-def render_pairs(datasets: dict, tokenizer, auto_insert_empty_system_msg: bool = True, num_proc: int | None = None):
-    """apply_chat_template over every split of {split: dataset}; each row keeps its other columns (its origin)."""
+def render_pairs(datasets: dict, tokenizer, auto_insert_empty_system_msg: bool = True, num_proc: int | None = None,
+                 allow_special_tokens_in_text: bool = False):
+    """apply_chat_template over every split of {split: dataset}; each row keeps its other columns (its origin) and,
+    unless allow_special_tokens_in_text, gains SPECIAL_TEXT (why its text holds a special token, or "")."""
     check_response_rendering(tokenizer, auto_insert_empty_system_msg)
-    template = {"tokenizer": tokenizer, "auto_insert_empty_system_msg": auto_insert_empty_system_msg}
+    specials = None if allow_special_tokens_in_text else special_tokens(tokenizer)
+    template = {"tokenizer": tokenizer, "auto_insert_empty_system_msg": auto_insert_empty_system_msg,
+                "specials": specials}
     return {
         side: dataset.map(apply_chat_template, fn_kwargs=template, num_proc=num_proc,
                           new_fingerprint=map_fingerprint(dataset, template), desc="Applying chat template")

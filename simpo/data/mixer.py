@@ -1,6 +1,7 @@
 """The dataset mixer: {source: fraction} over hub ids, save_to_disk folders and local json/jsonl/parquet files."""
 
 import functools
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import NamedTuple
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
-from simpo.data.validation import DataError, validate_rows
+from simpo.data.validation import MESSAGE_KEYS, DataError, role_and_content, validate_rows
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,24 @@ def is_blank(path: Path) -> bool:
     return True
 
 
+def first_encoding_problem(path: Path) -> str | None:
+    """Where a text file stops being UTF-8 (the line and byte), or None. pyarrow reads such a file without a word and
+    fails later, when a row is read, naming no file."""
+    offset = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return (f"{path} line {number} (byte {offset + err.start}) is not UTF-8 ({err.reason}, byte"
+                        f" 0x{line[err.start]:02x}): save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+            offset += len(line)
+    return None
+
+
 def first_json_problem(path: Path) -> str | None:
-    """Where a json/jsonl file stops being JSON: the first line that is neither part of one JSON document nor a
-    JSON object of its own."""
+    """Where a json/jsonl file stops being JSON rows: the first line that is neither part of one JSON document nor a
+    JSON object of its own (valid JSON that is not an object, e.g. `[1, 2]`, is no row either)."""
     text = path.read_text(errors="replace")
     try:
         json.loads(text)
@@ -68,9 +84,11 @@ def first_json_problem(path: Path) -> str | None:
         pass
     for number, line in enumerate(text.splitlines(), 1):
         try:
-            line.strip() and json.loads(line)
+            value = line.strip() and json.loads(line)
         except json.JSONDecodeError as err:
             return f"{path.name} line {number}: {err.msg} (column {err.colno})"
+        if line.strip() and not isinstance(value, dict):
+            return f"{path.name} line {number}: a JSON {type(value).__name__}, not an object (one {{...}} row per line)"
     return None
 
 
@@ -78,12 +96,23 @@ def load_files(source: str, split: str, files: list[Path]) -> Dataset:
     if all(is_blank(f) for f in files):
         raise DataError(f"{source} [{split}] is empty: remove it from dataset_mixer or fix the data.")
     builder = FILE_BUILDERS.get(files[0].suffix, "json")
+    if builder == "json":
+        problem = next((p for p in map(first_encoding_problem, files) if p), None)
+        if problem:
+            raise DataError(f"{source} [{split}] cannot be read: {problem}.")
     try:
         return load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as err:  # datasets wraps the parser's error without the file or line
         problems = [first_json_problem(f) for f in files if builder == "json"]
         detail = next((p for p in problems if p), str(err).strip().splitlines()[-1])
         raise DataError(f"{source} [{split}] cannot be read as {builder}: {detail}. Fix the file.") from err
+
+
+def unsupported_format(path: Path) -> str:
+    kind = path.suffix.lstrip(".").upper() or "a file without an extension"
+    return (f"{kind} is not a supported format. simpo reads .jsonl/.json (one JSON object per row) and .parquet files,"
+            " save_to_disk folders and hub ids: convert it, e.g. pandas.read_csv(path).to_json(out, orient='records',"
+            " lines=True) for a CSV whose columns hold JSON message lists.")
 
 
 def train_rows(dataset: Dataset, fraction: float, source: str, split: str) -> Dataset:
@@ -102,6 +131,8 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
     """One split of one source. A local folder is a save_to_disk folder or holds files named SPLIT.jsonl/json/parquet
     (or SPLIT-*.parquet); a single local file is a train split; anything else is a hub id."""
     path = Path(source)
+    if path.is_file() and path.suffix not in FILE_BUILDERS:
+        raise DataError(f"{source}: {unsupported_format(path)}")
     if path.is_file():
         if "train" not in split:
             raise DataError(
@@ -118,7 +149,9 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
             return saved[split]
         files = sorted(p for p in path.iterdir() if p.suffix in FILE_BUILDERS and p.stem.split("-")[0] == split)
         if not files:
-            raise DataError(f"{source}: no file for split '{split}' (expected {split}.jsonl, .json or .parquet).")
+            others = sorted(p.name for p in path.iterdir() if p.stem.split("-")[0] == split)
+            hint = f" {others[0]}: {unsupported_format(Path(others[0]))}" if others else ""
+            raise DataError(f"{source}: no file for split '{split}' (expected {split}.jsonl, .json or .parquet).{hint}")
         if len({f.suffix for f in files}) > 1:
             raise DataError(
                 f"{source}: split '{split}' has files in more than one format ({', '.join(f.name for f in files)}):"
@@ -147,6 +180,20 @@ def require_eval_split(args, datasets, example: str) -> None:
             "Evaluation is on (do_eval, eval_strategy or eval_on_start) but dataset_splits has no test split: add one"
             f" (e.g. {example}) or set do_eval: false, eval_strategy: \"no\" and eval_on_start: false."
         )
+
+
+def keep_role_and_content(dataset: Dataset) -> Dataset:
+    """Message lists whose messages carry more keys than role and content (validation allowed only empty ones, e.g.
+    `"tool_calls": []`) reduced to those two, so every source has the same columns and the chat template sees what
+    the checks saw. A message with an extra key makes the column's type a JSON value, which nothing downstream reads."""
+    extra = [column for column, feature in dataset.features.items()
+             if hasattr(feature, "feature") and not (isinstance(feature.feature, dict)
+                                                     and set(feature.feature) == set(MESSAGE_KEYS))]
+    if not extra:
+        return dataset
+    return dataset.map(lambda row: {column: role_and_content(row[column]) for column in extra},
+                       new_fingerprint=map_fingerprint(dataset, "role_and_content", extra),
+                       desc="Keeping each message's role and content")
 
 
 def mix_datasets(
@@ -179,7 +226,24 @@ def mix_datasets(
             row_format.validate(dataset, source, split)
             origins = [{"source": source, "split": split, "row": row} for row in range(len(dataset))]
             dataset = dataset.select_columns([c for c in row_format.columns if c in dataset.column_names])
+            dataset = keep_role_and_content(dataset)
             dataset = dataset.add_column(ORIGIN, origins)
             parts[side].append(dataset)
             logger.info("Using %d rows of %s [%s] for %s", len(dataset), source, split, side)
-    return DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})
+    mixed = DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})
+    for side, dataset in mixed.items():
+        if duplicates := count_duplicates(dataset, row_format.columns):
+            logger.warning("%d of the %d %s rows repeat an earlier row (identical %s): each copy is trained on as"
+                           " often as it appears. Deduplicate the data if that is not meant.", duplicates,
+                           len(dataset), side, ", ".join(row_format.columns))
+    return mixed
+
+
+def count_duplicates(dataset: Dataset, columns: tuple[str, ...]) -> int:
+    """Rows whose `columns` (prompt, chosen and rejected; an SFT row's messages) equal an earlier row's."""
+    seen, duplicates = set(), 0
+    for row in dataset.select_columns([c for c in columns if c in dataset.column_names]):
+        key = hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=16).digest()
+        duplicates += key in seen
+        seen.add(key)
+    return duplicates

@@ -1,7 +1,7 @@
 """Token ids and labels of one preference row (prompt, chosen, rejected strings), as the reference builds them, and
 the ids a model is prompted with for generation, derived from the same rendering and tokenisation."""
 
-from simpo.data.chat_templates import render_prompt, render_response
+from simpo.data.chat_templates import SPECIAL_TEXT, TemplateError, render_prompt, render_response
 from simpo.data.mixer import ORIGIN, map_fingerprint
 from simpo.data.validation import DroppedRow, degenerate_reason, handle_drops
 
@@ -40,7 +40,7 @@ def response_header(tokenizer) -> str:
     `<|start_header_id|>assistant<|end_header_id|>\n\n`, `<start_of_turn>model\n`, Mistral's leading space)."""
     rendered = render_response([{"role": "assistant", "content": CONTENT_MARK}], tokenizer)
     if rendered.count(CONTENT_MARK) != 1:
-        raise ValueError(
+        raise TemplateError(
             "The chat template does not render an assistant turn's content verbatim, so where a reply starts cannot"
             f" be found (rendered {rendered!r}): use a template that writes message['content'] (trim is fine) once."
         )
@@ -121,7 +121,7 @@ def tokenize_pairs(dataset, tokenizer, args, name: str):
     def tokenize(row: dict, index: int) -> dict:
         tokens = tokenize_row(row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode,
                               args.label_pad_token_id)
-        reason = degenerate_reason(row, tokens, empty_reply, args.label_pad_token_id)
+        reason = row.get(SPECIAL_TEXT) or degenerate_reason(row, tokens, empty_reply, args.label_pad_token_id)
         origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
         return {**tokens, "drop_reason": reason or "", ORIGIN: origin}
 

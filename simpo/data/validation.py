@@ -7,12 +7,28 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+from simpo.data.errors import SimpoError
+
 logger = logging.getLogger(__name__)
 
 ROLES = {"system", "user", "assistant"}
+MESSAGE_KEYS = ("role", "content")  # all a message is trained on; empty extra keys are dropped (role_and_content)
 
 
-class DataError(ValueError):
+def is_empty(value) -> bool:
+    """An extra message key that says nothing: null, "", [] or {} (exports write `"tool_calls": []`, `"name": null`)."""
+    return value is None or (isinstance(value, (str, list, dict)) and not value)
+
+
+def role_and_content(messages):
+    """A message list reduced to role and content (what validation allowed: other keys are empty); anything else
+    (a prompt string, None) as it is."""
+    if not isinstance(messages, list):
+        return messages
+    return [{key: message[key] for key in MESSAGE_KEYS} for message in messages]
+
+
+class DataError(SimpoError, ValueError):
     """A problem with the training data, named by source, split and row."""
 
 
@@ -40,6 +56,10 @@ def message_list_problem(value) -> str | None:
             return f"message {i} has unknown role {message['role']!r} (use one of {sorted(ROLES)})"
         if not isinstance(message["content"], str):
             return f"message {i} content is {type(message['content']).__name__}, not a string"
+        extra = next((key for key in message if key not in MESSAGE_KEYS and not is_empty(message[key])), None)
+        if extra is not None:
+            return (f"message {i} has {extra!r} = {message[extra]!r}, which simpo does not train on (only role and"
+                    " content; empty extra keys are ignored): remove the key or fold it into the content")
     return None
 
 

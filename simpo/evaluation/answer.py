@@ -14,11 +14,13 @@ import os
 import time
 
 from simpo.core.arguments import ModelArguments
+from simpo.core.errors import report_input_errors
 from simpo.core.logs import setup_logging
 from simpo.core.parser import CommandParser
 from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
 from simpo.core.run_lock import lock_folder
 from simpo.data.tokenization import generation_prompt_ids
+from simpo.data.validation import DataError
 from simpo.evaluation.families import decoding, family_of
 from simpo.pipeline.backends import backend_name, make_backend
 from simpo.pipeline.generate import sample_units
@@ -85,16 +87,24 @@ def answer(output_dir: str, benchmark: str, questions: list[dict], work_dir: str
         return built["backend"]
 
     answers = [[] for _ in questions]
+    context = context_length(output_dir, model_args.trust_remote_code)
     for turn in range(max(len(q["turns"]) for q in questions)):
-        groups = {}  # decoding -> question indices asking a question at this turn
+        groups, prompts, capped = {}, {}, []  # decoding -> question indices asking a question at this turn
         for i, q in enumerate(questions):
             if turn < len(q["turns"]):
+                prompts[i] = generation_prompt_ids(conversation(q, answers[i], turn), tokenizer,
+                                                   data_args.auto_insert_empty_system_msg)
                 setting = decoding(family, benchmark, q["category"])
-                setting = (setting.temperature, setting.top_p, min(setting.max_new_tokens, limit_tokens or 10**9))
-                groups.setdefault(setting, []).append(i)
+                wanted = min(setting.max_new_tokens, limit_tokens or 10**9)
+                new_tokens = tokens_left(wanted, len(prompts[i]), context, q["id"], turn)
+                capped += [i] if new_tokens < wanted else []
+                groups.setdefault((setting.temperature, setting.top_p, new_tokens), []).append(i)
+        if capped:
+            logger.info("Turn %d: %d question(s) would decode past the model's %d positions; their max_new_tokens is"
+                        " capped at the context left (%d positions minus the prompt's tokens).", turn + 1,
+                        len(capped), context, context)
         for setting, members in groups.items():
-            ids = [generation_prompt_ids(conversation(questions[i], answers[i], turn), tokenizer,
-                                         data_args.auto_insert_empty_system_msg) for i in members]
+            ids = [prompts[i] for i in members]
             folder = os.path.join(work_dir, f"turn{turn}", "t{}-p{}-n{}".format(*setting))
             settings = {"model": [os.path.abspath(output_dir), weights_fingerprint(output_dir)],
                         "benchmark": benchmark, "decoding": setting,
@@ -104,6 +114,30 @@ def answer(output_dir: str, benchmark: str, questions: list[dict], work_dir: str
             for i, reply in zip(members, replies["q"]):
                 answers[i].append(reply[0])
     return answers if process_rank()[0] == 0 else None
+
+
+def context_length(output_dir: str, trust_remote_code: bool = False) -> int | None:
+    """The model's positions (max_position_embeddings), or None when its config does not say. A LoRA run's folder
+    holds the adapter alone: its base model's config says."""
+    from transformers import AutoConfig
+
+    path, adapter = output_dir, os.path.join(output_dir, "adapter_config.json")
+    if not os.path.exists(os.path.join(output_dir, "config.json")) and os.path.exists(adapter):
+        with open(adapter) as f:
+            path = json.load(f)["base_model_name_or_path"]
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return getattr(config.get_text_config(), "max_position_embeddings", None)
+
+
+def tokens_left(wanted: int, prompt_tokens: int, context: int | None, question_id, turn: int) -> int:
+    """max_new_tokens for one prompt: the family's setting, capped at the positions its prompt leaves (decoding past
+    them is slow and the model has no position for the tokens). A prompt that fills the context is an error."""
+    if context is None:
+        return wanted
+    if prompt_tokens >= context:
+        raise DataError(f"Question {question_id!r} (turn {turn + 1}): its prompt has {prompt_tokens} tokens, the"
+                         f" model's context {context} positions: no room for an answer.")
+    return min(wanted, context - prompt_tokens)
 
 
 def conversation(question: dict, answers: list[str], turn: int) -> list[dict]:
@@ -126,6 +160,7 @@ def answer_records(benchmark: str, questions: list[dict], answers: list[list[str
              "choices": [{"index": 0, "turns": turns(a)}], "tstamp": time.time()} for q, a in zip(questions, answers)]
 
 
+@report_input_errors("simpo-answer")
 def main(argv: list[str] | None = None) -> None:
     parser = CommandParser("simpo-answer", "Answer a benchmark's questions (AlpacaEval 2, Arena-Hard, MT-Bench) with a"
                            " trained model, in the file format that benchmark's judge reads.", description=__doc__)

@@ -22,6 +22,7 @@ import sys
 
 import yaml
 
+from simpo.core.errors import report_input_errors
 from simpo.core.parser import CommandParser
 from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
 from simpo.evaluation.families import decoding, family_of
@@ -108,6 +109,7 @@ def setup(output_dir: str, benchmarks: list[str], name: str, eval_dir: str, alpa
     return summary
 
 
+@report_input_errors("simpo-eval-setup")
 def main(argv: list[str] | None = None) -> None:
     parser = CommandParser("simpo-eval-setup", "Write ready-to-run AlpacaEval 2, Arena-Hard and MT-Bench set-ups for"
                            " a finished run, each template checked against what training fed the model.",

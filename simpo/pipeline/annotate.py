@@ -17,6 +17,7 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+from simpo.core.errors import report_input_errors
 from simpo.core.logs import setup_logging
 from simpo.core.model import from_pretrained, resolve_dtype
 from simpo.core.run_lock import lock_folder
@@ -103,6 +104,7 @@ def scores_of(output, n: int) -> list[float]:
     return values[:, 0].tolist()
 
 
+@report_input_errors("simpo-annotate")
 def main(argv: list[str] | None = None) -> None:
     _, _, args = parse_pipeline_args(argv, "simpo-annotate", DESCRIPTION)
     rank, world = process_rank()

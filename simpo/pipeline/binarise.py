@@ -22,6 +22,7 @@ from collections import Counter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from simpo.core.errors import report_input_errors
 from simpo.core.logs import setup_logging
 from simpo.core.model import get_tokenizer
 from simpo.core.run_lock import lock_folder
@@ -129,6 +130,7 @@ def plot_gaps(gaps: dict[str, list[float]], min_score_gap: float, path: str) -> 
     FigureCanvasAgg(figure).print_png(path)
 
 
+@report_input_errors("simpo-binarise")
 def main(argv: list[str] | None = None) -> None:
     """`simpo-binarise`: a console script's return value is its exit status, so the summary is not returned."""
     binarise_main(argv)

@@ -10,6 +10,7 @@ continues from there.
 import logging
 import os
 
+from simpo.core.errors import report_input_errors
 from simpo.core.logs import setup_logging
 from simpo.core.model import get_tokenizer
 from simpo.core.run_lock import lock_folder
@@ -74,6 +75,7 @@ def sample_units(folder: str, prompt_ids: dict[str, list[list[int]]], seeds: lis
     return responses
 
 
+@report_input_errors("simpo-generate")
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate", DESCRIPTION)
     rank, world = process_rank()

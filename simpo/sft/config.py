@@ -10,6 +10,7 @@ from typing import Literal
 
 from trl import SFTConfig
 
+from simpo.core.arguments import check_training_numbers
 from simpo.core.elastic import ElasticResumeArguments
 
 # key -> (the value simpo works with, why another one is refused)
@@ -70,6 +71,7 @@ class SFTRunConfig(SFTConfig, ElasticResumeArguments):
     )
 
     def __post_init__(self):
+        check_training_numbers(self)
         for key, (allowed, why) in REFUSED.items():
             if getattr(self, key) not in allowed_values(allowed):
                 only = " or ".join(map(repr, allowed_values(allowed)))

@@ -9,6 +9,7 @@ from trl import SFTTrainer
 
 from simpo.core.arguments import DataArguments, ModelArguments
 from simpo.core.elastic import ElasticResume
+from simpo.core.errors import report_input_errors
 from simpo.core.finite import FiniteUpdates
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import (
@@ -22,6 +23,7 @@ from simpo.core.recipe import (
     evaluate_and_save,
     finish,
     no_training,
+    record_run,
     save_final_model,
     save_metrics,
     start_run,
@@ -30,6 +32,7 @@ from simpo.core.recipe import (
 )
 from simpo.core.reporting import end_summary, plot_curves
 from simpo.core.resume import StopOnSignal, checkpoint_state
+from simpo.core.run_config import run_config_values
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import report_drops
@@ -55,7 +58,7 @@ def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, dict, d
                 out[side], drops[side], counts[side] = tokenize_conversations(
                     datasets[side], tokenizer, max_length, f"{side}_dataset",
                     data_args.auto_insert_empty_system_msg, data_args.preprocessing_num_workers,
-                    args.on_degenerate_rows,
+                    args.on_degenerate_rows, data_args.allow_special_tokens_in_text,
                 )
     return out, drops, counts
 
@@ -67,6 +70,7 @@ def sft_model_init_kwargs(model_args, args) -> dict:
     return {"dtype": "auto", "device_map": None, **model_init_kwargs(model_args, args)}
 
 
+@report_input_errors("simpo-sft")
 def main() -> None:
     """`simpo-sft` and scripts/run_sft.py: the recipe, then the process's exit (exit_process)."""
     exit_process(sft_main())
@@ -75,6 +79,7 @@ def main() -> None:
 def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
     model_args, data_args, args, checkpoint = start_run(argv, SFT_ARGUMENTS, "simpo-sft", DESCRIPTION)
+    as_parsed = run_config_values(model_args, data_args, args)  # recorded once the launch is accepted
 
     raw_datasets = mix_datasets(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
                                 seed=args.seed, row_format=CONVERSATIONS)
@@ -98,6 +103,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     summary.trainer = trainer
     if args.disable_dropout:
         disable_dropout(trainer.model)
+    record_run(model_args, data_args, args, as_parsed, "simpo-sft")
     if trainer.accelerator.is_main_process:
         report_drops(drops["train"] + drops.get("test", []), args.output_dir, noun="conversations",
                      file_name=DROPPED_FILE)

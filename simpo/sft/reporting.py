@@ -1,10 +1,22 @@
 """What an SFT run tells its user besides TRL's per-step metrics: the one-screen summary at start (the SimPO run's,
 with SFT's lines), the end summary's keys, and real-token throughput with evaluation time left out."""
 
+import logging
+
 from transformers import TrainerCallback
 
 from simpo.core.model import unwrap_model
-from simpo.core.reporting import OUTPUT_FILES, RULE, count_parameters, distributed, global_batch_size, precision
+from simpo.core.reporting import (
+    OUTPUT_FILES,
+    RULE,
+    count_parameters,
+    distributed,
+    global_batch_size,
+    precision,
+    short_run_warning,
+)
+
+logger = logging.getLogger(__name__)
 
 SFT_END_KEYS = ("loss", "mean_token_accuracy", "entropy")
 SFT_OUTPUT_FILES = tuple(f for f in OUTPUT_FILES if f != "dropped_pairs.jsonl") + ("dropped_conversations.jsonl",)
@@ -57,6 +69,8 @@ class SFTRunSummary(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.trainer is not None:
             print("\n" + start_summary(self.trainer, self.counts, self.drops, state), flush=True)
+            if warning := short_run_warning(args, state):
+                logger.warning(warning)
 
 
 def throughput(trainer, train_metrics: dict, checkpoint_state: dict | None) -> dict:

@@ -8,7 +8,13 @@ goes to the turn after it, BOS first once, EOS last once (labelled, as the end o
 made of one exchange therefore gets exactly SimPO's chosen ids and labels.
 """
 
-from simpo.data.chat_templates import TemplateError, maybe_insert_system_message, strip_bos
+from simpo.data.chat_templates import (
+    TemplateError,
+    maybe_insert_system_message,
+    special_token_in_text,
+    special_tokens,
+    strip_bos,
+)
 from simpo.data.mixer import ORIGIN, map_fingerprint
 from simpo.data.tokenization import answer_start
 from simpo.data.validation import DroppedRow, handle_drops
@@ -49,7 +55,7 @@ def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_syste
 
 
 def tokenize_conversation(messages: list[dict], tokenizer, max_length: int | None,
-                          auto_insert_empty_system_msg: bool = True) -> dict:
+                          auto_insert_empty_system_msg: bool = True, specials=None) -> dict:
     """{input_ids, labels, drop_reason}: labels are the ids on assistant turns and IGNORE elsewhere; the sequence is
     cut to max_length keeping its start (None: not cut, as when bfd_split packing carries the rest into another
     row). drop_reason, the one place that decides it, is set for an empty assistant reply (it would train the model to
@@ -70,7 +76,10 @@ def tokenize_conversation(messages: list[dict], tokenizer, max_length: int | Non
         ids, labelled = ids + [eos], labelled + [True]
     ids, labelled = ids[:max_length], labelled[:max_length]
     labels = [t if on else IGNORE for t, on in zip(ids, labelled)]
-    if any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
+    special = special_token_in_text({"messages": messages}, specials, ("messages",)) if specials else ""
+    if special:  # unless allow_special_tokens_in_text (specials None)
+        reason = special
+    elif any(m["role"] == "assistant" and not m["content"].strip() for m in messages):
         reason = "empty assistant reply"
     else:  # position 0 predicts nothing (labels shift by one): a row needs a labelled token after it
         reason = "" if any(labelled[1:]) else "assistant turns truncated away (max_length)"
@@ -86,14 +95,15 @@ def tokenize_row(row: dict, index: int, name: str, **kwargs) -> dict:
 
 def tokenize_conversations(dataset, tokenizer, max_length: int | None, name: str,
                            auto_insert_empty_system_msg: bool = True, num_proc: int | None = None,
-                           on_degenerate_rows: str = "drop"):
+                           on_degenerate_rows: str = "drop", allow_special_tokens_in_text: bool = False):
     """(dataset of input_ids/labels, DroppedRow records of the rows left out, counts {rows, tokens, labelled,
     longest} of the rows kept). A drop names the row's origin from the mixer, or `name` and its index; with
     on_degenerate_rows: error the first one raises."""
     if dataset is None:
         return None, [], {}
     kwargs = {"tokenizer": tokenizer, "max_length": max_length, "name": name,
-              "auto_insert_empty_system_msg": auto_insert_empty_system_msg}
+              "auto_insert_empty_system_msg": auto_insert_empty_system_msg,
+              "specials": None if allow_special_tokens_in_text else special_tokens(tokenizer)}
     dataset = dataset.map(
         tokenize_row, fn_kwargs=kwargs, with_indices=True, num_proc=num_proc, remove_columns=dataset.column_names,
         new_fingerprint=map_fingerprint(dataset, kwargs), desc=f"Tokenizing {name} conversations",

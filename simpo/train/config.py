@@ -8,10 +8,20 @@ from typing import Any, Literal
 
 from transformers import TrainingArguments
 
-from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.core.arguments import DataArguments, ModelArguments, check_training_numbers
 from simpo.core.elastic import ElasticResumeArguments
 
 logger = logging.getLogger(__name__)
+
+# Where the loss stops measuring preference (docs/configuration.md, "beta and gamma bounds"). The average log-probs are
+# fp32, rounded to about 2^-24 of their size, i.e. ~1e-6 for the averages of order 10 real replies reach; the margin
+# beta * (difference) carries beta times that, and above beta = 1e6 rounding alone moves the margin by ~1, the width
+# of the sigmoid's slope: pairs would be ranked by rounding noise.
+BETA_MAX = 1e6
+# The target asks avg log p(chosen) - avg log p(rejected) >= gamma_beta_ratio (nats per token). Beyond -ln of fp32's
+# smallest normal number (2^-126), 87.3, it asks the rejected reply's tokens to be on average less likely than fp32
+# can hold as a normal number, relative to the chosen's: a margin no model can be trained to show.
+GAMMA_BETA_RATIO_MAX = 126 * math.log(2)
 
 
 @dataclass
@@ -94,6 +104,7 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         return self.beta * self.gamma_beta_ratio
 
     def __post_init__(self):
+        check_training_numbers(self)
         super().__post_init__()
         if self.padding_free and self.prefix_sharing is False:
             raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
@@ -126,6 +137,18 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
             )
         if self.beta <= 0:
             raise ValueError(f"beta must be positive (got {self.beta}); the paper uses 2 to 10.")
+        if self.beta > BETA_MAX:
+            raise ValueError(
+                f"beta={self.beta:g} is above {BETA_MAX:g}, where the loss stops measuring preference: the fp32"
+                " average log-probs are rounded by ~1e-6, and beta times that already spans the sigmoid's slope. The"
+                " paper uses 2 to 10."
+            )
+        if abs(self.gamma_beta_ratio) > GAMMA_BETA_RATIO_MAX:
+            raise ValueError(
+                f"gamma_beta_ratio={self.gamma_beta_ratio:g} asks the chosen reply's average token log-prob to beat"
+                f" the rejected one's by that many nats; above {GAMMA_BETA_RATIO_MAX:.1f} (-ln of fp32's smallest"
+                " normal number) no model can show that margin, and the loss only grows. The paper uses 0 to 1."
+            )
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
         if self.sft_weight < 0:

@@ -4,12 +4,14 @@ tokenizer, model and trainer, train, save, card; each step one call into a small
 import logging
 
 from simpo.core.elastic import ElasticResume
+from simpo.core.errors import report_input_errors
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.core.recipe import (
     evaluate_and_save,
     finish,
     no_training,
+    record_run,
     save_final_model,
     save_metrics,
     start_run,
@@ -18,6 +20,7 @@ from simpo.core.recipe import (
 )
 from simpo.core.reporting import end_summary, plot_curves
 from simpo.core.resume import StopOnSignal, checkpoint_state
+from simpo.core.run_config import run_config_values
 from simpo.data.chat_templates import render_pairs, set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import report_drops
@@ -29,6 +32,7 @@ DESCRIPTION = ("Train a language model with SimPO (Simple Preference Optimizatio
                " config and --key=value overrides.")
 
 
+@report_input_errors("simpo-train")
 def main() -> None:
     """`simpo-train` and scripts/run_simpo.py: the recipe, then the process's exit (exit_process)."""
     exit_process(train_main())
@@ -38,6 +42,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes. Returns
     the process's exit code: 0, or 128 + the signal that stopped training (a checkpoint is saved; relaunch)."""
     model_args, data_args, training_args, checkpoint = start_run(argv, SIMPO_ARGUMENTS, "simpo-train", DESCRIPTION)
+    as_parsed = run_config_values(model_args, data_args, training_args)  # recorded once the launch is accepted
 
     raw_datasets = mix_datasets(
         data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
@@ -46,7 +51,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     raw_datasets = render_pairs(raw_datasets, tokenizer, data_args.auto_insert_empty_system_msg,
-                                data_args.preprocessing_num_workers)
+                                data_args.preprocessing_num_workers, data_args.allow_special_tokens_in_text)
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     stop = StopOnSignal()
@@ -59,6 +64,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         peft_config=get_peft_config(model_args, training_args),
         callbacks=[stop, ElasticResume(), *(callbacks or [])],
     )
+    record_run(model_args, data_args, training_args, as_parsed, "simpo-train")
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
 

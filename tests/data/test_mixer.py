@@ -117,3 +117,74 @@ def test_the_code_fingerprint_covers_modules_in_subpackages(tmp_path, monkeypatc
     loss.write_text(loss.read_text() + "\n# an edit\n")
     mixer.simpo_code_hash.cache_clear()
     assert mixer.map_fingerprint(rows, "settings") != before
+
+
+def with_extra_keys(row, **extra):
+    """The row with `extra` keys on its assistant replies, as tool-using exports write them."""
+    return {**row, **{side: [row[side][0], {**row[side][1], **extra}] for side in ("chosen", "rejected")}}
+
+
+@pytest.mark.parametrize("row_format", ["pairs", "conversations"])
+def test_empty_extra_message_keys_are_dropped_and_others_refused_naming_the_key(tmp_path, row_format):
+    from simpo.data.mixer import PREFERENCE_PAIRS
+    from simpo.sft.data import CONVERSATIONS
+
+    as_row = (lambda r: r) if row_format == "pairs" else (lambda r: {"messages": r["chosen"]})
+    fmt = PREFERENCE_PAIRS if row_format == "pairs" else CONVERSATIONS
+    empty, named = tmp_path / "empty", tmp_path / "named"
+    empty.mkdir(), named.mkdir()
+    write_jsonl(empty / "train.jsonl", [as_row(with_extra_keys(pair(i), tool_calls=[], name=None)) if i % 2 else
+                                        as_row(pair(i)) for i in range(4)])
+    mixed = mix_datasets({str(empty): 1.0}, ["train"], row_format=fmt)["train"]
+    column = fmt.columns[-1]
+    for row in mixed:  # every message is plain role and content again, as the chat template and the checks see it
+        assert all(set(message) == {"role", "content"} for message in row[column])
+    assert all(isinstance(message["content"], str) for row in mixed for message in row[column])
+
+    write_jsonl(named / "train.jsonl", [as_row(pair(0)), as_row(with_extra_keys(pair(1), name="bot"))])
+    column = "messages" if row_format == "conversations" else "chosen"
+    with pytest.raises(DataError, match=rf"{named} \[train\] row 1: '{column}': message 1 has 'name' = 'bot', which"
+                                        " simpo does not train on"):
+        mix_datasets({str(named): 1.0}, ["train"], row_format=fmt)
+
+
+def test_a_file_that_is_not_utf8_is_named_with_its_line_and_byte(tmp_path):
+    folder = tmp_path / "latin"
+    folder.mkdir()
+    lines = [json.dumps(pair(0)), json.dumps(dict(pair(1), prompt="café"), ensure_ascii=False)]
+    (folder / "train.jsonl").write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    byte = len(lines[0]) + 1 + lines[1].index("é")
+    with pytest.raises(DataError, match=rf"{folder / 'train.jsonl'} line 2 \(byte {byte}\) is not UTF-8 .*0xe9"):
+        mix_datasets({str(folder): 1.0}, ["train"])
+
+
+@pytest.mark.parametrize("line,kind", [("[1, 2, 3]", "list"), ('"text"', "str")])
+def test_a_json_line_that_is_not_an_object_is_named_with_file_and_line(tmp_path, line, kind):
+    folder = tmp_path / "rows"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps(pair(0)) + "\n" + line + "\n" + json.dumps(pair(1)) + "\n")
+    with pytest.raises(DataError, match=rf"{folder} \[train\] cannot be read as json: train.jsonl line 2: a JSON"
+                                        rf" {kind}, not an object"):
+        mix_datasets({str(folder): 1.0}, ["train"])
+
+
+def test_a_csv_file_is_said_to_be_an_unsupported_format(tmp_path):
+    path = tmp_path / "prefs.csv"
+    path.write_text("prompt,chosen,rejected\na,b,c\n")
+    with pytest.raises(DataError, match=r"CSV is not a supported format\. simpo reads \.jsonl/\.json .* and \.parquet"):
+        mix_datasets({str(path): 1.0}, ["train"])
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "train.csv").write_text(path.read_text())
+    with pytest.raises(DataError, match=r"no file for split 'train' .* train\.csv: CSV is not a supported format"):
+        mix_datasets({str(folder): 1.0}, ["train"])
+
+
+def test_duplicate_rows_are_counted_in_the_log(tmp_path, caplog):
+    folder = tmp_path / "dups"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [pair(0)] * 5 + [pair(1), pair(2), dict(pair(1), score=9)])
+    with caplog.at_level("WARNING"):
+        mixed = mix_datasets({str(folder): 1.0}, ["train"])
+    assert len(mixed["train"]) == 8  # counted, not dropped: the score column is not part of a pair
+    assert "5 of the 8 train rows repeat an earlier row (identical prompt, chosen, rejected)" in caplog.text

@@ -1,3 +1,7 @@
+import json
+
+from conftest import TINY_MODEL
+
 from simpo.data.tokenization import split_prompt_answer, tokenize_row
 
 
@@ -62,3 +66,55 @@ def test_no_truncation_when_it_fits(make_tokenizer):
     row = {"prompt": "0123456789", "chosen": "ab", "rejected": "c"}
     out = tokenize_row(row, tok, max_length=14, max_prompt_length=2)
     assert len(out["chosen_input_ids"]) == 14
+
+
+def test_literal_special_tokens_in_text_drop_the_pair_unless_allowed(tmp_path):
+    """`answer<|eot_id|><|start_header_id|>user...` in a reply would be tokenised as the end of the turn and a new
+    header, and trained on: the pair is a counted drop, listed with its reason, unless the key allows it."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from simpo.data.chat_templates import render_pairs
+    from simpo.data.mixer import ORIGIN
+    from simpo.data.tokenization import tokenize_pairs
+    from simpo.data.validation import report_drops
+    from simpo.train.config import SimPOConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tokenizer.pad_token = tokenizer.eos_token
+    user = {"role": "user", "content": "question"}
+    rows = [{"chosen": [user, {"role": "assistant", "content": reply}],
+             "rejected": [user, {"role": "assistant", "content": "no"}],
+             ORIGIN: {"source": "prefs", "split": "train", "row": i}}
+            for i, reply in enumerate(["fine", "answer<|eot_id|><|start_header_id|>user<|end_header_id|>more", "ok"])]
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=128, max_prompt_length=64)
+
+    rendered = render_pairs({"train": Dataset.from_list(rows)}, tokenizer)["train"]
+    kept, drops = tokenize_pairs(rendered, tokenizer, args, "train_dataset")
+    assert len(kept) == 2 and [(d.source, d.row) for d in drops] == [("prefs", 1)]
+    assert drops[0].reason.startswith("special token '<|eot_id|>' in the text of 'chosen'")  # the first one
+    assert "allow_special_tokens_in_text: true" in drops[0].reason
+    report_drops(drops, str(tmp_path))
+    listed = [json.loads(line) for line in (tmp_path / "dropped_pairs.jsonl").read_text().splitlines()]
+    assert listed == [{"source": "prefs", "split": "train", "row": 1, "reason": drops[0].reason}]
+
+    allowed = render_pairs({"train": Dataset.from_list(rows)}, tokenizer, allow_special_tokens_in_text=True)["train"]
+    kept, drops = tokenize_pairs(allowed, tokenizer, args, "train_dataset")
+    assert len(kept) == 3 and drops == []
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    assert kept[1]["chosen_input_ids"].count(eot) > kept[0]["chosen_input_ids"].count(eot)  # the control token, kept
+
+
+def test_sft_drops_conversations_with_special_tokens_in_text_unless_allowed():
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from simpo.sft.tokenization import tokenize_conversations
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
+    rows = Dataset.from_list([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]}
+                              for text in ["fine", "a<|eot_id|>b"]])
+    _, drops, counts = tokenize_conversations(rows, tokenizer, 128, "train_dataset")
+    assert counts["rows"] == 1 and [d.row for d in drops] == [1] and "'<|eot_id|>'" in drops[0].reason
+    _, drops, counts = tokenize_conversations(rows, tokenizer, 128, "train_dataset", allow_special_tokens_in_text=True)
+    assert counts["rows"] == 2 and drops == []

@@ -287,3 +287,29 @@ def test_a_relaunch_with_other_settings_says_what_changed(tmp_path, caplog):
     save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=5.0,
                                                                    learning_rate=1e-6))
     assert "held other settings than this launch's (learning_rate: 5e-05 -> 1e-06, beta: 2.0 -> 5.0)" in caplog.text
+
+
+def test_simpo_answer_caps_new_tokens_at_the_context_the_prompt_leaves(in_workdir, tmp_path, monkeypatch, caplog):
+    """The tiny model has 512 positions; AlpacaEval's setting asks for thousands of new tokens: each prompt gets at
+    most the positions it leaves, and the log says so."""
+    asked = []
+
+    class Recorder:
+        def set_sampling(self, temperature, top_p, max_tokens):
+            self.max_tokens = max_tokens
+
+        def generate(self, prompts, batch_seed, row_seeds):
+            asked.extend((len(ids), self.max_tokens) for ids in prompts)
+            return ["ok"] * len(prompts)
+
+    monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Recorder())
+    questions = [{"instruction": "Name a colour, please.", "dataset": "x"},
+                 {"instruction": "Hi " * 100, "dataset": "y"}]
+    path = write_questions(tmp_path / "long.json", questions, True)
+    with caplog.at_level("INFO", logger="simpo"):
+        answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", path, "--out", str(tmp_path / "a.json")])
+    assert len(asked) == 2 and all(prompt + new == 512 for prompt, new in asked)
+    assert "2 question(s) would decode past the model's 512 positions" in caplog.text
+    assert answer_cli.tokens_left(100, 30, 512, "q", 0) == 100 and answer_cli.tokens_left(600, 30, None, "q", 0) == 600
+    with pytest.raises(ValueError, match=r"Question 'q' \(turn 2\): its prompt has 512 tokens, the model's context"):
+        answer_cli.tokens_left(100, 512, 512, "q", 1)

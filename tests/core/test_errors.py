@@ -1,0 +1,84 @@
+"""How the commands end on bad input (simpo/core/errors.py): the message alone on stderr and exit status 2, the
+traceback only with SIMPO_TRACEBACK=1; no arguments prints usage; a refused launch writes nothing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+from simpo.core.errors import report_input_errors
+from simpo.core.parser import ConfigError
+from simpo.data.errors import SimpoError
+from simpo.data.validation import DataError
+
+SCRIPT = os.path.join(REPO, "scripts", "run_simpo.py")
+TINY = os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml")
+
+
+def simpo_train(cwd, *args, **env):
+    inherited = {k: v for k, v in os.environ.items() if k != "SIMPO_TRACEBACK"}
+    environ = {**inherited, "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=environ, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_no_arguments_prints_usage_and_writes_nothing(tmp_path):
+    done = simpo_train(tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: simpo-train CONFIG.yaml") and "simpo-train --help" in done.stderr
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []  # no ./trainer_output/
+
+
+def test_a_refused_config_prints_the_message_alone_and_writes_nothing(tmp_path):
+    out = tmp_path / "run"
+    done = simpo_train(tmp_path, TINY, f"--output_dir={out}", "--gradient_accumulation_steps=0")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "simpo-train: error: gradient_accumulation_steps must be at least 1 (got 0).",
+        "(set SIMPO_TRACEBACK=1 for the traceback)"]
+    assert not out.exists()
+
+
+def test_refused_data_writes_no_output_dir_and_the_traceback_is_there_on_request(tmp_path):
+    bad = tmp_path / "prefs.csv"
+    bad.write_text("prompt,chosen,rejected\n")
+    out = tmp_path / "run"
+    args = (TINY, f"--output_dir={out}", f"--dataset_mixer={{{bad}: 1.0}}", "--dataset_splits=train",
+            "--do_eval=false", "--eval_strategy=no", "--eval_on_start=false")
+    done = simpo_train(tmp_path, *args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"simpo-train: error: {bad}: CSV is not a supported format" in done.stderr
+    assert not out.exists()  # run_config.yaml is written only once the data and model have loaded
+
+    traced = simpo_train(tmp_path, *args, SIMPO_TRACEBACK="1")
+    assert traced.returncode == 1 and "Traceback" in traced.stderr and "DataError" in traced.stderr
+
+
+def test_the_package_errors_share_one_base_and_stay_value_errors():
+    for error in (ConfigError, DataError):
+        assert issubclass(error, SimpoError) and issubclass(error, ValueError)
+    from simpo.core.model import ModelNotFound
+    from simpo.data.chat_templates import TemplateError
+
+    assert issubclass(TemplateError, SimpoError) and issubclass(ModelNotFound, FileNotFoundError)
+
+
+def test_only_the_package_errors_lose_their_traceback(capsys, monkeypatch):
+    monkeypatch.delenv("SIMPO_TRACEBACK", raising=False)
+
+    @report_input_errors("simpo-x")
+    def refuses():
+        raise DataError("prefs [train] row 3: bad")
+
+    @report_input_errors("simpo-x")
+    def breaks():
+        raise KeyError("a bug")
+
+    with pytest.raises(SystemExit) as stop:
+        refuses()
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith("simpo-x: error: prefs [train] row 3: bad\n")
+    with pytest.raises(KeyError):
+        breaks()
