@@ -8,6 +8,9 @@ are scored in batches of similar length, right-padded with a token id that occur
 find the last token by the pad id score what they would score unpadded. Responses longer than the reward model's
 context are not scored (score null, counted in the log; simpo-binarise leaves them out).
 
+With `reward_function: package.module:function` instead of a reward model, a Python function scores each reply
+(verifiable rewards: an exact answer, unit tests; simpo/pipeline/rewards.py).
+
 Writes OUTPUT_DIR/annotations/<side>.jsonl: the generation rows plus "scores", one per response.
 """
 
@@ -23,6 +26,7 @@ from simpo.core.model import from_pretrained, resolve_dtype
 from simpo.core.run_lock import lock_folder
 from simpo.pipeline.backends import process_device
 from simpo.pipeline.config import parse_pipeline_args
+from simpo.pipeline.rewards import function_scores
 from simpo.pipeline.work_units import (
     Unit,
     UnitStore,
@@ -116,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
              if os.path.exists(os.path.join(source, f"{side}.jsonl"))}
     if not sides:
         raise FileNotFoundError(f"No generations in {source}: run simpo-generate with this config first.")
+    folder = os.path.join(args.output_dir, "annotations")
+    if args.reward_function:
+        scores = function_scores(args, sides, source, folder)
+        if scores is not None:
+            write_annotations(folder, sides, scores, f"left unscored by {args.reward_function} (None)")
+        return
     tokenizer = from_pretrained(AutoTokenizer, args.reward_model, "reward_model", revision=args.reward_model_revision,
                                 trust_remote_code=args.reward_trust_remote_code)
     if not tokenizer.chat_template:
@@ -131,7 +141,6 @@ def main(argv: list[str] | None = None) -> None:
         "bfloat16" if torch.cuda.is_available() else "float32")
     pad_id = unused_token_id((ids for side in pairs.values() for ids in side), config.get_text_config().vocab_size,
                              tokenizer.pad_token_id)
-    folder = os.path.join(args.output_dir, "annotations")
     check_settings(folder, {
         "reward_model": [args.reward_model, args.reward_model_revision, dtype], "pad_id": pad_id,
         "reward_batch_size": args.reward_batch_size,
@@ -149,17 +158,21 @@ def main(argv: list[str] | None = None) -> None:
 
     if not run_units(units, store, work, desc="scoring"):
         return
+    scores = {side: [None] * len(side_pairs) for side, side_pairs in pairs.items()}
+    for unit in units:
+        for i, value in zip(unit.rows, store.read(unit)):
+            scores[unit.split][i] = value
+    write_annotations(folder, sides, scores, f"too long for the reward model ({limit} tokens) and left unscored")
+
+
+def write_annotations(folder: str, sides: dict[str, list[dict]], scores: dict[str, list], unscored: str) -> None:
+    """The generation rows plus their scores (flat per side: response k of row r is r * K + k)."""
     for side, rows in sides.items():
-        scores = [None] * len(pairs[side])
-        for unit in (u for u in units if u.split == side):
-            for i, value in zip(unit.rows, store.read(unit)):
-                scores[i] = value
         k = len(rows[0]["responses"])
-        out = [{**row, "scores": scores[r * k : (r + 1) * k]} for r, row in enumerate(rows)]
+        out = [{**row, "scores": scores[side][r * k : (r + 1) * k]} for r, row in enumerate(rows)]
         write_jsonl(os.path.join(folder, f"{side}.jsonl"), out)
-        too_long = scores.count(None)
-        logger.info("%s: %d responses scored, %d too long for the reward model (%s tokens) and left unscored",
-                    side, len(scores) - too_long, too_long, limit)
+        none = scores[side].count(None)
+        logger.info("%s: %d responses scored, %d %s", side, len(scores[side]) - none, none, unscored)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,21 @@ class OnPolicyArguments:
     backend: Literal["auto", "vllm", "transformers"] = field(
         default="auto", metadata={"help": "auto: vLLM when installed and a GPU is present, else transformers."}
     )
-    # simpo-annotate (default: the reference's reward model)
-    reward_model: str = field(default="RLHFlow/ArmoRM-Llama3-8B-v0.1", metadata={"help": "Hub id or folder."})
+    keep_columns: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Columns of the prompt data copied into every generation row, for a reward_function (e.g."
+                  " a reference answer, prompt_id)."},
+    )
+    # simpo-annotate: exactly one of reward_model and reward_function
+    reward_model: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or folder of the reward model (the reference's: RLHFlow/ArmoRM-Llama3-8B-v0.1)."},
+    )
+    reward_function: str | None = field(
+        default=None,
+        metadata={"help": "package.module:function scoring (messages, reply, row) -> float or None instead of a"
+                  " reward model (verifiable rewards; examples in simpo/pipeline/rewards.py)."},
+    )
     reward_model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the reward model."})
     reward_trust_remote_code: bool = field(
         default=False, metadata={"help": "Needed by reward models with custom heads, e.g. ArmoRM."}
@@ -64,6 +77,23 @@ class OnPolicyArguments:
             )
         if self.generation_batch_size < 1 or self.reward_batch_size < 1:
             raise ConfigError("generation_batch_size and reward_batch_size must be at least 1.")
+        if bool(self.reward_model) == bool(self.reward_function):
+            raise ConfigError(
+                "Give exactly one of reward_model (a reward model's hub id or folder) and reward_function"
+                f" (package.module:function); got reward_model={self.reward_model!r},"
+                f" reward_function={self.reward_function!r}."
+            )
+        if self.reward_function:
+            module, _, name = self.reward_function.partition(":")
+            if not module or not name:
+                raise ConfigError(f"reward_function '{self.reward_function}': expected 'package.module:function'.")
+            model_keys = {"reward_model_revision": "main", "reward_trust_remote_code": False, "reward_dtype": "auto"}
+            for key, default in model_keys.items():
+                if getattr(self, key) != default:
+                    raise ConfigError(f"'{key}' has no effect with reward_function: remove it from the config.")
+        clashing = {"prompt", "messages", "responses", "scores"} & set(self.keep_columns)
+        if clashing:
+            raise ConfigError(f"keep_columns {sorted(clashing)}: the pipeline writes these columns itself.")
 
 
 # The training keys the pipeline uses: the policy, its tokenizer and template, and the prompt sources.

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     sides = load_prompts(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
-                         args.prompt_column)
+                         args.prompt_column, args.keep_columns)
     prompt_ids = {side: [generation_prompt_ids(row["messages"], tokenizer, data_args.auto_insert_empty_system_msg)
                          for row in rows] for side, rows in sides.items()}
     settings = {

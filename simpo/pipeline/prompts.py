@@ -24,9 +24,10 @@ def prompt_turns(value, where: str) -> list[dict]:
 
 
 def load_prompts(dataset_mixer: dict[str, float], splits: list[str], configs: list[str] | None,
-                 column: str) -> dict[str, list[dict]]:
-    """{side: [{"prompt": the cell as stored, "messages": its turns}]}, in source order, each prompt once per side
-    (repeats are counted in the log and generated for once)."""
+                 column: str, keep_columns: list[str] = ()) -> dict[str, list[dict]]:
+    """{side: [{"prompt": the cell as stored, "messages": its turns, and the `keep_columns`}]}, in source order,
+    each prompt once per side (repeats are counted in the log and generated for once, with the first one's
+    columns)."""
     if not dataset_mixer:
         raise DataError("dataset_mixer is empty: give at least one {source: fraction} of prompts.")
     configs = configs or [None] * len(dataset_mixer)
@@ -42,8 +43,13 @@ def load_prompts(dataset_mixer: dict[str, float], splits: list[str], configs: li
                 raise DataError(
                     f"{source} [{split}] has no column '{column}' (it has {dataset.column_names}): set prompt_column."
                 )
+            missing = [name for name in keep_columns if name not in dataset.column_names]
+            if missing:
+                raise DataError(f"{source} [{split}] has no column {missing} for keep_columns (it has"
+                                f" {dataset.column_names}).")
             if side == "train":
                 dataset = train_rows(dataset, fraction, source, split)
+            kept = {name: dataset[name] for name in keep_columns}
             repeats = 0
             for index, value in enumerate(dataset[column]):
                 turns = prompt_turns(value, f"{source} [{split}] row {index}")
@@ -52,7 +58,8 @@ def load_prompts(dataset_mixer: dict[str, float], splits: list[str], configs: li
                     repeats += 1
                     continue
                 seen[side].add(key)
-                sides.setdefault(side, []).append({"prompt": value, "messages": turns})
+                sides.setdefault(side, []).append({"prompt": value, "messages": turns,
+                                                   **{name: kept[name][index] for name in keep_columns}})
             logger.info("%s [%s]: %d prompts for %s (%d repeats skipped)", source, split, len(dataset) - repeats,
                         side, repeats)
     for side in {split_side(split) for split in splits} - set(sides):
