@@ -7,7 +7,9 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import REPO
+from safetensors.torch import save_file
 
 from simpo.core.elastic import (
     LAYOUT_FILE,
@@ -106,7 +108,7 @@ def test_an_other_global_batch_is_refused_before_the_data_or_model_loads(tmp_pat
     checkpoint = out / "checkpoint-2"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 2}))
-    (checkpoint / "model.safetensors").write_bytes(b"")
+    save_file({"weight": torch.zeros(1)}, checkpoint / "model.safetensors")  # a checkpoint that verifies
     write_layout(str(checkpoint), Layout(2, 16, 1))
     with caplog.at_level(logging.INFO), pytest.raises(ValueError, match="this launch has 8 per device x 1 process"):
         train_main([f"{REPO}/training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none",
