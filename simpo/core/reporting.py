@@ -57,6 +57,13 @@ def distributed(trainer) -> str:
     return text
 
 
+def speed_lines(trainer) -> list[str]:
+    """The speed choices a trainer made at start (checkpointing and why, fused kernels), where it records them."""
+    lines = []
+    checkpointing = getattr(trainer, "checkpointing", None)
+    if checkpointing is not None:
+        lines.append(f"  checkpointing   {'on' if checkpointing.enabled else 'off'} ({checkpointing.reason})")
+    return lines
 
 
 def tensorboard_dir(trainer) -> str | None:
@@ -94,6 +101,7 @@ def start_summary(trainer, state=None) -> str:
         f"  attention       {getattr(config, '_attn_implementation', '?')}, layout {trainer.layout.name}"
         + (", fused log-probs" if getattr(args, "fused_logps", False) else ""),
         f"  distributed     {distributed(trainer)}",
+        *speed_lines(trainer),
         f"  output_dir      {args.output_dir} (reporting to {', '.join(map(str, report_to)) or 'nothing'})",
         RULE,
     ]

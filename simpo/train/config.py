@@ -67,6 +67,13 @@ class SimPOConfig(TrainingArguments):
                   "blocks; no [rows, 1, L, L] mask) instead of dense masks with eager/sdpa; the model's attention is "
                   "switched to flex_attention. auto: on GPUs (FlexAttention has no backward on CPU)."},
     )
+    activation_checkpointing: bool | Literal["auto"] | None = field(
+        default="auto",
+        metadata={"help": "Recompute each block's forward in the backward instead of keeping its activations (less "
+                  "memory, about a fifth more compute). auto: on only when the run would not fit the GPU's free "
+                  "memory without it (an estimate the start summary shows); off on CPU. true/false force it.",
+                  "nargs": "?", "const": True},
+    )
     max_tokens_per_row: int | None = field(
         default=None,
         metadata={"help": "With padding_free: pack pairs into rows of at most this many tokens (first fit, longest "
@@ -93,6 +100,8 @@ class SimPOConfig(TrainingArguments):
         return self.beta * self.gamma_beta_ratio
 
     def __post_init__(self):
+        if self.activation_checkpointing == "auto" and self.gradient_checkpointing is not None:
+            self.activation_checkpointing = None  # the deprecated alias, set: transformers takes it over
         super().__post_init__()
         if self.padding_free and self.prefix_sharing is False:
             raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
