@@ -66,6 +66,16 @@ def speed_lines(trainer) -> list[str]:
     return lines
 
 
+def warmup_lines() -> list[str]:
+    """The Triton log-prob path's tile choice in this process: seconds spent measuring, and what came from disk."""
+    from simpo.kernels.tile_cache import WARMUP, cache_path
+
+    if not (WARMUP["measured"] or WARMUP["reused"]):
+        return []
+    return [f"  kernel warm-up  {WARMUP['seconds']:.1f} s measuring log-prob tiles for {WARMUP['measured']} shape(s),"
+            f" {WARMUP['reused']} reused from {cache_path() or 'memory'}"]
+
+
 def tensorboard_dir(trainer) -> str | None:
     for callback in trainer.callback_handler.callbacks:
         if type(callback).__name__ == "TensorBoardCallback":
@@ -162,6 +172,7 @@ def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict |
         f"  final eval      {show(eval_metrics, 'eval_')}",
         f"  written to      {trainer.args.output_dir}",
     ]
+    lines += warmup_lines()
     if written is None:
         written = [f for f in files if os.path.exists(os.path.join(trainer.args.output_dir, f))]
     lines += [f"                  {path}" for path in written]
