@@ -63,6 +63,9 @@ def speed_lines(trainer) -> list[str]:
     checkpointing = getattr(trainer, "checkpointing", None)
     if checkpointing is not None:
         lines.append(f"  checkpointing   {'on' if checkpointing.enabled else 'off'} ({checkpointing.reason})")
+    liger = getattr(trainer, "liger", None)
+    if liger is not None:
+        lines.append(f"  liger kernels   {liger}")
     return lines
 
 

@@ -74,6 +74,12 @@ class SimPOConfig(TrainingArguments):
                   "memory without it (an estimate the start summary shows); off on CPU. true/false force it.",
                   "nargs": "?", "const": True},
     )
+    liger_kernels: bool | Literal["auto"] = field(
+        default="auto",
+        metadata={"help": "Liger-Kernel's fused RMSNorm, RoPE and SwiGLU/GeGLU for Llama, Mistral, Gemma-2 and Qwen2 "
+                  "(never its loss: the fused log-probs replace that). auto: on for CUDA runs when liger-kernel is "
+                  "installed; true: on or an error; false: off."},
+    )
     max_tokens_per_row: int | None = field(
         default=None,
         metadata={"help": "With padding_free: pack pairs into rows of at most this many tokens (first fit, longest "
@@ -121,6 +127,9 @@ class SimPOConfig(TrainingArguments):
         if self.do_predict:
             raise ValueError("do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
                              " do_train: false to evaluate without training.")
+        if self.use_liger_kernel:
+            raise ValueError("use_liger_kernel would also patch in Liger's loss, which simpo's fused log-probs replace;"
+                             " use liger_kernels: true (the norm, RoPE and MLP kernels alone) instead.")
         if self.remove_unused_columns:
             raise ValueError(
                 "remove_unused_columns must be false: simpo's collator reads the tokenised pair columns, which are not"

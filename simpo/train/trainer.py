@@ -18,6 +18,7 @@ from simpo.core.reporting import RunSummary, TokenThroughput, global_batch_size
 from simpo.data.tokenization import tokenize_pairs
 from simpo.train.config import SimPOConfig
 from simpo.train.layouts import choose_layout
+from simpo.train.liger import apply_liger
 from simpo.train.logps import fused_token_logps, plain_token_logps
 from simpo.train.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 from simpo.train.memory_plan import CheckpointingChoice, choose_checkpointing
@@ -79,6 +80,7 @@ class SimPOTrainer(Trainer):
         if peft_config is not None:
             model = wrap_peft(model, peft_config, args)
         self.checkpointing = settle_checkpointing(model, args, peft=peft_config is not None)
+        self.liger = apply_liger(model, args)
         if args.disable_dropout:
             disable_dropout(model)
         pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id

@@ -89,6 +89,7 @@ def test_the_trainer_applies_the_choice_and_the_start_summary_says_why(tmp_path,
     assert trainer.args.activation_checkpointing is enabled and trainer.args.gradient_checkpointing is enabled
     line = next(x for x in start_summary(trainer).splitlines() if x.strip().startswith("checkpointing"))
     assert line.split()[1] == ("on" if enabled else "off") and "GiB free" in line
+    assert "  liger kernels   off (auto: no CUDA device" in start_summary(trainer)  # simpo/train/liger.py
     trainer.train()  # the Trainer read the resolved value
     assert trainer.model.is_activation_checkpointing is enabled
 
