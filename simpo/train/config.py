@@ -57,9 +57,11 @@ class SimPOConfig(TrainingArguments):
             "auto: on exactly when the model qualifies (the log says which)."
         },
     )
-    padding_free: bool = field(
-        default=False,
-        metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart)."},
+    padding_free: bool | Literal["auto"] = field(
+        default="auto",
+        metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart). "
+                  "auto: the CUDA default chosen in simpo/train/layouts/__init__.py (PADDING_FREE_ON_CUDA; off until "
+                  "the GPU measurement says otherwise); off elsewhere."},
     )
     flex_attention: bool | Literal["auto"] = field(
         default="auto",
@@ -109,11 +111,11 @@ class SimPOConfig(TrainingArguments):
         if self.activation_checkpointing == "auto" and self.gradient_checkpointing is not None:
             self.activation_checkpointing = None  # the deprecated alias, set: transformers takes it over
         super().__post_init__()
-        if self.padding_free and self.prefix_sharing is False:
+        if self.padding_free is True and self.prefix_sharing is False:
             raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
         if self.flex_attention is True and self.prefix_sharing is False:
             raise ValueError("flex_attention masks prefix-shared rows: it needs prefix_sharing true or auto.")
-        if self.max_tokens_per_row is not None and not (self.padding_free and self.max_tokens_per_row > 0):
+        if self.max_tokens_per_row is not None and not (self.padding_free is True and self.max_tokens_per_row > 0):
             raise ValueError(
                 f"max_tokens_per_row={self.max_tokens_per_row} sizes the rows padding_free packs: it needs"
                 " padding_free: true and a positive number of tokens."
