@@ -11,6 +11,7 @@
 #
 #   bash benchmarks/gpu_check.sh                 # on a GPU machine
 #   SMOKE=1 bash benchmarks/gpu_check.sh         # the CPU rehearsal: small shapes, fp32; FSDP2 skipped (GPUs only)
+#   RUNS=distributed BUDGET_S=250 bash benchmarks/gpu_check.sh   # the launchers alone (device_run.sh PART=correctness)
 #   ACCEPTANCE=0 EXTRA=logps bash benchmarks/gpu_check.sh   # another GPU measurement instead (logps, generation,
 #                                                # sft, train): each fills a command of its own (EXTRA_BUDGET_S)
 #
@@ -29,6 +30,7 @@ BUDGET_S=${BUDGET_S:-480}
 RUN_TIMEOUT_S=${RUN_TIMEOUT_S:-200}  # one hung launch must not eat the whole budget
 EXTRA=${EXTRA:-}
 ACCEPTANCE=${ACCEPTANCE:-1}
+RUNS=${RUNS:-all}  # all, or distributed: the 1B Llama's plain path and DDP, FSDP2, ZeRO-3 alone (about 4 minutes)
 EXTRA_BUDGET_S=${EXTRA_BUDGET_S:-540}
 WORK=$(mktemp -d /tmp/simpo-gpu-check.XXXXXX)
 RESULTS=$WORK/results
@@ -89,14 +91,21 @@ launch() {
 declare -A launcher_config
 for pair in "${CONFIGS[@]}"; do launcher_config[${pair%%:*}]=${pair#*:}; done
 
-launch tiny single plain,default,lora "${TINY[@]}"
-launch llama1b single plain,default,torch_tiles,no_checkpointing,lora "${BIG[@]}"
-for pair in "${CONFIGS[@]}"; do
-    launch tiny "${pair%%:*}" default "${TINY[@]}"
-    launch llama1b "${pair%%:*}" default "${BIG[@]}"
-done
+if [ "$RUNS" = distributed ]; then  # the device check's second command: the launchers against the plain path
+    MODELS=(llama1b)
+    launch llama1b single plain "${BIG[@]}"
+    for pair in "${CONFIGS[@]}"; do launch llama1b "${pair%%:*}" default "${BIG[@]}"; done
+else
+    MODELS=(tiny llama1b)
+    launch tiny single plain,default,lora "${TINY[@]}"
+    launch llama1b single plain,default,torch_tiles,no_checkpointing,lora "${BIG[@]}"
+    for pair in "${CONFIGS[@]}"; do
+        launch tiny "${pair%%:*}" default "${TINY[@]}"
+        launch llama1b "${pair%%:*}" default "${BIG[@]}"
+    done
+fi
 if [ "$SMOKE" = 1 ]; then
-    for model in tiny llama1b; do
+    for model in "${MODELS[@]}"; do
         echo "skipped: FSDP2 runs on GPUs only (on CPU accelerate falls back to DDP, which simpo refuses)" \
             > "$RESULTS/${model}__fsdp2__default.status"
     done

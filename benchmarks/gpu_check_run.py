@@ -24,6 +24,7 @@ import platform
 import random
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,11 +147,20 @@ class Probe:
         self.layout = self.attention = None
 
 
+def compile_counts() -> dict:
+    """torch.compile's seconds, graphs and recompiles so far in this process (the run records its own share)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    return {"compile_s": round(sum(compilation_time_metrics.get("_compile.compile_inner", [])), 1),
+            "graphs": counters["stats"].get("unique_graphs", 0), "recompiles": sum(counters["recompiles"].values())}
+
+
 def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[str]) -> None:
     import torch
     from accelerate.state import PartialState
     from transformers import TrainerCallback
 
+    from simpo.kernels.dispatch import KERNELS_RUN
     from simpo.train.recipe import train_main
 
     cuda = torch.cuda.is_available()
@@ -170,7 +180,7 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
         meter, out = Meter(), results / "out" / name
         probe.reset()
         os.environ["SIMPO_LOGPS_KERNEL"] = "torch" if mode == "torch_tiles" else "auto"
-        record["kernel"] = os.environ["SIMPO_LOGPS_KERNEL"]
+        kernels_before, compile_before = Counter(KERNELS_RUN), compile_counts()
         started = time.perf_counter()
         try:
             code = train_main([*argv, *keys, f"--output_dir={out}"], callbacks=[meter])
@@ -185,6 +195,9 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
             record.update(status="ok", losses=losses, first_loss=losses[0] if losses else None,
                           tiled_calls=probe.tiled_calls, loss_calls=probe.loss_calls, layout=probe.layout,
                           attention=probe.attention, seconds=round(time.perf_counter() - started, 1),
+                          # what really ran (never "auto"), and what compiling cost this mode
+                          kernel=", ".join(sorted(Counter(KERNELS_RUN) - kernels_before)) or "plain (full logits)",
+                          **{k: v - compile_before[k] for k, v in compile_counts().items()},
                           tokens_per_s=sum(timed) / len(timed) if timed else None, params=meter.params,
                           peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                           distributed_type=str(PartialState().distributed_type).split(".")[-1],
@@ -273,16 +286,17 @@ def report(results: Path, stem: str, allow_skipped: bool = False) -> int:
         "a random Llama with Llama-3.2-1B's shape. ok: finished, first-step loss within "
         f"{LOSS_TOLERANCE} of the same model's single-process plain path, finite losses, fused log-probs at every "
         "step where asked for, the layout asked for. MFU = 6 x params x tokens/s / peak bf16 FLOP/s.", "",
-        "| model | launcher | mode | verdict | first loss | fused steps | layout | attention | tokens/s | peak GiB "
-        "| MFU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | launcher | mode | verdict | first loss | fused steps | log-prob kernel | layout | attention | "
+        "tokens/s | peak GiB | MFU | compile s | graphs | recompiles |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lines.append(
             f"| {r['model']} | {r['launcher']} | {r['mode']} | {r['verdict']} | {fmt(r.get('first_loss'), '.4f')} | "
-            f"{r.get('tiled_calls', '-')}/{r.get('loss_calls', '-')} | {r.get('layout', '-')} | "
-            f"{r.get('attention', '-')} | {fmt(r.get('tokens_per_s'), ',.0f')} | "
-            f"{fmt(r.get('peak_memory_gib'), '.2f')} | {fmt(r.get('mfu'), '.1%')} |")
+            f"{r.get('tiled_calls', '-')}/{r.get('loss_calls', '-')} | {r.get('kernel', '-')} | "
+            f"{r.get('layout', '-')} | {r.get('attention', '-')} | {fmt(r.get('tokens_per_s'), ',.0f')} | "
+            f"{fmt(r.get('peak_memory_gib'), '.2f')} | {fmt(r.get('mfu'), '.1%')} | {fmt(r.get('compile_s'), '.1f')} "
+            f"| {r.get('graphs', '-')} | {r.get('recompiles', '-')} |")
     lines += [""] + [f"- {r['model']} / {r['launcher']} / {r['mode']}: {r['error']}" for r in runs if r.get("error")]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
     Path(f"{stem}.md").write_text("\n".join(lines))

@@ -59,11 +59,14 @@ class System:
 
 SYSTEMS = [
     System("trl", 'TRL CPOTrainer(loss_type="simpo", cpo_alpha=0)', "trl"),
-    System("simpo", "simpo default (fused log-probs, prefix sharing auto: FlexAttention on GPUs)", "simpo"),
+    # simpo's rows: its defaults, checkpointing auto included (the TRL rows keep the shared config's checkpointing)
+    System("simpo", "simpo default (fused log-probs, prefix sharing auto: FlexAttention on GPUs, checkpointing auto)",
+           "simpo", {"activation_checkpointing": "auto"}),
     System("simpo_dense_masks", "simpo, prefix sharing with dense sdpa masks (flex_attention: false)", "simpo",
            {"flex_attention": False}),
     System("simpo_no_prefix", "simpo, fused log-probs, no prefix sharing", "simpo", {"prefix_sharing": False}),
-    System("simpo_padding_free", "simpo, padding_free: true", "simpo", {"padding_free": True}),
+    System("simpo_padding_free", "simpo, padding_free: true (checkpointing auto)", "simpo",
+           {"padding_free": True, "activation_checkpointing": "auto"}),
     System("simpo_compiled", "simpo default + torch_compile: true", "simpo", {"torch_compile": True},
            gpu_only=True),
     System("simpo_plain", "simpo plain path (no fused log-probs, no prefix sharing)", "simpo",

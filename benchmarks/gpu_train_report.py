@@ -128,6 +128,18 @@ def render(r: dict) -> str:
             fmt(row.get("tokens_per_s"), ",.0f"), fmt(memory(row), ".2f"), *ratios(row, "memory"),
             fmt(row.get("peak_reserved_gib"), ".2f"), fmt(row.get("mfu"), ".1%"), fmt(row.get("first_loss"), ".5f"),
             status]) + " |")
+    lines += ["", "What each row ran: the log-prob kernel and attention that ran (never \"auto\"), activation "
+              "checkpointing, Liger's kernels; the first step's seconds (compiles, autotuning and the tile timing "
+              "included), torch.compile's seconds, graphs and recompiles, and the Triton tile warm-up.", "",
+              "| system | log-probs | attention | checkpointing | liger | first step (s) | compile (s) | graphs | "
+              "recompiles | tile warm-up (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in r["table"]:
+        if row.get("status") == "ok":
+            lines.append("| " + " | ".join([
+                row["system"], str(row.get("logps_kernel", "-")), str(row.get("attention", "-")),
+                str(row.get("activation_checkpointing", "-")), str(row.get("liger", "-")),
+                fmt(row.get("first_step_s"), ".1f"), fmt(row.get("compile_s"), ".1f"), fmt(row.get("graphs"), "d"),
+                fmt(row.get("recompiles"), "d"), fmt(row.get("tile_warmup_s"), ".1f")]) + " |")
     if r["max_abs_loss_difference"] is not None:
         lines += ["", f"First-step losses: all within {r['max_abs_loss_difference']:.2g} of {r['loss_reference']}'s."]
     if r["budget"]:

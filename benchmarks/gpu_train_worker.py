@@ -84,6 +84,35 @@ def recording(trainer_class):
     return Recording
 
 
+def kernels_that_ran(trainer, spec: dict) -> str:
+    """The log-prob path that really ran (never "auto"): simpo's tiled kernel(s) or its plain path; TRL's own."""
+    if spec["trainer"] == "trl":
+        return "trl + liger" if spec["keys"].get("use_liger_kernel") else "trl"
+    if not trainer.args.fused_logps:
+        return "plain (full logits)"
+    from simpo.kernels.dispatch import KERNELS_RUN
+
+    return ", ".join(f"{name} tiles" for name in sorted(KERNELS_RUN)) or "none"
+
+
+def compile_stats() -> dict:
+    """Seconds torch.compile spent (dynamo and its backend), graphs it compiled, and recompiles (a graph for a code
+    object already compiled: a new shape, say)."""
+    from torch._dynamo.utils import compilation_time_metrics, counters
+
+    graphs = counters["stats"].get("unique_graphs", 0)
+    frames = counters["frames"].get("ok", 0)
+    seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
+    return {"compile_s": seconds, "graphs": graphs, "recompiles": sum(counters["recompiles"].values()),
+            "compiled_frames": frames}
+
+
+def warmup_seconds() -> float:
+    from simpo.kernels.tile_cache import WARMUP
+
+    return WARMUP["seconds"]
+
+
 def data_segment_bytes() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
@@ -97,6 +126,7 @@ class Meter(TrainerCallback):
         self.warmup, self.timed, self.cuda = spec["warmup"], spec["timed"], spec["device"] == "cuda"
         self.cpu_allowance = None if self.cuda else spec.get("memory_budget_gib")
         self.start = self.seconds = self.static_bytes = None
+        self.step_start, self.first_step_s = None, None
 
     def sync(self):
         if self.cuda:
@@ -109,7 +139,14 @@ class Meter(TrainerCallback):
             limit = data_segment_bytes() + int(self.cpu_allowance * 2**30)
             resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
 
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:
+            self.step_start = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:  # the first step: compiles, autotuning, tile timing included
+            self.sync()
+            self.first_step_s = time.perf_counter() - self.step_start
         if state.global_step == self.warmup:
             self.sync()
             self.start = time.perf_counter()
@@ -165,7 +202,13 @@ def run(spec: dict) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         "attention": model.config._attn_implementation,
-        "activation_checkpointing": getattr(model, "is_gradient_checkpointing", None),
+        "logps_kernel": kernels_that_ran(trainer, spec),
+        "liger": getattr(trainer, "liger", None) if spec["trainer"] == "simpo" else
+        "use_liger_kernel" if spec["keys"].get("use_liger_kernel") else "off",
+        "first_step_s": meter.first_step_s,
+        "tile_warmup_s": warmup_seconds(),
+        **compile_stats(),
+        "activation_checkpointing": getattr(model, "is_activation_checkpointing", None),
         # simpo's batch layout; for a peer, its collator
         "layout": trainer.layout.name if hasattr(trainer, "layout") else type(trainer.data_collator).__name__,
         "fused_logps": getattr(trainer.args, "fused_logps", None),

@@ -41,14 +41,21 @@ MODES = {
 VOCAB, BOS, EOS, PAD = 32000, 1, 2, 0
 
 
-def make_pairs(rng: np.random.Generator, num_pairs: int, max_length: int) -> list[dict]:
+# (median, sigma) of the lognormal token counts. ultrafeedback: the measured medians, a mild tail. long_tail: the same
+# medians with a heavy tail (prompts shorter than replies; at max_length 1024 about one sequence in seven is cut there).
+LENGTHS = {"ultrafeedback": {"prompt": (90, 0.5), "response": (230, 0.55)},
+           "long_tail": {"prompt": (110, 0.9), "response": (310, 0.9)}}
+
+
+def make_pairs(rng: np.random.Generator, num_pairs: int, max_length: int, lengths: str = "ultrafeedback") -> list[dict]:
+    (p_median, p_sigma), (r_median, r_sigma) = LENGTHS[lengths]["prompt"], LENGTHS[lengths]["response"]
     pairs = []
     for _ in range(num_pairs):
-        prompt_len = int(np.clip(rng.lognormal(np.log(90), 0.5), 8, max_length // 2))
+        prompt_len = int(np.clip(rng.lognormal(np.log(p_median), p_sigma), 8, max_length // 2))
         prompt = [BOS] + rng.integers(3, VOCAB, prompt_len - 1).tolist()
         row = {"prompt_length": prompt_len}
         for side in ("chosen", "rejected"):
-            length = int(np.clip(rng.lognormal(np.log(230), 0.55), 2, max_length - prompt_len))
+            length = int(np.clip(rng.lognormal(np.log(r_median), r_sigma), 2, max_length - prompt_len))
             response = rng.integers(3, VOCAB, length - 1).tolist() + [EOS]
             row[f"{side}_input_ids"] = prompt + response
             row[f"{side}_labels"] = [-100] * prompt_len + response
@@ -83,7 +90,7 @@ def worker(args) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     collate = layout(args.worker, args.max_tokens_per_row, model)
     rng = np.random.default_rng(args.seed)
-    batches = [make_pairs(rng, args.pairs, args.max_length) for _ in range(args.warmup + args.steps)]
+    batches = [make_pairs(rng, args.pairs, args.max_length, args.lengths) for _ in range(args.warmup + args.steps)]
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 
     times, cpu_times, tokens, slots = [], [], [], []
@@ -134,6 +141,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024, help="cap on prompt + one response")
     parser.add_argument("--max-tokens-per-row", type=int, default=None, help="padding-free row cap (None: one row)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lengths", default="ultrafeedback", choices=list(LENGTHS), help="the length distribution")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--rounds", type=int, default=3, help="each mode runs once a round; its median round is kept")
     parser.add_argument("--quick", action="store_true", help="3 timed steps after 1 warm-up; no results written")
@@ -171,7 +179,8 @@ def main() -> None:
     setup = {
         "device": args.device, "dtype": args.dtype, "attn": args.attn, "pairs_per_batch": args.pairs,
         "timed_steps": args.steps, "warmup_steps": args.warmup, "rounds": rounds, "max_length": args.max_length,
-        "max_tokens_per_row": args.max_tokens_per_row, "seed": args.seed, "torch": torch.__version__,
+        "max_tokens_per_row": args.max_tokens_per_row, "lengths": args.lengths, "seed": args.seed,
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "params_m": round(results[0]["params_m"], 2),
     }

@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # fixes that choice for its own language functions when it is first imported, which any test may do (trl imports it): so
 # here, before all of them. tests/kernels/test_triton_tiles.py checks that it took effect.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("SIMPO_TILE_CACHE", "off")  # no test writes the user's ~/.cache/simpo/tiles.json
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = os.path.join(REPO, "assets", "tiny-llama")

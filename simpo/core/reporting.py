@@ -59,6 +59,26 @@ def distributed(trainer) -> str:
     return text
 
 
+def speed_lines(trainer) -> list[str]:
+    """The speed choices a trainer made at start (checkpointing and why, fused kernels), where it records them."""
+    lines = []
+    checkpointing = getattr(trainer, "checkpointing", None)
+    if checkpointing is not None:
+        lines.append(f"  checkpointing   {'on' if checkpointing.enabled else 'off'} ({checkpointing.reason})")
+    liger = getattr(trainer, "liger", None)
+    if liger is not None:
+        lines.append(f"  liger kernels   {liger}")
+    return lines
+
+
+def warmup_lines() -> list[str]:
+    """The Triton log-prob path's tile choice in this process: seconds spent measuring, and what came from disk."""
+    from simpo.kernels.tile_cache import WARMUP, cache_path
+
+    if not (WARMUP["measured"] or WARMUP["reused"]):
+        return []
+    return [f"  kernel warm-up  {WARMUP['seconds']:.1f} s measuring log-prob tiles for {WARMUP['measured']} shape(s),"
+            f" {WARMUP['reused']} reused from {cache_path() or 'memory'}"]
 
 
 def tensorboard_dir(trainer) -> str | None:
@@ -96,6 +116,7 @@ def start_summary(trainer, state=None) -> str:
         f"  attention       {getattr(config, '_attn_implementation', '?')}, layout {trainer.layout.name}"
         + (", fused log-probs" if getattr(args, "fused_logps", False) else ""),
         f"  distributed     {distributed(trainer)}",
+        *speed_lines(trainer),
         f"  output_dir      {args.output_dir} (reporting to {', '.join(map(str, report_to)) or 'nothing'})",
         RULE,
     ]
@@ -156,6 +177,7 @@ def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict |
         f"  final eval      {show(eval_metrics, 'eval_')}",
         f"  written to      {trainer.args.output_dir}",
     ]
+    lines += warmup_lines()
     if written is None:
         written = [f for f in files if os.path.exists(os.path.join(trainer.args.output_dir, f))]
     lines += [f"                  {path}" for path in written]

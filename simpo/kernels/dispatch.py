@@ -9,11 +9,13 @@ compute, without holding the [N, V] logits,
 
 import importlib.util
 import os
+from collections import Counter
 
 from simpo.kernels.common import DEFAULT_TILES, operand_dtype
 from simpo.kernels.torch_tiles import TiledLogProbs
 
 KERNELS = ("auto", "triton", "torch")
+KERNELS_RUN = Counter()  # calls per kernel that actually ran in this process: what a benchmark row reports
 
 
 def tiled_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, compute_dtype=None, token_tile=None,
@@ -32,6 +34,7 @@ def tiled_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, compute_d
     if kernel == "auto":
         kernel = "triton" if hidden.device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
     dtype = operand_dtype(compute_dtype or weight.dtype)
+    KERNELS_RUN[kernel] += 1
     if kernel == "triton":
         from simpo.kernels.triton_tiles import triton_logps  # imports triton: only when asked for
 

@@ -20,9 +20,12 @@ On a GPU the GEMMs write fp32 (the plain path's logits are rounded to bf16 first
 once, after the one-hot term is in, as the plain path's logit gradient is; the hidden-state gradient, and a weight
 gradient summed over several token tiles, accumulate in fp32. Per token the forward keeps the logsumexp alone (the
 label logit is read off its tile). The tile sizes are chosen by timing forward and backward on the first call per
-(GPU, shapes) (choose_tiles), the kernels' block sizes by triton.autotune. Under TRITON_INTERPRET=1, set before
+(GPU, shapes) (choose_tiles) and kept on disk for later processes (tile_cache.py), the kernels' block sizes by
+triton.autotune (its timings cached on disk too, in triton's cache directory). Under TRITON_INTERPRET=1, set before
 triton is first imported, the same code runs on CPU tensors with small fixed blocks: how the tests check it.
 """
+
+import inspect
 
 import torch
 import triton
@@ -30,6 +33,7 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from simpo.kernels.common import DEFAULT_TILES, addmm_fp32, no_autocast, operand_dtype, transform
+from simpo.kernels.tile_cache import cache_key, cached_tiles
 from simpo.kernels.torch_tiles import TiledLogProbs  # the reference the first call per shape is checked against
 
 INTERPRET = triton.knobs.runtime.interpret  # how triton.jit compiled the kernels below
@@ -114,10 +118,11 @@ if INTERPRET:  # numpy runs each program: few, small blocks
     FOLD_BLOCKS = GRAD_BLOCKS = {"BLOCK_N": 16, "BLOCK_V": 32}
 else:
     # memory-bound passes over the fp32 tile: a few shapes of 4k-8k elements per block, timed per tile width
-    FOLD = triton.autotune(_configs([(1, 4096, 8), (4, 1024, 4), (8, 1024, 8), (16, 512, 8)]),
-                           key=["n_cols", "HAS_BIAS", "HAS_SOFTCAP"])(_fold_kernel)
-    GRAD = triton.autotune(_configs([(16, 256, 4), (32, 256, 8), (64, 128, 8)]),
-                           key=["n_cols", "HAS_BIAS", "HAS_SOFTCAP"])(_grad_kernel)
+    # cache_results: the timings kept in triton's cache directory, so a relaunch does not autotune again
+    TUNE = {"key": ["n_cols", "HAS_BIAS", "HAS_SOFTCAP"],
+            **({"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {})}
+    FOLD = triton.autotune(_configs([(1, 4096, 8), (4, 1024, 4), (8, 1024, 8), (16, 512, 8)]), **TUNE)(_fold_kernel)
+    GRAD = triton.autotune(_configs([(16, 256, 4), (32, 256, 8), (64, 128, 8)]), **TUNE)(_grad_kernel)
     FOLD_BLOCKS = GRAD_BLOCKS = {}
 
 
@@ -238,7 +243,8 @@ _CHOSEN_TILES = {}
 def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure: bool) -> tuple[int, int]:
     """The caller's tiles where given. Else, when `measure` (on a GPU), the fastest forward + backward among tiles of
     up to TILE_ELEMENTS, timed on the first call per (device, dtype, H, V, bias, softcap, N rounded up to a power of
-    2): the best tile depends on the GPU's GEMM kernels, which only a measurement knows. Else the defaults."""
+    2) unless tile_cache.py has it from an earlier process: the best tile depends on the GPU's GEMM kernels, which
+    only a measurement knows. Else the defaults."""
     if tiles[0] and tiles[1]:
         return tiles
     n, vocab = h.shape[0], weight.shape[0]
@@ -247,7 +253,8 @@ def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure:
     else:
         bucket = 1 << (n - 1).bit_length()
         device = torch.cuda.get_device_name(h.device) if h.device.type == "cuda" else h.device.type
-        key = device, dtype, h.shape[1], vocab, bias is not None, softcap is not None, bucket
+        key = cache_key(device, dtype, h.shape[1], vocab, bias is not None, softcap is not None, bucket,
+                        triton.__version__)
         if key not in _CHOSEN_TILES:
             widths = (2048, 4096, 8192, 16384, 32768)
             candidates = sorted({(min(bucket, TILE_ELEMENTS // v), min(v, vocab)) for v in widths})
@@ -257,8 +264,12 @@ def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure:
                 lse = forward_stats(h, weight, bias, labels, scale, softcap, dtype, tiles)[0]
                 backward_grads(h, weight, bias, labels, scale, softcap, dtype, tiles, lse, g, needs)
 
-            timings = {c: do_bench(lambda c=c: run(c), warmup=1, rep=1) for c in candidates}
-            _CHOSEN_TILES[key] = min(timings, key=timings.get)
+            def measure():
+                timings = {c: do_bench(lambda c=c: run(c), warmup=1, rep=1) for c in candidates}
+                return min(timings, key=timings.get)
+
+            # on disk per GPU name, dtype and shape: one process measures, the others and later launches reuse it
+            _CHOSEN_TILES[key] = cached_tiles(key, measure)
             check_against_torch(h, weight, bias, labels, scale, softcap, dtype, _CHOSEN_TILES[key])
         chosen = _CHOSEN_TILES[key]
     return tiles[0] or chosen[0], tiles[1] or chosen[1]

@@ -68,15 +68,30 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
             "auto: on exactly when the model qualifies (the log says which)."
         },
     )
-    padding_free: bool = field(
-        default=False,
-        metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart)."},
+    padding_free: bool | Literal["auto"] = field(
+        default="auto",
+        metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart). "
+                  "auto: the CUDA default chosen in simpo/train/layouts/__init__.py (PADDING_FREE_ON_CUDA; off until "
+                  "the GPU measurement says otherwise); off elsewhere."},
     )
     flex_attention: bool | Literal["auto"] = field(
         default="auto",
         metadata={"help": "Prefix-shared and packed rows with FlexAttention block masks (the kernel skips masked "
                   "blocks; no [rows, 1, L, L] mask) instead of dense masks with eager/sdpa; the model's attention is "
                   "switched to flex_attention. auto: on GPUs (FlexAttention has no backward on CPU)."},
+    )
+    activation_checkpointing: bool | Literal["auto"] | None = field(
+        default="auto",
+        metadata={"help": "Recompute each block's forward in the backward instead of keeping its activations (less "
+                  "memory, about a fifth more compute). auto: on only when the run would not fit the GPU's free "
+                  "memory without it (an estimate the start summary shows); off on CPU. true/false force it.",
+                  "nargs": "?", "const": True},
+    )
+    liger_kernels: bool | Literal["auto"] = field(
+        default="auto",
+        metadata={"help": "Liger-Kernel's fused RMSNorm, RoPE and SwiGLU/GeGLU for Llama, Mistral, Gemma-2 and Qwen2 "
+                  "(never its loss: the fused log-probs replace that). auto: on for CUDA runs when liger-kernel is "
+                  "installed; true: on or an error; false: off."},
     )
     max_tokens_per_row: int | None = field(
         default=None,
@@ -105,12 +120,14 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
 
     def __post_init__(self):
         check_training_numbers(self)
+        if self.activation_checkpointing == "auto" and self.gradient_checkpointing is not None:
+            self.activation_checkpointing = None  # the deprecated alias, set: transformers takes it over
         super().__post_init__()
-        if self.padding_free and self.prefix_sharing is False:
+        if self.padding_free is True and self.prefix_sharing is False:
             raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
         if self.flex_attention is True and self.prefix_sharing is False:
             raise ValueError("flex_attention masks prefix-shared rows: it needs prefix_sharing true or auto.")
-        if self.max_tokens_per_row is not None and not (self.padding_free and self.max_tokens_per_row > 0):
+        if self.max_tokens_per_row is not None and not (self.padding_free is True and self.max_tokens_per_row > 0):
             raise ValueError(
                 f"max_tokens_per_row={self.max_tokens_per_row} sizes the rows padding_free packs: it needs"
                 " padding_free: true and a positive number of tokens."
@@ -124,6 +141,9 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         if self.do_predict:
             raise ValueError("do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
                              " do_train: false to evaluate without training.")
+        if self.use_liger_kernel:
+            raise ValueError("use_liger_kernel would also patch in Liger's loss, which simpo's fused log-probs replace;"
+                             " use liger_kernels: true (the norm, RoPE and MLP kernels alone) instead.")
         if self.remove_unused_columns:
             raise ValueError(
                 "remove_unused_columns must be false: simpo's collator reads the tokenised pair columns, which are not"

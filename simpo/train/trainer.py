@@ -20,8 +20,10 @@ from simpo.core.resume import resume_advice
 from simpo.data.tokenization import tokenize_pairs
 from simpo.train.config import SimPOConfig
 from simpo.train.layouts import choose_layout
+from simpo.train.liger import apply_liger
 from simpo.train.logps import fused_token_logps, plain_token_logps
 from simpo.train.loss import average_logps, preference_metrics, sft_nll, simpo_loss
+from simpo.train.memory_plan import CheckpointingChoice, choose_checkpointing
 from simpo.train.metrics import FiniteLossGuard, PairWeightedMeans
 from simpo.train.samples import EvalSamples
 
@@ -36,18 +38,28 @@ def load_model(model_id: str, args: SimPOConfig) -> nn.Module:
 
 
 def wrap_peft(model: nn.Module, peft_config, args: SimPOConfig) -> nn.Module:
+    """LoRA (QLoRA on a quantised model: checkpointed unless activation_checkpointing is false)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=args.activation_checkpointing,
+            use_gradient_checkpointing=args.activation_checkpointing is not False,
             gradient_checkpointing_kwargs=args.activation_checkpointing_kwargs,
         )
-    elif args.activation_checkpointing:
+    return get_peft_model(model, peft_config)
+
+
+def settle_checkpointing(model: nn.Module, args: SimPOConfig, peft: bool) -> CheckpointingChoice:
+    """Resolves activation_checkpointing (auto: from the memory estimate) in args, before the Trainer reads it."""
+    choice = choose_checkpointing(model, args)
+    args.activation_checkpointing = args.gradient_checkpointing = choice.enabled
+    quantised = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if choice.enabled and peft and not quantised:
         # Frozen embeddings give checkpointed blocks inputs without grad; make them require it.
         model.enable_input_require_grads()
-    return get_peft_model(model, peft_config)
+    logger.info("Activation checkpointing %s (%s)", "on" if choice.enabled else "off", choice.reason)
+    return choice
 
 
 class SimPOTrainer(Trainer):
@@ -69,6 +81,8 @@ class SimPOTrainer(Trainer):
             model = load_model(model, args)
         if peft_config is not None:
             model = wrap_peft(model, peft_config, args)
+        self.checkpointing = settle_checkpointing(model, args, peft=peft_config is not None)
+        self.liger = apply_liger(model, args)
         if args.disable_dropout:
             disable_dropout(model)
         pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id

@@ -93,7 +93,14 @@ def test_smoke_table_rows_and_what_they_ran(smoke):
             assert row[key] > 0, key
         assert row["pairs_per_s"] == pytest.approx(s["timed"] * s["batch"] / row["timed_seconds"])
         assert row["x_trl"]["pairs_per_s"] > 0 and row["x_simpo_plain"]["memory"] > 0
-        assert row["activation_checkpointing"] is True and row["attention"] == "sdpa"
+        # simpo's default rows checkpoint on auto, which is off without CUDA; the others as the shared config sets
+        auto = system.keys.get("activation_checkpointing") == "auto"
+        assert row["activation_checkpointing"] is not auto and row["attention"] == "sdpa"
+        # what really ran, never "auto": the torch tiles on CPU, the plain path's full logits, or TRL's own
+        expected = {"trl": "trl + liger" if system.keys.get("use_liger_kernel") else "trl"}.get(
+            system.trainer, "torch tiles" if system.keys.get("fused_logps", True) else "plain (full logits)")
+        assert row["logps_kernel"] == expected, row
+        assert row["first_step_s"] > 0 and row["graphs"] == 0 and row["tile_warmup_s"] == 0  # eager, torch tiles
     # Each row's keys reached the trainer: its batch layout and log-prob path.
     assert rows["simpo"]["layout"] == "prefix sharing" and rows["simpo"]["fused_logps"] is True
     assert rows["simpo_no_prefix"]["layout"] == "plain" and rows["simpo_no_prefix"]["fused_logps"] is True
@@ -101,6 +108,8 @@ def test_smoke_table_rows_and_what_they_ran(smoke):
     assert rows["simpo_dense_masks"]["layout"] == "prefix sharing"  # on a CPU auto gives dense masks too
     assert rows["simpo_plain"]["layout"] == "plain" and rows["simpo_plain"]["fused_logps"] is False
     assert rows["trl"]["layout"] == "DPODataCollatorWithPadding"
+    assert rows["simpo"]["liger"] == "off (auto: no CUDA device; Liger's kernels run on GPUs)"
+    assert "| simpo | torch tiles | sdpa | False |" in markdown  # the what-ran table
 
     # The parameter count of the smoke shape, by formula: embedding (tied with the head), per layer q/o, k/v, MLP,
     # two norms, and the final norm.

@@ -13,6 +13,19 @@ from simpo.train.layouts.plain import PlainLayout
 from simpo.train.layouts.shared_prefix import SharedPrefixLayout, prefix_sharing_problem
 
 logger = logging.getLogger(__name__)
+# padding_free: auto on CUDA. The one place the default is decided: padding-free packing should beat one padded row
+# per pair on real length distributions, but on CPU it wins by only a few percent (benchmarks/results/
+# throughput_cpu_long_tail.md) and the last GPU measurement, on older code, had it slower. Pending the device
+# check's padding-free row (benchmarks/device_run.sh, command 1, against simpo's default on the same batches): set
+# True only when that table shows it faster.
+PADDING_FREE_ON_CUDA = False
+
+
+def padding_free(args: SimPOConfig) -> bool:
+    """padding_free as set, or for auto: PADDING_FREE_ON_CUDA on a GPU with prefix sharing possible, else off."""
+    if args.padding_free == "auto":
+        return PADDING_FREE_ON_CUDA and args.device.type == "cuda" and args.prefix_sharing is not False
+    return bool(args.padding_free)
 
 
 def choose_layout(model: torch.nn.Module, args: SimPOConfig, pad_token_id: int) -> PlainLayout | SharedPrefixLayout:
@@ -25,7 +38,7 @@ def choose_layout(model: torch.nn.Module, args: SimPOConfig, pad_token_id: int) 
     kernel = "flex_attention" if uses_flex(args) else lm.config._attn_implementation
     problem = prefix_sharing_problem(lm.config, kernel)
     if problem is not None:
-        if args.prefix_sharing == "auto" and not args.padding_free:
+        if args.prefix_sharing == "auto" and args.padding_free is not True:
             logger.info("prefix_sharing=auto: using the plain layout. %s", problem)
             return PlainLayout(pad_token_id, args.label_pad_token_id)
         raise ValueError(problem)
@@ -35,7 +48,7 @@ def choose_layout(model: torch.nn.Module, args: SimPOConfig, pad_token_id: int) 
         lm.set_attn_implementation(kernel)
     # The attention scores come out in the autocast dtype under mixed precision, else in the weights' dtype.
     scores_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else lm.dtype
-    return SharedPrefixLayout(pad_token_id, args.label_pad_token_id, padding_free=args.padding_free,
+    return SharedPrefixLayout(pad_token_id, args.label_pad_token_id, padding_free=padding_free(args),
                               max_tokens_per_row=args.max_tokens_per_row, config=lm.config, mask_dtype=scores_dtype)
 
 

@@ -23,8 +23,8 @@ def score_targets(labels: torch.Tensor, label_pad_token_id: int) -> tuple[torch.
     return rows * width + positions, labels[rows, positions + 1], rows
 
 
-def pad_right(sequences: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in sequences)
+def pad_right(sequences: list[list[int]], value: int, width: int | None = None) -> torch.Tensor:
+    width = width or max(len(s) for s in sequences)
     return torch.tensor([s + [value] * (width - len(s)) for s in sequences], dtype=torch.long)
 
 

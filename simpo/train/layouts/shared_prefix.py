@@ -26,6 +26,14 @@ EXACT_ATTENTION = ("eager", "sdpa", "flex_attention")
 # nothing added on top. Others may add ALiBi from a 2D mask, chunked or bidirectional layers, ...: unchecked.
 EXACT_MODEL_TYPES = ("llama", "mistral", "gemma2", "qwen2")
 MASK_LAYER_TYPES = ("full_attention", "sliding_attention")
+# FlexAttention's block size. With flex, rows are padded to a multiple of it: the compiled kernel and block mask then
+# see a few widths, not one per batch (each new shape may recompile, 20-40 s on a GPU, and past torch's recompile
+# limit flex falls back to an unfused path). The pads are blocks the mask skips; they cost only the linear layers.
+FLEX_ROW_MULTIPLE = 128
+
+
+def bucket_width(width: int, multiple: int = FLEX_ROW_MULTIPLE) -> int:
+    return -(-width // multiple) * multiple
 
 
 def shared_prefix_length(feature: dict, label_pad_token_id: int) -> int:
@@ -54,7 +62,8 @@ class SharedPrefixLayout:
     Produces the same score_* contract as the plain layout (sequence i = chosen of pair i, B + i = its rejected),
     plus the per-token ids model_inputs turns into the mask for `config`'s model. padding_free packs pairs into rows
     of at most max_tokens_per_row tokens (first fit, longest pair first; a longer pair gets a row to itself), or into
-    a single row when it is None. Rows are right-padded to equal length; each pad token is its own segment.
+    a single row when it is None. Rows are right-padded to equal length (with flex, a multiple of
+    FLEX_ROW_MULTIPLE); each pad token is its own segment.
     """
 
     pad_token_id: int
@@ -79,6 +88,8 @@ class SharedPrefixLayout:
         lengths = [len(f["chosen_input_ids"]) + len(f["rejected_input_ids"]) - p for f, p in zip(features, prefixes)]
         rows = self.assign_rows(lengths)
         width = max(sum(lengths[i] for i in row) for row in rows)
+        if self.config is not None and self.flex:
+            width = bucket_width(width)
 
         ids, pos, seg, branch, real = [], [], [], [], []
         score_index, score_labels, score_seq = [], [], []
@@ -111,11 +122,11 @@ class SharedPrefixLayout:
 
         score_seq = torch.tensor(score_seq, dtype=torch.long)
         return {
-            "input_ids": pad_right(ids, self.pad_token_id),
-            "attention_mask": pad_right(real, 0),
-            "position_ids": pad_right(pos, 0),
+            "input_ids": pad_right(ids, self.pad_token_id, width),
+            "attention_mask": pad_right(real, 0, width),
+            "position_ids": pad_right(pos, 0, width),
             "segment_ids": torch.tensor(seg, dtype=torch.long),
-            "branch_ids": pad_right(branch, PROMPT),
+            "branch_ids": pad_right(branch, PROMPT, width),
             "score_index": torch.tensor(score_index, dtype=torch.long),
             "score_labels": torch.tensor(score_labels, dtype=torch.long),
             "score_seq": score_seq,

@@ -1,0 +1,82 @@
+"""The Triton path's tile choice, kept on disk: measured once per GPU name, dtype and shape, then reused by every
+process and relaunch instead of timing the candidates again (seconds of warm-up each time).
+
+The file (SIMPO_TILE_CACHE, default $XDG_CACHE_HOME/simpo/tiles.json, i.e. ~/.cache/simpo/tiles.json; "off" turns
+it off) maps a key (GPU name, dtype, hidden, vocabulary, bias, softcap, token bucket, triton version) to the chosen
+(token tile, vocabulary tile). Processes that start together (the ranks of a launch) take an exclusive lock beside
+the file around look-up, measurement and write, so one measures and the others read its choice: every rank trains
+with the same tiles. Writes are atomic (a temporary file renamed over the old one); a corrupt file is measured over.
+WARMUP counts what this process measured, reused and spent measuring, for the run's summary.
+"""
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+
+logger = logging.getLogger(__name__)
+WARMUP = {"seconds": 0.0, "measured": 0, "reused": 0}
+
+
+def cache_path() -> str | None:
+    path = os.environ.get("SIMPO_TILE_CACHE")
+    if path is not None:
+        return None if path.lower() in ("", "off", "0", "false") else path
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "simpo", "tiles.json")
+
+
+def cache_key(device_name: str, dtype, hidden: int, vocab: int, bias: bool, softcap: bool, bucket: int,
+              version: str) -> str:
+    return (f"{device_name}|{str(dtype).replace('torch.', '')}|H{hidden}|V{vocab}|bias={int(bias)}|"
+            f"softcap={int(softcap)}|N{bucket}|triton {version}")
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # missing, unreadable or corrupt: measure again
+        return {}
+
+
+def _write(path: str, data: dict) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tiles-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def cached_tiles(key: str, measure) -> tuple[int, int]:
+    """The tiles stored for key, else measure() (returns them), stored; WARMUP counts which and how long."""
+    path = cache_path()
+    start = time.perf_counter()
+    with _locked(path) if path else contextlib.nullcontext():
+        stored = _read(path).get(key) if path else None
+        if isinstance(stored, list) and len(stored) == 2 and all(isinstance(t, int) and t > 0 for t in stored):
+            WARMUP["reused"] += 1
+            return stored[0], stored[1]
+        tiles = tuple(measure())
+        if path:
+            _write(path, {**_read(path), key: list(tiles)})
+    WARMUP["measured"] += 1
+    WARMUP["seconds"] += time.perf_counter() - start
+    logger.info("Log-prob tiles for %s measured in %.1f s: %s (kept in %s)", key, time.perf_counter() - start, tiles,
+                path or "memory only")
+    return tiles
