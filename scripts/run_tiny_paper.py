@@ -137,7 +137,7 @@ def chain(seed: int, learning_rates: list[float], args, env: dict, heldout: list
     pipeline = [PIPELINE, f"--model_name_or_path={sft}", f"--output_dir={onpolicy}",
                 f"--seeds={json.dumps(sample_seeds)}", *quick["pipeline"]]
     for stage in ("generate", "annotate", "binarise"):
-        times[stage] = run(stage, [py, "-m", f"simpo.{stage}", *pipeline], out, env)
+        times[stage] = run(stage, [py, "-m", f"simpo.pipeline.{stage}", *pipeline], out, env)
     summary = json.loads((onpolicy / "dataset" / "summary.json").read_text())
     start = time.time()
     sft_correct = judge(sft, heldout, out / "answers" / "sft.jsonl")

@@ -13,7 +13,13 @@ from simpo.core.finite import refuse_non_finite_weights
 from simpo.core.launch_checks import check_build_locks, check_launch
 from simpo.core.logs import setup_logging
 from simpo.core.parser import parse_args
-from simpo.core.resume import checkpoint_problem, disk_full_explained, finished_run, last_complete_checkpoint
+from simpo.core.resume import (
+    StopOnSignal,
+    checkpoint_problem,
+    disk_full_explained,
+    finished_run,
+    last_complete_checkpoint,
+)
 from simpo.core.run_config import save_run_config
 from simpo.core.run_lock import lock_folder, unlock_folder
 
@@ -67,9 +73,17 @@ def checkpoint_to_resume(args) -> str | None:
 
 
 def train(trainer, checkpoint: str | None):
-    """trainer.train, resuming from `checkpoint`; a checkpoint write that fails on a full disk says so."""
-    with disk_full_explained(trainer.args.output_dir, lambda: trainer.state.global_step):
-        return trainer.train(resume_from_checkpoint=checkpoint)
+    """trainer.train, resuming from `checkpoint`; a checkpoint write that fails on a full disk says so. A training
+    that raises still gives SIGTERM/SIGINT back to their previous handlers (the Trainer calls on_train_end only when
+    it finishes), so a process that goes on, e.g. a sweep, stays stoppable."""
+    try:
+        with disk_full_explained(trainer.args.output_dir, lambda: trainer.state.global_step):
+            return trainer.train(resume_from_checkpoint=checkpoint)
+    except BaseException:
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, StopOnSignal):
+                callback.on_train_end(trainer.args, trainer.state, trainer.control)
+        raise
 
 
 def save_final_model(trainer) -> None:

@@ -26,6 +26,10 @@ def run_config_values(model_args, data_args, training_args) -> dict:
     for key in training:  # to_dict masks every *_token field, also unset ones and SFT's eos_token / pad_token
         if key.endswith("_token") and (key != "hub_token" or getattr(training_args, key) is None):
             training[key] = getattr(training_args, key)
+    if training.get("gradient_checkpointing") == training.get("activation_checkpointing"):
+        # transformers mirrors activation_checkpointing into its deprecated alias, which may not take the value
+        # (auto); the key the user sets is recorded once
+        training.pop("gradient_checkpointing")
     return {**dataclasses.asdict(model_args), **dataclasses.asdict(data_args), **training}
 
 

@@ -5,13 +5,13 @@ keep_columns -> annotate -> binarise); exactly one of reward_model / reward_func
 import json
 import math
 import os
+import re
 from types import SimpleNamespace
 
 import pytest
 from conftest import REPO, TINY_MODEL
 
 from simpo.core.parser import ConfigError
-from simpo.data.validation import DataError
 from simpo.pipeline import annotate, binarise, generate
 from simpo.pipeline import rewards as reward_functions
 from simpo.pipeline.config import parse_pipeline_args
@@ -172,7 +172,7 @@ def test_unloadable_functions_are_clear_errors():
         load_reward_function("simpo.pipeline.rewards:CODE_TIMEOUT_S")
 
 
-def test_the_yaml_key_end_to_end_generate_keep_columns_annotate_binarise(tmp_path):
+def test_the_yaml_key_end_to_end_generate_keep_columns_annotate_binarise(tmp_path, capsys):
     """Prompts with a reference answer column; the tiny Llama samples; exact_match and a length score annotate."""
     prompts = tmp_path / "prompts"
     prompts.mkdir()
@@ -204,10 +204,14 @@ def test_the_yaml_key_end_to_end_generate_keep_columns_annotate_binarise(tmp_pat
     assert summary["train"]["pairs"] == len(pairs) > 0
     assert all(len(p["chosen"][-1]["content"]) > len(p["rejected"][-1]["content"]) for p in pairs)
 
-    with pytest.raises(DataError, match=r"no column \['reference'\] for keep_columns"):
-        generate.main([str(config), f"--output_dir={tmp_path / 'x'}", "--keep_columns=[reference]"])
-    with pytest.raises(ConfigError, match="keep_columns"):
-        generate.main([str(config), "--keep_columns=[messages]"])
+    # what users see: the message alone, exit status 2
+    for bad, message in [([f"--output_dir={tmp_path / 'x'}", "--keep_columns=[reference]"],
+                          r"simpo-generate: error: .* has no column \['reference'\] for keep_columns"),
+                         (["--keep_columns=[messages]"], r"simpo-generate: error: keep_columns \['messages'\]")]:
+        with pytest.raises(SystemExit) as done:
+            generate.main([str(config), *bad])
+        assert done.value.code == 2
+        assert re.search(message, capsys.readouterr().err)
 
 
 def test_the_examples(monkeypatch):
