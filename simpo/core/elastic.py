@@ -23,6 +23,8 @@ from types import SimpleNamespace
 import torch
 from transformers import TrainerCallback
 
+from simpo.core.parser import ConfigError
+
 logger = logging.getLogger(__name__)
 
 LAYOUT_FILE = "launch_layout.json"
@@ -99,13 +101,13 @@ def deepspeed_tag(checkpoint: str) -> str | None:
 
 def fitted_layout(args, written_by: Layout, now: Layout, where: str) -> Layout:
     """The launch's layout with the checkpoint's global batch: the accumulation recomputed when the process count
-    changed and the accumulation given is the checkpoint's. Raises ValueError when the global batch would change."""
+    changed and the accumulation given is the checkpoint's. Raises ConfigError when the global batch would change."""
     if (now.processes != written_by.processes
             and now.gradient_accumulation_steps == written_by.gradient_accumulation_steps
             and now.per_device_train_batch_size == written_by.per_device_train_batch_size):
         per_step = now.per_device_train_batch_size * now.processes
         if written_by.global_batch % per_step:
-            raise ValueError(
+            raise ConfigError(
                 f"{where} was written with a global batch of {written_by.arithmetic()} pairs; on {now.processes}"
                 f" process(es) it needs gradient_accumulation_steps = {written_by.global_batch} / "
                 f"({now.per_device_train_batch_size} x {now.processes}) = {written_by.global_batch / per_step:g},"
@@ -125,7 +127,7 @@ def fitted_layout(args, written_by: Layout, now: Layout, where: str) -> Layout:
                    " accumulation is then recomputed for the process count), or set allow_global_batch_change:"
                    " true to accept it.")
         if not args.allow_global_batch_change:
-            raise ValueError(message)
+            raise ConfigError(message)
         logger.warning("allow_global_batch_change: %s", message)
     return now
 
@@ -133,7 +135,7 @@ def fitted_layout(args, written_by: Layout, now: Layout, where: str) -> Layout:
 def adapt_to_checkpoint(args, checkpoint: str | None) -> ResumePlan | None:
     """Fit this launch to the checkpoint it resumes, before the model loads: sets args.gradient_accumulation_steps
     and args.elastic_resume (the plan, or None), and converts a DeepSpeed checkpoint to the universal format when the
-    process count changed. Raises ValueError when the global batch would change (unless allowed) or cannot be
+    process count changed. Raises ConfigError when the global batch would change (unless allowed) or cannot be
     known."""
     args.elastic_resume = None
     if checkpoint is None:
@@ -144,7 +146,7 @@ def adapt_to_checkpoint(args, checkpoint: str | None) -> ResumePlan | None:
         processes = processes_from_rng_files(checkpoint)
         if processes == now.processes:
             return None  # the same launch as far as can be told: the Trainer's own resume
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint} has no {LAYOUT_FILE} (the record of the launch that wrote it) and was written by"
             f" {processes} process(es) (its RNG files), not {now.processes}: its global batch cannot be known, so"
             f" the data order cannot be kept. Relaunch on {processes} process(es), or write {LAYOUT_FILE} in it:"

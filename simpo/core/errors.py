@@ -1,7 +1,8 @@
-"""How the commands end on an error in their input: a SimpoError (a config key, a data file or row, a chat template,
-a model that cannot be found; simpo/data/errors.py) is printed as its message alone, `<command>: error: ...`, and the
-process exits with status 2, as argparse does for a bad command line. The traceback is for bug reports: set
-SIMPO_TRACEBACK=1 to get it. Any other exception is a bug (or the environment's) and keeps its traceback."""
+"""How the commands end on an error in their input or run state: a SimpoError (a config key, a data file or row, a chat
+template, a model that cannot be found, a NaN step, a full disk, a folder in use; simpo/data/errors.py) is printed as
+its message alone, `<command>: error: ...`, and the process exits with status 2, as argparse does for a bad command
+line. The traceback is for bug reports: set SIMPO_TRACEBACK=1 to get it. Any other exception is a bug (or the
+environment's) and keeps its traceback."""
 
 import functools
 import os

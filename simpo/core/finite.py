@@ -14,11 +14,12 @@ from torch import nn
 from transformers import TrainerCallback
 
 from simpo.core.resume import resume_advice
+from simpo.data.errors import SimpoError
 
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(SimpoError, FloatingPointError):
     """Training stopped before a NaN or infinity could reach the weights or a checkpoint."""
 
 

@@ -19,6 +19,8 @@ import time
 import torch
 from accelerate.utils import DistributedType
 
+from simpo.data.errors import SimpoError
+
 NOT_FSDP = (
     "FSDP was requested ({how}) but accelerate set up {actual}, not FSDP: every process would train a full, "
     "unsharded copy of the model. {why}"
@@ -84,6 +86,10 @@ STALE_BUILD_LOCK = (
     " use): {paths}. No process holds it, and every DeepSpeed launch would wait on it forever without a word. Delete"
     " it and launch again: rm {rm}"
 )
+
+
+class StaleBuildLock(SimpoError, RuntimeError):
+    """A torch extension build lock that no process holds: every DeepSpeed launch would wait on it forever."""
 
 
 def deepspeed_requested(argv: list[str]) -> bool:
@@ -153,7 +159,7 @@ def check_build_locks(argv: list[str], settle_s: float = 1.0) -> None:
         again = unheld(list(stale))
         stale = [path for path, key in stale.items() if again.get(path) == key]
     if stale:
-        raise RuntimeError(STALE_BUILD_LOCK.format(paths=", ".join(stale), rm=" ".join(stale)))
+        raise StaleBuildLock(STALE_BUILD_LOCK.format(paths=", ".join(stale), rm=" ".join(stale)))
 
 
 def exit_process(code: int) -> None:

@@ -12,7 +12,7 @@ from simpo.core.elastic import adapt_to_checkpoint
 from simpo.core.finite import refuse_non_finite_weights
 from simpo.core.launch_checks import check_build_locks, check_launch
 from simpo.core.logs import setup_logging
-from simpo.core.parser import parse_args
+from simpo.core.parser import ConfigError, parse_args
 from simpo.core.resume import (
     StopOnSignal,
     checkpoint_problem,
@@ -62,7 +62,7 @@ def checkpoint_to_resume(args) -> str | None:
         chosen = args.resume_from_checkpoint
         problem = checkpoint_problem(chosen) if os.path.isdir(chosen) else None
         if problem:
-            raise ValueError(f"resume_from_checkpoint={chosen} cannot be resumed from: {problem}. Give an earlier"
+            raise ConfigError(f"resume_from_checkpoint={chosen} cannot be resumed from: {problem}. Give an earlier"
                              " checkpoint, or leave resume_from_checkpoint unset to resume from the newest complete"
                              " one in output_dir.")
         return chosen

@@ -13,6 +13,8 @@ import zipfile
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, SaveStrategy
 
+from simpo.data.errors import SimpoError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
@@ -102,14 +104,13 @@ def index_problem(checkpoint: str) -> str | None:
     return None
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint in output_dir that verifies (checkpoint_problem); each newer one is skipped with a
-    warning that says why."""
+def last_complete_checkpoint(output_dir: str, before: int | None = None) -> str | None:
+    """The newest checkpoint in output_dir that verifies (checkpoint_problem), among those before step `before` when
+    given (not the one being written); each newer one is skipped with a warning that says why."""
     if not os.path.isdir(output_dir):
         return None
-    steps = sorted(
-        (int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT_RE.match(name))
-    )
+    found = ((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := CHECKPOINT_RE.match(name)))
+    steps = sorted((step, name) for step, name in found if before is None or step < before)
     for _, name in reversed(steps):
         path = os.path.join(output_dir, name)
         problem = checkpoint_problem(path)
@@ -127,22 +128,12 @@ def resume_advice(output_dir: str) -> str:
     return f"relaunching the same command resumes from {last}, the last complete checkpoint"
 
 
-def previous_checkpoint(output_dir: str, step: int) -> str | None:
-    """The newest checkpoint before `step` that verifies (not the one being written at `step`)."""
-    if not os.path.isdir(output_dir):
-        return None
-    names = sorted((int(m.group(1)), name) for name in os.listdir(output_dir)
-                   if (m := CHECKPOINT_RE.match(name)) and int(m.group(1)) < step)
-    return next((os.path.join(output_dir, name) for _, name in reversed(names)
-                 if checkpoint_problem(os.path.join(output_dir, name)) is None), None)
-
-
 # What a write to a full disk raises: torch.save's C++ stream ("basic_ios::clear: iostream error", or its zip
 # writer's "file write failed" / "unexpected pos"), safetensors' "No space left on device", OSError ENOSPC.
 DISK_FULL = ("iostream error", "file write failed", "unexpected pos", "No space left", "StorageFull")
 
 
-class DiskFullError(OSError):
+class DiskFullError(SimpoError, OSError):
     """A checkpoint or the final model could not be written because the disk is full."""
 
 
@@ -168,7 +159,7 @@ def disk_full_explained(output_dir: str, saving_step):
 def disk_full_message(output_dir: str, step: int | None, err: BaseException) -> str:
     being = output_dir if step is None else os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
     free = shutil.disk_usage(output_dir).free / 2**30 if os.path.isdir(output_dir) else float("nan")
-    intact = previous_checkpoint(output_dir, 10**18 if step is None else step)
+    intact = last_complete_checkpoint(output_dir, before=step)
     message = (f"The disk is full: writing {being} failed ({type(err).__name__}: {err}; {free:.2f} GiB free now on"
                f" the disk holding {output_dir}). ")
     if intact is None:

@@ -1,18 +1,24 @@
-"""One live run per output folder. A run holds an exclusive flock on FOLDER/.simpo.lock for its life; a second launch
+"""One live run per output folder. A run holds an exclusive flock on FOLDER/_simpo.lock for its life; a second launch
 into the same folder is refused, naming the process that holds it. The operating system drops the lock when its
 process ends, however it ends (SIGKILL included), so a killed run never blocks its relaunch.
 """
 
 import fcntl
 import os
+import re
 import socket
 import sys
 
-LOCK_FILE = ".simpo.lock"
+from simpo.data.errors import SimpoError
+
+# "_": the Trainer's push_to_hub leaves out files named _* (and the record names the command, whose arguments
+# may hold a token: those are masked, below)
+LOCK_FILE = "_simpo.lock"
+SECRET_ARGUMENT = re.compile(r"^(--[\w-]*token)(=.+)?$")
 _held: dict[str, int] = {}  # realpath of the folder -> the open lock file (kept open: closing it drops the lock)
 
 
-class FolderInUseError(RuntimeError):
+class FolderInUseError(SimpoError, RuntimeError):
     """Another live process writes this folder."""
 
 
@@ -39,12 +45,29 @@ def lock_folder(folder: str, command: str) -> None:
 
 
 def command_line() -> str:
-    """This process's command as launched (with the interpreter and any -c code), else sys.argv."""
+    """This process's command as launched (with the interpreter and any -c code), else sys.argv, with the value of
+    every --*token argument masked."""
     try:
         with open("/proc/self/cmdline", "rb") as f:
-            return " ".join(part.decode(errors="replace") for part in f.read().split(b"\0") if part)
+            parts = [part.decode(errors="replace") for part in f.read().split(b"\0") if part]
     except OSError:
-        return " ".join(sys.argv)
+        parts = list(sys.argv)
+    return " ".join(masked_secrets(parts))
+
+
+def masked_secrets(parts: list[str]) -> list[str]:
+    """`--hub_token=hf_x` and `--hub_token hf_x` (any key ending in token) with the value as <TOKEN>."""
+    shown, hide_next = [], False
+    for part in parts:
+        secret = SECRET_ARGUMENT.match(part)
+        if hide_next:
+            shown.append("<TOKEN>")
+        elif secret and secret[2]:
+            shown.append(f"{secret[1]}=<TOKEN>")
+        else:
+            shown.append(part)
+        hide_next = bool(secret) and not secret[2] and not hide_next
+    return shown
 
 
 def unlock_folder(folder: str) -> None:

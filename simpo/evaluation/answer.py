@@ -47,22 +47,22 @@ def read_questions(path: str, benchmark: str) -> list[dict]:
         try:
             value = json.loads(document)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {number + err.lineno - 1}: not JSON ({err.msg}); give the benchmark's"
+            raise DataError(f"{path} line {number + err.lineno - 1}: not JSON ({err.msg}); give the benchmark's"
                              " question file.") from err
         rows += value if is_list else [value]
     if not rows:
-        raise ValueError(f"{path} holds no questions: give the benchmark's question file.")
+        raise DataError(f"{path} holds no questions: give the benchmark's question file.")
     field = "'instruction'" if benchmark == "alpaca_eval" else "'turns'"
     questions = []
     for n, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise ValueError(f"{path} row {n}: a question is a JSON object with {field}, not {type(row).__name__}.")
+            raise DataError(f"{path} row {n}: a question is a JSON object with {field}, not {type(row).__name__}.")
         if benchmark == "alpaca_eval":
             turns = [row.get("instruction")]
         else:
             turns = [t.get("content") if isinstance(t, dict) else t for t in row.get("turns") or [row.get("prompt")]]
         if not all(isinstance(t, str) and t for t in turns):
-            raise ValueError(f"{path} row {n}: no question text in {field} for {benchmark} (got {turns!r:.100}): is"
+            raise DataError(f"{path} row {n}: no question text in {field} for {benchmark} (got {turns!r:.100}): is"
                              " this the benchmark's question file?")
         questions.append({"id": row.get("question_id", n), "turns": turns, "category": row.get("category"),
                           "raw": row})

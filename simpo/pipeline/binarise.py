@@ -26,6 +26,7 @@ from simpo.core.errors import report_input_errors
 from simpo.core.logs import setup_logging
 from simpo.core.model import get_tokenizer
 from simpo.core.run_lock import lock_folder
+from simpo.data.validation import DataError
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.work_units import numbered_jsonl, write_atomic, write_jsonl
 
@@ -65,7 +66,7 @@ def read_annotations(path: str) -> list[dict]:
             found = "no 'scores'" if scores is None else "no 'responses'" if responses is None else (
                 f"{len(scores) if isinstance(scores, list) else scores!r:.40} scores for"
                 f" {len(responses) if isinstance(responses, list) else responses!r:.40} responses")
-            raise ValueError(f"{path} line {number}: a row needs 'responses' and 'scores' (one score per response),"
+            raise DataError(f"{path} line {number}: a row needs 'responses' and 'scores' (one score per response),"
                              f" this one has {found}. Give simpo-annotate's output: rerun simpo-annotate with this"
                              " config.")
         rows.append(row)
@@ -152,7 +153,7 @@ def binarise_main(argv: list[str] | None = None) -> dict:
         pairs, drops, all_gaps[side] = binarise(rows, args.min_score_gap)
         binarised[side] = rows, pairs, drops
         if not pairs:
-            raise ValueError(
+            raise DataError(
                 f"simpo-binarise: no {side} pair is left from {len(rows)} prompts (dropped: {dict(drops)}), so"
                 f" nothing would train or evaluate on it. Lower min_score_gap ({args.min_score_gap}) or generate"
                 " more samples per prompt (seeds)."

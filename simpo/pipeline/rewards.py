@@ -39,10 +39,11 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from simpo.data.errors import SimpoError
 from simpo.pipeline.work_units import Unit, UnitStore, check_settings, file_fingerprint, run_units
 
 
-class RewardFunctionError(ValueError):
+class RewardFunctionError(SimpoError, ValueError):
     """A reward function failed or returned something that is not a score; the message names the row."""
 
 

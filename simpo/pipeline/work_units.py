@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from simpo.data.validation import DataError
+
 logger = logging.getLogger(__name__)
 
 
@@ -91,7 +93,7 @@ def numbered_jsonl(path: str, made_by: str | None = None) -> list[tuple[int, dic
             except json.JSONDecodeError as err:
                 fix = (f" Rerun {made_by} with the same config: it keeps its finished units and rewrites this file"
                        " from them." if made_by else "")
-                raise ValueError(f"{path} line {number} is not a whole JSON row ({err.msg}; was the file cut"
+                raise DataError(f"{path} line {number} is not a whole JSON row ({err.msg}; was the file cut"
                                  f" short?).{fix}") from err
     return rows
 
@@ -109,7 +111,7 @@ def check_settings(folder: str, settings: dict) -> None:
     changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
     if changed:
         key = changed[0]
-        raise ValueError(
+        raise DataError(
             f"{folder} holds a run with other settings ({', '.join(changed)}; e.g. {key}: {recorded.get(key)!r:.100}"
             f" then, {settings.get(key)!r:.100} now). Relaunch with the same settings to resume, or use another"
             " output_dir (or delete this one) to start afresh."

@@ -66,6 +66,33 @@ def test_the_package_errors_share_one_base_and_stay_value_errors():
     assert issubclass(TemplateError, SimpoError) and issubclass(ModelNotFound, FileNotFoundError)
 
 
+def test_the_run_state_errors_print_as_their_message_and_keep_their_builtin_kind():
+    """A NaN step, a full disk, a folder in use, a stale build lock, a failing reward function: the message says
+    what happened and what to do, so a user sees it alone; code that catches the builtin kind still does."""
+    from simpo.core.finite import NonFiniteError
+    from simpo.core.launch_checks import StaleBuildLock
+    from simpo.core.resume import DiskFullError
+    from simpo.core.run_lock import FolderInUseError
+    from simpo.pipeline.rewards import RewardFunctionError
+
+    for error, kind in ((NonFiniteError, FloatingPointError), (DiskFullError, OSError),
+                        (FolderInUseError, RuntimeError), (StaleBuildLock, RuntimeError),
+                        (RewardFunctionError, ValueError)):
+        assert issubclass(error, SimpoError) and issubclass(error, kind), error
+
+
+def test_a_run_stopped_by_a_nan_ends_with_its_message_alone(tmp_path):
+    out = tmp_path / "run"
+    done = simpo_train(REPO, TINY, f"--output_dir={out}", "--report_to=none", "--do_eval=false", "--eval_strategy=no",
+                       "--eval_on_start=false", "--max_steps=4", "--warmup_steps=0", "--save_strategy=steps",
+                       "--save_steps=1", "--learning_rate=1e30")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert ("simpo-train: error: Non-finite gradient norm at step 2: stopped before its optimizer update"
+            in done.stderr)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-1"]
+
+
 def test_only_the_package_errors_lose_their_traceback(capsys, monkeypatch):
     monkeypatch.delenv("SIMPO_TRACEBACK", raising=False)
 

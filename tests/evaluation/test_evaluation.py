@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, TINY_DATA, TINY_MODEL
+from refusals import refused
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from simpo.core.parser import parse_args
@@ -183,8 +184,9 @@ def test_simpo_answer_relaunched_resumes_and_refuses_another_batch_size(in_workd
     first = json.loads((tmp_path / "a.json").read_text())
     answer_cli.main(command)  # the same command again: every unit is done, the answers are the same
     assert json.loads((tmp_path / "a.json").read_text()) == first and all(o["output"] is not None for o in first)
-    with pytest.raises(ValueError, match=r"holds a run with other settings \(batch_size; e.g. batch_size: 1 then, 3"):
-        answer_cli.main([*command[:-1], "3"])  # other units: resuming would mix two runs (or lose answers)
+    # other units: resuming would mix two runs (or lose answers)
+    refused(capsys, answer_cli.main, [*command[:-1], "3"],
+            r"holds a run with other settings \(batch_size; e.g. batch_size: 1 then, 3")
 
 
 def test_simpo_answer_batch_size_below_one_is_refused(in_workdir, capsys):
@@ -241,7 +243,7 @@ def test_run_config_masks_a_set_hub_token_and_keeps_unset_tokens_unset(tmp_path)
     assert yaml.safe_load(open(save_run_config(ModelArguments(), DataArguments(), args)))["hub_token"] is None
 
 
-def test_simpo_answer_does_not_resume_answers_of_a_model_retrained_into_the_folder(in_workdir, tmp_path):
+def test_simpo_answer_does_not_resume_answers_of_a_model_retrained_into_the_folder(in_workdir, tmp_path, capsys):
     import shutil
 
     run = tmp_path / "run"
@@ -251,8 +253,7 @@ def test_simpo_answer_does_not_resume_answers_of_a_model_retrained_into_the_fold
     answer_cli.main(command)
     weights = run / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten by training
-    with pytest.raises(ValueError, match=r"holds a run with other settings \(model;"):
-        answer_cli.main(command)
+    refused(capsys, answer_cli.main, command, r"holds a run with other settings \(model;")
 
 
 def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_path):

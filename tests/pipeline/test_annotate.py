@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import REPO
+from refusals import refused
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from simpo.pipeline.annotate import RewardModel, conversation_ids, plan_units, scores_of, unused_token_id
@@ -64,12 +65,12 @@ def test_no_id_left_to_pad_with_is_an_error_naming_vocab_size():
         unused_token_id([[0, 1, 2]], 3, preferred=3)
 
 
-def test_a_cut_generations_file_names_its_file_line_and_the_command_to_rerun(tmp_path):
+def test_a_cut_generations_file_names_its_file_line_and_the_command_to_rerun(tmp_path, capsys):
     from simpo.pipeline.annotate import main
 
     (tmp_path / "generations").mkdir()
     path = tmp_path / "generations" / "train.jsonl"
     path.write_text('{"prompt": "q", "messages": [], "responses": ["a"]}\n{"prompt": "q2", "mess')
-    with pytest.raises(ValueError, match=rf"^{path} line 2 is not a whole JSON row \(.*; was the file cut short\?\)\."
-                                         r" Rerun simpo-generate with the same config"):
-        main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={tmp_path}"])
+    refused(capsys, main, [os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={tmp_path}"],
+            rf"^{path} line 2 is not a whole JSON row \(.*; was the file cut short\?\)\. Rerun simpo-generate with the"
+            " same config")

@@ -19,6 +19,7 @@ import time
 import pytest
 import torch
 from conftest import REPO, TINY_DATA, TINY_MODEL
+from refusals import refused
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from simpo.data.mixer import mix_datasets
@@ -150,11 +151,11 @@ def test_a_step_killed_midway_resumes_to_the_same_output(uninterrupted, prompts,
         assert (out / name).read_bytes() == (baseline / name).read_bytes()
 
 
-def test_a_relaunch_with_other_sampling_settings_is_refused(uninterrupted, prompts, tmp_path):
+def test_a_relaunch_with_other_sampling_settings_is_refused(uninterrupted, prompts, tmp_path, capsys):
     out = tmp_path / "changed"
     shutil.copytree(uninterrupted[0] / "generations", out / "generations")
-    with pytest.raises(ValueError, match=r"holds a run with other settings \(temperature; e.g. temperature: 0.8 then"):
-        generate.main([*pipeline_args(prompts, out), "--temperature=1.0"])
+    refused(capsys, generate.main, [*pipeline_args(prompts, out), "--temperature=1.0"],
+            r"holds a run with other settings \(temperature; e.g. temperature: 0.8 then")
 
 
 def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrupted, prompts, tmp_path):
@@ -178,7 +179,8 @@ def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrup
         assert (out / name).read_bytes() == (uninterrupted[0] / name).read_bytes()
 
 
-def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it(uninterrupted, prompts, tmp_path):
+def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it(uninterrupted, prompts, tmp_path,
+                                                                                 capsys):
     from simpo.core.run_lock import unlock_folder
     from simpo.pipeline.annotate import main as annotate_main
 
@@ -188,9 +190,9 @@ def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it
     whole = path.read_bytes()
     lines = whole.count(b"\n")
     path.write_bytes(whole[: whole.rindex(b"\n", 0, len(whole) - 1) + 20])  # the last row cut after 19 bytes
-    with pytest.raises(ValueError, match=rf"^{path} line {lines} is not a whole JSON row .* Rerun simpo-generate with"
-                                         r" the same config: it keeps its finished units and rewrites this file"):
-        annotate_main(pipeline_args(prompts, out))
+    refused(capsys, annotate_main, pipeline_args(prompts, out),
+            rf"^{path} line {lines} is not a whole JSON row .* Rerun simpo-generate with the same config: it keeps its"
+            " finished units and rewrites this file")
     assert not (out / "annotations").exists()
     unlock_folder(str(out))  # held by this (test) process until it ends, as by a command's process
     run("simpo.pipeline.generate", pipeline_args(prompts, out), tmp_path / "generate.log")  # every unit is done

@@ -5,11 +5,11 @@ keep_columns -> annotate -> binarise); exactly one of reward_model / reward_func
 import json
 import math
 import os
-import re
 from types import SimpleNamespace
 
 import pytest
 from conftest import REPO, TINY_MODEL
+from refusals import refused
 
 from simpo.core.parser import ConfigError
 from simpo.pipeline import annotate, binarise, generate
@@ -106,8 +106,9 @@ def test_scores_follow_the_function_and_none_leaves_a_reply_unscored(tmp_path):
     assert (pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]) == ("abcd", "xyz")
 
 
-def test_an_exception_names_the_file_line_prompt_id_and_response(tmp_path):
+def test_an_exception_names_the_file_line_prompt_id_and_response(tmp_path, monkeypatch):
     source = generations(tmp_path, {"train": [["a", "b"], ["c", "d"]]})
+    monkeypatch.setenv("SIMPO_TRACEBACK", "1")  # the exception itself, to see its cause
     with pytest.raises(RewardFunctionError) as err:
         annotate.main(annotate_args(tmp_path, f"{HERE}:raises_on_second"))
     message = str(err.value)
@@ -117,10 +118,10 @@ def test_an_exception_names_the_file_line_prompt_id_and_response(tmp_path):
 
 
 @pytest.mark.parametrize("function, kind", [("nan_score", "NaN or infinite"), ("text_score", "a str")])
-def test_nan_and_non_numbers_are_errors_naming_the_row(tmp_path, function, kind):
+def test_nan_and_non_numbers_are_errors_naming_the_row(tmp_path, capsys, function, kind):
     generations(tmp_path, {"train": [["a", "b"]]})
-    with pytest.raises(RewardFunctionError, match=rf"\({kind}\) for .*line 1 \(prompt_id p0\), response 1 of 2"):
-        annotate.main(annotate_args(tmp_path, f"{HERE}:{function}"))
+    refused(capsys, annotate.main, annotate_args(tmp_path, f"{HERE}:{function}"),
+            rf"\({kind}\) for .*line 1 \(prompt_id p0\), response 1 of 2")
     assert not (tmp_path / "annotations" / "train.jsonl").exists()
 
 
@@ -133,17 +134,17 @@ def test_a_batched_function_gets_lists_of_reward_batch_size(tmp_path):
         [1.0, 2.0], [3.0, 1.0], [2.0, 3.0], [1.0, 2.0]]
 
 
-def test_a_batched_function_returning_too_few_scores_names_the_batch(tmp_path):
+def test_a_batched_function_returning_too_few_scores_names_the_batch(tmp_path, capsys):
     generations(tmp_path, {"train": [["a", "b"], ["c", "d"]]})
-    with pytest.raises(RewardFunctionError, match=r"one score per reply \(3\).*the batch .*line 1 .*line 2"):
-        annotate.main(annotate_args(tmp_path, f"{HERE}:batched_short"))
+    refused(capsys, annotate.main, annotate_args(tmp_path, f"{HERE}:batched_short"),
+            r"one score per reply \(3\).*the batch .*line 1 .*line 2")
 
 
-def test_a_relaunch_with_another_function_is_refused(tmp_path):
+def test_a_relaunch_with_another_function_is_refused(tmp_path, capsys):
     generations(tmp_path, {"train": [["a", "bb"]]})
     annotate.main(annotate_args(tmp_path, f"{HERE}:length_score"))
-    with pytest.raises(ValueError, match="reward_function"):
-        annotate.main(annotate_args(tmp_path, f"{HERE}:batched_length"))
+    refused(capsys, annotate.main, annotate_args(tmp_path, f"{HERE}:batched_length"),
+            r"holds a run with other settings \(reward_function;")
 
 
 def test_exactly_one_of_reward_model_and_reward_function():
@@ -206,12 +207,9 @@ def test_the_yaml_key_end_to_end_generate_keep_columns_annotate_binarise(tmp_pat
 
     # what users see: the message alone, exit status 2
     for bad, message in [([f"--output_dir={tmp_path / 'x'}", "--keep_columns=[reference]"],
-                          r"simpo-generate: error: .* has no column \['reference'\] for keep_columns"),
-                         (["--keep_columns=[messages]"], r"simpo-generate: error: keep_columns \['messages'\]")]:
-        with pytest.raises(SystemExit) as done:
-            generate.main([str(config), *bad])
-        assert done.value.code == 2
-        assert re.search(message, capsys.readouterr().err)
+                          r"has no column \['reference'\] for keep_columns"),
+                         (["--keep_columns=[messages]"], r"^keep_columns \['messages'\]")]:
+        refused(capsys, generate.main, [str(config), *bad], message)
 
 
 def test_the_examples(monkeypatch):
