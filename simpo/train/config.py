@@ -10,6 +10,7 @@ from transformers import TrainingArguments
 
 from simpo.core.arguments import DataArguments, ModelArguments, check_training_numbers
 from simpo.core.elastic import ElasticResumeArguments
+from simpo.train.liger import LIGER_MISSING, liger_installed
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,8 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         if self.do_predict:
             raise ValueError("do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
                              " do_train: false to evaluate without training.")
+        if self.liger_kernels is True and not liger_installed():
+            raise ValueError(LIGER_MISSING)  # before the data and the model load
         if self.use_liger_kernel:
             raise ValueError("use_liger_kernel would also patch in Liger's loss, which simpo's fused log-probs replace;"
                              " use liger_kernels: true (the norm, RoPE and MLP kernels alone) instead.")

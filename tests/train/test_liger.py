@@ -84,3 +84,19 @@ def test_the_transformers_key_that_would_add_liger_loss_is_refused(tmp_path):
     assert SimPOConfig(output_dir=str(tmp_path), use_cpu=True).liger_kernels == "auto"
     with pytest.raises(ValueError, match="use liger_kernels: true"):
         SimPOConfig(output_dir=str(tmp_path), use_cpu=True, use_liger_kernel=True)
+
+
+def test_true_without_liger_kernel_is_refused_before_anything_loads(tmp_path, capsys, monkeypatch):
+    """The user's view, liger-kernel not installed: the message alone, exit 2, and no output_dir (refused when the
+    config is read, before the data and the model load)."""
+    from conftest import REPO
+    from refusals import refused
+
+    from simpo.train.recipe import main
+
+    out = tmp_path / "run"
+    monkeypatch.setattr("simpo.train.config.liger_installed", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["simpo-train", f"{REPO}/training_configs/tiny-simpo-cpu.yaml",
+                                      f"--output_dir={out}", "--liger_kernels=true"])
+    refused(capsys, lambda _: main(), [], r"^liger_kernels: true needs liger-kernel \(pip install liger-kernel\)")
+    assert not out.exists()
