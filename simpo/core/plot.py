@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from simpo.core.errors import report_input_errors
 from simpo.core.parser import CommandParser
 from simpo.core.resume import last_complete_checkpoint
+from simpo.data.validation import DataError
 
 CURVES_FILE = "training_curves.png"
 
@@ -53,7 +54,7 @@ def state_file(output_dir: str) -> str:
         return path
     checkpoint = last_complete_checkpoint(output_dir)
     if checkpoint is None:
-        raise FileNotFoundError(f"No trainer_state.json in {output_dir} (nor in a checkpoint-* folder under it).")
+        raise DataError(f"No trainer_state.json in {output_dir} (nor in a checkpoint-* folder under it).")
     return os.path.join(checkpoint, "trainer_state.json")
 
 
@@ -118,9 +119,9 @@ def plot_run(output_dir: str, out: str | None = None) -> dict:
             panels[panel] = lines
     if not panels:
         every = state.get("logging_steps")
-        raise ValueError(f"{output_dir}: the log history has no metric to plot: nothing was logged in its"
-                         f" {state.get('global_step')} steps (a log every {every} steps, no evaluation). Set"
-                         " logging_steps below the number of steps, or evaluate (eval_strategy), for curves.")
+        raise DataError(f"{output_dir}: the log history has no metric to plot: nothing was logged in its"
+                        f" {state.get('global_step')} steps (a log every {every} steps, no evaluation). Set"
+                        " logging_steps below the number of steps, or evaluate (eval_strategy), for curves.")
     title = f"{'SFT' if sft else 'SimPO'} run: {os.path.abspath(output_dir)}"
     draw(panels, out or os.path.join(output_dir, CURVES_FILE), title)
     return panels
@@ -142,7 +143,7 @@ def compare_runs(output_dirs: list[str], out: str) -> dict:
         if lines:
             panels[panel] = lines
     if not panels:
-        raise ValueError("None of these runs logged an evaluation: set eval_strategy (and an eval split).")
+        raise DataError("None of these runs logged an evaluation: set eval_strategy (and an eval split).")
     draw(panels, out, f"eval curves of {len(output_dirs)} runs", eval_dashed=False)
     return panels
 
@@ -157,15 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dirs", nargs="+", metavar="OUTPUT_DIR", help="a run's output_dir")
     parser.add_argument("--out", help=f"PNG to write (default: OUTPUT_DIR/{CURVES_FILE}, or compare.png)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if len(args.output_dirs) == 1:
-            out = args.out or os.path.join(args.output_dirs[0], CURVES_FILE)
-            panels = plot_run(args.output_dirs[0], out)
-        else:
-            out = args.out or "compare.png"
-            panels = compare_runs(args.output_dirs, out)
-    except (FileNotFoundError, ValueError) as error:
-        parser.exit(2, f"simpo-plot: error: {error}\n")
+    if len(args.output_dirs) == 1:
+        out = args.out or os.path.join(args.output_dirs[0], CURVES_FILE)
+        panels = plot_run(args.output_dirs[0], out)
+    else:
+        out = args.out or "compare.png"
+        panels = compare_runs(args.output_dirs, out)
     print(f"Wrote {out} ({len(panels)} panels: {', '.join(panels)})")
     return 0
 

@@ -57,16 +57,13 @@ def command_line() -> str:
 
 def masked_secrets(parts: list[str]) -> list[str]:
     """`--hub_token=hf_x` and `--hub_token hf_x` (any key ending in token) with the value as <TOKEN>."""
-    shown, hide_next = [], False
-    for part in parts:
-        secret = SECRET_ARGUMENT.match(part)
-        if hide_next:
-            shown.append("<TOKEN>")
-        elif secret and secret[2]:
-            shown.append(f"{secret[1]}=<TOKEN>")
-        else:
-            shown.append(part)
-        hide_next = bool(secret) and not secret[2] and not hide_next
+    shown = list(parts)
+    for i, part in enumerate(parts):
+        if secret := SECRET_ARGUMENT.match(part):
+            if secret[2]:
+                shown[i] = f"{secret[1]}=<TOKEN>"
+            elif i + 1 < len(parts):
+                shown[i + 1] = "<TOKEN>"
     return shown
 
 

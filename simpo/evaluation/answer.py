@@ -48,7 +48,7 @@ def read_questions(path: str, benchmark: str) -> list[dict]:
             value = json.loads(document)
         except json.JSONDecodeError as err:
             raise DataError(f"{path} line {number + err.lineno - 1}: not JSON ({err.msg}); give the benchmark's"
-                             " question file.") from err
+                            " question file.") from err
         rows += value if is_list else [value]
     if not rows:
         raise DataError(f"{path} holds no questions: give the benchmark's question file.")
@@ -63,7 +63,7 @@ def read_questions(path: str, benchmark: str) -> list[dict]:
             turns = [t.get("content") if isinstance(t, dict) else t for t in row.get("turns") or [row.get("prompt")]]
         if not all(isinstance(t, str) and t for t in turns):
             raise DataError(f"{path} row {n}: no question text in {field} for {benchmark} (got {turns!r:.100}): is"
-                             " this the benchmark's question file?")
+                            " this the benchmark's question file?")
         questions.append({"id": row.get("question_id", n), "turns": turns, "category": row.get("category"),
                           "raw": row})
     return questions

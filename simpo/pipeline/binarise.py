@@ -67,8 +67,8 @@ def read_annotations(path: str) -> list[dict]:
                 f"{len(scores) if isinstance(scores, list) else scores!r:.40} scores for"
                 f" {len(responses) if isinstance(responses, list) else responses!r:.40} responses")
             raise DataError(f"{path} line {number}: a row needs 'responses' and 'scores' (one score per response),"
-                             f" this one has {found}. Give simpo-annotate's output: rerun simpo-annotate with this"
-                             " config.")
+                            f" this one has {found}. Give simpo-annotate's output: rerun simpo-annotate with this"
+                            " config.")
         rows.append(row)
     return rows
 

@@ -94,7 +94,7 @@ def numbered_jsonl(path: str, made_by: str | None = None) -> list[tuple[int, dic
                 fix = (f" Rerun {made_by} with the same config: it keeps its finished units and rewrites this file"
                        " from them." if made_by else "")
                 raise DataError(f"{path} line {number} is not a whole JSON row ({err.msg}; was the file cut"
-                                 f" short?).{fix}") from err
+                                f" short?).{fix}") from err
     return rows
 
 

@@ -3,11 +3,13 @@
 import glob
 import json
 import logging
+import re
 import shutil
 from types import SimpleNamespace
 
 import matplotlib.image
 import pytest
+from refusals import refused
 
 from simpo.core.plot import CURVES_FILE, RUN_PANELS, compare_runs, main, plot_run
 from simpo.core.reporting import plot_curves
@@ -99,9 +101,7 @@ def test_simpo_plot_one_dir_and_errors(tmp_path, capsys):
     panels = plot_run(str(tmp_path), str(tmp_path / "b.png"))
     assert set(panels) == {"loss", "accuracy and share of margins > gamma", "learning rate"}
     assert panels["loss"] == [("loss", [5, 10], [0.69, 0.6]), ("eval_loss", [0, 10], [0.7, 0.65])]
-    with pytest.raises(SystemExit) as error:
-        main([str(tmp_path / "missing")])
-    assert error.value.code == 2 and "trainer_state.json" in capsys.readouterr().err
+    refused(capsys, main, [str(tmp_path / "missing")], re.escape(f"No trainer_state.json in {tmp_path / 'missing'}"))
 
 
 def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):

@@ -190,9 +190,8 @@ def test_simpo_answer_relaunched_resumes_and_refuses_another_batch_size(in_workd
 
 
 def test_simpo_answer_batch_size_below_one_is_refused(in_workdir, capsys):
-    with pytest.raises(SystemExit) as done:
-        answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", "q.json", "--batch-size", "0"])
-    assert done.value.code == 2 and "--batch-size must be at least 1 (got 0)" in capsys.readouterr().err
+    refused(capsys, answer_cli.main, [RUN, "--benchmark", "alpaca_eval", "--questions", "q.json", "--batch-size", "0"],
+            re.escape("--batch-size must be at least 1 (got 0)"))
 
 
 @pytest.mark.parametrize("content,message", [
@@ -205,10 +204,7 @@ def test_simpo_answer_batch_size_below_one_is_refused(in_workdir, capsys):
 def test_simpo_answer_names_what_is_wrong_with_a_question_file(in_workdir, tmp_path, capsys, content, message):
     path = tmp_path / "questions.json"
     path.write_text(content)
-    with pytest.raises(SystemExit) as done:
-        answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", str(path)])
-    assert done.value.code == 2
-    assert re.search(message, capsys.readouterr().err)
+    refused(capsys, answer_cli.main, [RUN, "--benchmark", "alpaca_eval", "--questions", str(path)], message)
 
 
 def test_jsonl_question_files_name_the_broken_line(tmp_path):
@@ -226,10 +222,7 @@ def test_a_folder_that_is_not_a_finished_run_is_named(in_workdir, tmp_path, caps
         [*argv, "--benchmark", "alpaca_eval", "--questions", "q.json"])
     for folder, message in ((empty, "holds no saved model (no config.json or adapter_config.json and no"
                                     " tokenizer_config.json)"), (missing, "is not a folder")):
-        with pytest.raises(SystemExit) as done:
-            main([str(folder)])
-        assert done.value.code == 2
-        assert f"{folder} {message}" in capsys.readouterr().err
+        refused(capsys, main, [str(folder)], re.escape(f"{folder} {message}"))
 
 
 def test_run_config_masks_a_set_hub_token_and_keeps_unset_tokens_unset(tmp_path):

@@ -1,12 +1,12 @@
-"""How a test sees a command's refusal as its user does: exit status 2 and `prog: error: <message>` on stderr, with
-no traceback (simpo/core/errors.py)."""
+"""How a test sees a command's refusal as its user does: exit status 2 and `prog: error: <message>` ending stderr, with
+no traceback: argparse's form (after the usage) or simpo's (with the SIMPO_TRACEBACK hint, simpo/core/errors.py)."""
 
 import re
 
 import pytest
 
-ERROR_LINE = re.compile(r"^(?P<prog>[\w-]+)(?: \[rank \d+\])?: error: (?P<message>.*)\n\(set SIMPO_TRACEBACK=1 for the"
-                        r" traceback\)\n\Z", re.DOTALL | re.MULTILINE)
+ERROR_LINE = re.compile(r"^(?P<prog>[\w-]+)(?: \[rank \d+\])?: error: (?P<message>.*?)"
+                        r"(?:\n\(set SIMPO_TRACEBACK=1 for the traceback\))?\n\Z", re.DOTALL | re.MULTILINE)
 
 
 def refused(capsys, main, argv: list[str], pattern: str) -> str:
