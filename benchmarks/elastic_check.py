@@ -21,19 +21,47 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = {"fsdp2": "accelerate_configs/fsdp.yaml", "ddp": "accelerate_configs/multi_gpu.yaml",
-           "zero3": "accelerate_configs/deepspeed_zero3.yaml"}
-TRAIN = ["training_configs/tiny-simpo-cpu.yaml", "--max_steps=4", "--eval_strategy=no", "--eval_on_start=false",
-         "--do_eval=false", "--report_to=none", "--save_strategy=steps", "--save_steps=100", "--logging_steps=1",
-         "--use_cpu=false", "--bf16=false", "--torch_dtype=float32"]
+CONFIGS = {
+    "fsdp2": "accelerate_configs/fsdp.yaml",
+    "ddp": "accelerate_configs/multi_gpu.yaml",
+    "zero3": "accelerate_configs/deepspeed_zero3.yaml",
+}
+TRAIN = [
+    "training_configs/tiny-simpo-cpu.yaml",
+    "--max_steps=4",
+    "--eval_strategy=no",
+    "--eval_on_start=false",
+    "--do_eval=false",
+    "--report_to=none",
+    "--save_strategy=steps",
+    "--save_steps=100",
+    "--logging_steps=1",
+    "--use_cpu=false",
+    "--bf16=false",
+    "--torch_dtype=float32",
+]
 LEGS = ((2, 1), (1, 3), (2, None))
 TIMEOUT_S = int(os.environ.get("RUN_TIMEOUT_S", "200"))
 
 
 def launch(config: str, processes: int, probe: Path, out: Path, stop_at: int | None) -> str:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--num_processes",
-           str(processes), "--mixed_precision", "no", "--main_process_port", "0", "tests/helpers/dist_train.py",
-           str(probe), *TRAIN, f"--output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        config,
+        "--num_processes",
+        str(processes),
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "0",
+        "tests/helpers/dist_train.py",
+        str(probe),
+        *TRAIN,
+        f"--output_dir={out}",
+    ]
     env = {**os.environ, "PROBE_STOP_AT_STEP": str(stop_at or ""), "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     return run.stdout + run.stderr
@@ -85,8 +113,11 @@ def main() -> int:
         print(json.dumps(rows[-1]), flush=True)
     (results / "elastic_check.json").write_text(json.dumps(rows, indent=1))
     lines = ["| launcher | same pairs per step | max weight diff | ok |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['launcher']} | {r.get('same_pairs_per_step', '-')} | {r.get('max_abs_weight_diff', '-')} | "
-              f"{r.get('skipped') or r['ok']} |" for r in rows]
+    lines += [
+        f"| {r['launcher']} | {r.get('same_pairs_per_step', '-')} | {r.get('max_abs_weight_diff', '-')} | "
+        f"{r.get('skipped') or r['ok']} |"
+        for r in rows
+    ]
     (results / "elastic_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0 if all(r["ok"] is not False for r in rows) else 1

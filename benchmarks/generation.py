@@ -32,18 +32,25 @@ from simpo.pipeline.backends import TransformersBackend
 from simpo.pipeline.generate import plan_units
 
 SIZES = {  # 1b: TinyLlama-1.1B's layers (as benchmarks/gpu_check_run.py), on the tiny 653-token vocabulary
-    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
-                  num_key_value_heads=2),
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-               num_key_value_heads=4),
+    "small": dict(
+        hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "1b": dict(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4
+    ),
 }
 
 
 def build(folder: Path, size: str, dtype: torch.dtype):
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "assets" / "tiny-llama")
     tokenizer.pad_token = tokenizer.eos_token
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **SIZES[size])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **SIZES[size],
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(folder)
@@ -69,9 +76,13 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=None, help="default 32 on CPU, 256 on GPU")
     parser.add_argument("--batch", type=int, default=None, help="default 16 on CPU, 64 on GPU")
     parser.add_argument("--max-tokens", type=int, default=None, help="default 32 on CPU, 256 on GPU")
-    parser.add_argument("--plain-prompts", type=int, default=32,
-                        help="prompts the one-at-a-time baseline decodes (its rate is per prompt; all of them would"
-                        " take minutes on a GPU)")
+    parser.add_argument(
+        "--plain-prompts",
+        type=int,
+        default=32,
+        help="prompts the one-at-a-time baseline decodes (its rate is per prompt; all of them would"
+        " take minutes on a GPU)",
+    )
     parser.add_argument("--out", help="results stem (default benchmarks/results/generation_<device>)")
     args = parser.parse_args()
     gpu = args.device != "cpu"
@@ -81,8 +92,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         tokenizer, params = build(Path(folder), args.size, dtype)
-        model_args = SimpleNamespace(model_name_or_path=folder, model_revision="main", trust_remote_code=False,
-                                     torch_dtype=args.dtype, attn_implementation="sdpa")
+        model_args = SimpleNamespace(
+            model_name_or_path=folder,
+            model_revision="main",
+            trust_remote_code=False,
+            torch_dtype=args.dtype,
+            attn_implementation="sdpa",
+        )
         backend = TransformersBackend(model_args, tokenizer, temperature=0.8, top_p=0.95, max_tokens=max_tokens)
     backend.config.eos_token_id = None  # no early stops: every sample is max_tokens long
     rng = np.random.default_rng(0)
@@ -98,33 +114,57 @@ def main() -> None:
 
     def one_at_a_time():
         for ids in plain_prompts:
-            backend.model.generate(input_ids=torch.tensor([ids], device=backend.device),
-                                   attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=backend.device),
-                                   generation_config=backend.config)
+            backend.model.generate(
+                input_ids=torch.tensor([ids], device=backend.device),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=backend.device),
+                generation_config=backend.config,
+            )
 
     backend.generate(prompts[:2], 0, [])  # warm-up: kernels, allocator
     results = {}
-    for name, fn, count in (("batched (simpo-generate)", batched, n),
-                            ("one prompt at a time (plain)", one_at_a_time, len(plain_prompts))):
+    for name, fn, count in (
+        ("batched (simpo-generate)", batched, n),
+        ("one prompt at a time (plain)", one_at_a_time, len(plain_prompts)),
+    ):
         seconds = timed(fn)
-        results[name] = {"prompts": count, "seconds": seconds, "samples_per_s": count / seconds,
-                         "tokens_per_s": count * max_tokens / seconds}
+        results[name] = {
+            "prompts": count,
+            "seconds": seconds,
+            "samples_per_s": count / seconds,
+            "tokens_per_s": count * max_tokens / seconds,
+        }
     plain = results["one prompt at a time (plain)"]["samples_per_s"]
     for result in results.values():
         result["vs_plain"] = result["samples_per_s"] / plain
 
     device_name = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
-    meta = {"device": args.device, "device_name": device_name, "dtype": args.dtype, "parameters": params,
-            "prompts": n, "batch": batch, "max_tokens": max_tokens, "median_prompt_tokens": int(np.median(lengths)),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "load_average_1min": round(os.getloadavg()[0], 1)}
+    meta = {
+        "device": args.device,
+        "device_name": device_name,
+        "dtype": args.dtype,
+        "parameters": params,
+        "prompts": n,
+        "batch": batch,
+        "max_tokens": max_tokens,
+        "median_prompt_tokens": int(np.median(lengths)),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 1),
+    }
     stem = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"generation_{'cuda' if gpu else 'cpu'}"
     stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    lines = [f"# simpo-generate sampling throughput ({args.device}, {args.dtype})", "",
-             ", ".join(f"{k} {v}" for k, v in meta.items()), "",
-             "| path | samples/s | new tokens/s | vs plain |", "|---|---|---|---|"]
-    lines += [f"| {name} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['vs_plain']:.2f}x |"
-              for name, r in results.items()]
+    lines = [
+        f"# simpo-generate sampling throughput ({args.device}, {args.dtype})",
+        "",
+        ", ".join(f"{k} {v}" for k, v in meta.items()),
+        "",
+        "| path | samples/s | new tokens/s | vs plain |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {r['samples_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['vs_plain']:.2f}x |"
+        for name, r in results.items()
+    ]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

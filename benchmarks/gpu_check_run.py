@@ -44,10 +44,24 @@ MODES = {
     "padding_free": (["--padding_free=true"], True, "prefix sharing + padding-free"),
     "lora": (["--use_peft=true", "--lora_r=16", "--lora_alpha=32"], True, "prefix sharing"),
 }
-LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                    num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True)
-SMOKE = dict(vocab_size=4096, hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, tie_word_embeddings=True)
+LLAMA_3_2_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    tie_word_embeddings=True,
+)
+SMOKE = dict(
+    vocab_size=4096,
+    hidden_size=128,
+    intermediate_size=352,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+)
 
 YAML = """\
 # Written by benchmarks/gpu_check_run.py build: SimPO on a random-init Llama and long synthetic pairs.
@@ -90,8 +104,12 @@ def build(work: Path, smoke: bool) -> None:
     tokenizer = AutoTokenizer.from_pretrained(ROOT / "assets" / "tiny-llama")
     # The head has the full vocabulary (the tiny tokenizer uses its first 653 ids): the fused path's tiles, the
     # check of the head and the logits' memory are those of a 128k-vocabulary model.
-    config = LlamaConfig(max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, **(SMOKE if smoke else LLAMA_3_2_1B))
+    config = LlamaConfig(
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **(SMOKE if smoke else LLAMA_3_2_1B),
+    )
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() and not smoke else "cpu"
     with torch.device(device):  # initialising a billion weights on the GPU takes seconds, on CPU a minute
@@ -112,12 +130,22 @@ def build(work: Path, smoke: bool) -> None:
         for _ in range(128):
             prompt = text(rng.randint(200, 400) // scale)
             user = {"role": "user", "content": prompt}
-            row = {side: [user, {"role": "assistant", "content": text(rng.randint(400, 650) // scale)}]
-                   for side in ("chosen", "rejected")}
+            row = {
+                side: [user, {"role": "assistant", "content": text(rng.randint(400, 650) // scale)}]
+                for side in ("chosen", "rejected")
+            }
             f.write(json.dumps({"prompt": prompt, **row}) + "\n")
-    (work / "llama-random.yaml").write_text(YAML.format(
-        model=work / "llama-random", data=work / "long-prefs", steps=10, batch=2 if smoke else 8,
-        dtype="float32" if smoke else "bfloat16", bf16=str(not smoke).lower(), cpu=str(smoke).lower()))
+    (work / "llama-random.yaml").write_text(
+        YAML.format(
+            model=work / "llama-random",
+            data=work / "long-prefs",
+            steps=10,
+            batch=2 if smoke else 8,
+            dtype="float32" if smoke else "bfloat16",
+            bf16=str(not smoke).lower(),
+            cpu=str(smoke).lower(),
+        )
+    )
 
 
 class Probe:
@@ -151,8 +179,11 @@ def compile_counts() -> dict:
     """torch.compile's seconds, graphs and recompiles so far in this process (the run records its own share)."""
     from torch._dynamo.utils import compilation_time_metrics, counters
 
-    return {"compile_s": round(sum(compilation_time_metrics.get("_compile.compile_inner", [])), 1),
-            "graphs": counters["stats"].get("unique_graphs", 0), "recompiles": sum(counters["recompiles"].values())}
+    return {
+        "compile_s": round(sum(compilation_time_metrics.get("_compile.compile_inner", [])), 1),
+        "graphs": counters["stats"].get("unique_graphs", 0),
+        "recompiles": sum(counters["recompiles"].values()),
+    }
 
 
 def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[str]) -> None:
@@ -190,19 +221,28 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
                 raise SystemExit(code)
             history = json.loads((out / "trainer_state.json").read_text())["log_history"]
             losses = [h["loss"] for h in history if "loss" in h]
-            timed = [h["tokens/per_second"] for h in history
-                     if "tokens/per_second" in h and h["step"] > TIMED_AFTER_STEP]
-            record.update(status="ok", losses=losses, first_loss=losses[0] if losses else None,
-                          tiled_calls=probe.tiled_calls, loss_calls=probe.loss_calls, layout=probe.layout,
-                          attention=probe.attention, seconds=round(time.perf_counter() - started, 1),
-                          # what really ran (never "auto"), and what compiling cost this mode
-                          kernel=", ".join(sorted(Counter(KERNELS_RUN) - kernels_before)) or "plain (full logits)",
-                          **{k: v - compile_before[k] for k, v in compile_counts().items()},
-                          tokens_per_s=sum(timed) / len(timed) if timed else None, params=meter.params,
-                          peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-                          distributed_type=str(PartialState().distributed_type).split(".")[-1],
-                          num_processes=PartialState().num_processes,
-                          device=torch.cuda.get_device_name() if cuda else platform.processor() or "cpu")
+            timed = [
+                h["tokens/per_second"] for h in history if "tokens/per_second" in h and h["step"] > TIMED_AFTER_STEP
+            ]
+            record.update(
+                status="ok",
+                losses=losses,
+                first_loss=losses[0] if losses else None,
+                tiled_calls=probe.tiled_calls,
+                loss_calls=probe.loss_calls,
+                layout=probe.layout,
+                attention=probe.attention,
+                seconds=round(time.perf_counter() - started, 1),
+                # what really ran (never "auto"), and what compiling cost this mode
+                kernel=", ".join(sorted(Counter(KERNELS_RUN) - kernels_before)) or "plain (full logits)",
+                **{k: v - compile_before[k] for k, v in compile_counts().items()},
+                tokens_per_s=sum(timed) / len(timed) if timed else None,
+                params=meter.params,
+                peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                distributed_type=str(PartialState().distributed_type).split(".")[-1],
+                num_processes=PartialState().num_processes,
+                device=torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
+            )
         except Exception as error:  # one failing mode must not hide the others' results
             record.update(status="failed", error=f"{type(error).__name__}: {str(error)[:400]}")
         if PartialState().is_main_process:
@@ -262,9 +302,16 @@ def report(results: Path, stem: str, allow_skipped: bool = False) -> int:
         shell = path.read_text().strip()
         for mode in modes.split(","):
             found = results / f"{model}__{launcher}__{mode}.json"
-            run = json.loads(found.read_text()) if found.exists() else {
-                "model": model, "launcher": launcher, "mode": mode, "status": shell if shell != "ok" else
-                "failed: no result written"}
+            run = (
+                json.loads(found.read_text())
+                if found.exists()
+                else {
+                    "model": model,
+                    "launcher": launcher,
+                    "mode": mode,
+                    "status": shell if shell != "ok" else "failed: no result written",
+                }
+            )
             log = results / f"{path.stem}.log"
             if run["status"] != "ok" and log.exists():
                 lines = log.read_text(errors="replace").splitlines()
@@ -281,11 +328,13 @@ def report(results: Path, stem: str, allow_skipped: bool = False) -> int:
     Path(f"{stem}.json").write_text(json.dumps(summary, indent=1))
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     lines = [
-        f"# GPU acceptance check, {summary['date_utc']} UTC", "",
+        f"# GPU acceptance check, {summary['date_utc']} UTC",
+        "",
         "The SimPO recipe under each launcher (1 process each), bf16 (fp32 in a CPU SMOKE run), on the tiny model and "
         "a random Llama with Llama-3.2-1B's shape. ok: finished, first-step loss within "
         f"{LOSS_TOLERANCE} of the same model's single-process plain path, finite losses, fused log-probs at every "
-        "step where asked for, the layout asked for. MFU = 6 x params x tokens/s / peak bf16 FLOP/s.", "",
+        "step where asked for, the layout asked for. MFU = 6 x params x tokens/s / peak bf16 FLOP/s.",
+        "",
         "| model | launcher | mode | verdict | first loss | fused steps | log-prob kernel | layout | attention | "
         "tokens/s | peak GiB | MFU | compile s | graphs | recompiles |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -296,7 +345,8 @@ def report(results: Path, stem: str, allow_skipped: bool = False) -> int:
             f"{r.get('tiled_calls', '-')}/{r.get('loss_calls', '-')} | {r.get('kernel', '-')} | "
             f"{r.get('layout', '-')} | {r.get('attention', '-')} | {fmt(r.get('tokens_per_s'), ',.0f')} | "
             f"{fmt(r.get('peak_memory_gib'), '.2f')} | {fmt(r.get('mfu'), '.1%')} | {fmt(r.get('compile_s'), '.1f')} "
-            f"| {r.get('graphs', '-')} | {r.get('recompiles', '-')} |")
+            f"| {r.get('graphs', '-')} | {r.get('recompiles', '-')} |"
+        )
     lines += [""] + [f"- {r['model']} / {r['launcher']} / {r['mode']}: {r['error']}" for r in runs if r.get("error")]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()), ""]
     Path(f"{stem}.md").write_text("\n".join(lines))

@@ -60,52 +60,131 @@ class System:
 SYSTEMS = [
     System("trl", 'TRL CPOTrainer(loss_type="simpo", cpo_alpha=0)', "trl"),
     # simpo's rows: its defaults, checkpointing auto included (the TRL rows keep the shared config's checkpointing)
-    System("simpo", "simpo default (fused log-probs, prefix sharing auto: FlexAttention on GPUs, checkpointing auto)",
-           "simpo", {"activation_checkpointing": "auto"}),
-    System("simpo_dense_masks", "simpo, prefix sharing with dense sdpa masks (flex_attention: false)", "simpo",
-           {"flex_attention": False}),
+    System(
+        "simpo",
+        "simpo default (fused log-probs, prefix sharing auto: FlexAttention on GPUs, checkpointing auto)",
+        "simpo",
+        {"activation_checkpointing": "auto"},
+    ),
+    System(
+        "simpo_dense_masks",
+        "simpo, prefix sharing with dense sdpa masks (flex_attention: false)",
+        "simpo",
+        {"flex_attention": False},
+    ),
     System("simpo_no_prefix", "simpo, fused log-probs, no prefix sharing", "simpo", {"prefix_sharing": False}),
-    System("simpo_padding_free", "simpo, padding_free: true (checkpointing auto)", "simpo",
-           {"padding_free": True, "activation_checkpointing": "auto"}),
-    System("simpo_compiled", "simpo default + torch_compile: true", "simpo", {"torch_compile": True},
-           gpu_only=True),
-    System("simpo_plain", "simpo plain path (no fused log-probs, no prefix sharing)", "simpo",
-           {"fused_logps": False, "prefix_sharing": False}),
-    System("trl_liger", "TRL CPOTrainer simpo + Liger kernels (use_liger_kernel)", "trl",
-           {"use_liger_kernel": True}, requires="liger_kernel"),
+    System(
+        "simpo_padding_free",
+        "simpo, padding_free: true (checkpointing auto)",
+        "simpo",
+        {"padding_free": True, "activation_checkpointing": "auto"},
+    ),
+    System("simpo_compiled", "simpo default + torch_compile: true", "simpo", {"torch_compile": True}, gpu_only=True),
+    System(
+        "simpo_plain",
+        "simpo plain path (no fused log-probs, no prefix sharing)",
+        "simpo",
+        {"fused_logps": False, "prefix_sharing": False},
+    ),
+    System(
+        "trl_liger",
+        "TRL CPOTrainer simpo + Liger kernels (use_liger_kernel)",
+        "trl",
+        {"use_liger_kernel": True},
+        requires="liger_kernel",
+    ),
 ]
 
-LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                    num_attention_heads=32, num_key_value_heads=8)
+LLAMA_3_2_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+)
 SETTINGS = {
     # budget_*: the memory-budget search (a grid of budget_step pairs up to budget_max_batch, at most budget_tries
     # runs a system, each budget_warmup + budget_timed steps); min_run_s: no run starts with less time left.
-    "gpu": dict(shape=LLAMA_3_2_1B, lengths={"prompt": [110, 0.7], "response": [310, 0.55], "max": 1000},
-                num_pairs=512, batch=8, warmup=3, timed=12, max_length=2048, max_prompt_length=1800,
-                dtype="bfloat16", device="cuda", memory_budget_gib=80.0, budget_step=8, budget_max_batch=128,
-                budget_tries=3, budget_warmup=1, budget_timed=2, time_budget_s=480, run_timeout_s=150,
-                min_run_s=20),
-    "smoke": dict(shape=dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2),
-                  lengths={"prompt": [12, 0.5], "response": [30, 0.6], "max": 100},
-                  num_pairs=16, batch=4, warmup=1, timed=1, max_length=256, max_prompt_length=128,
-                  dtype="float32", device="cpu", memory_budget_gib=0.11, budget_step=4, budget_max_batch=8,
-                  budget_tries=2, budget_warmup=1, budget_timed=1, time_budget_s=600, run_timeout_s=120, min_run_s=2),
+    "gpu": dict(
+        shape=LLAMA_3_2_1B,
+        lengths={"prompt": [110, 0.7], "response": [310, 0.55], "max": 1000},
+        num_pairs=512,
+        batch=8,
+        warmup=3,
+        timed=12,
+        max_length=2048,
+        max_prompt_length=1800,
+        dtype="bfloat16",
+        device="cuda",
+        memory_budget_gib=80.0,
+        budget_step=8,
+        budget_max_batch=128,
+        budget_tries=3,
+        budget_warmup=1,
+        budget_timed=2,
+        time_budget_s=480,
+        run_timeout_s=150,
+        min_run_s=20,
+    ),
+    "smoke": dict(
+        shape=dict(
+            vocab_size=4096,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+        lengths={"prompt": [12, 0.5], "response": [30, 0.6], "max": 100},
+        num_pairs=16,
+        batch=4,
+        warmup=1,
+        timed=1,
+        max_length=256,
+        max_prompt_length=128,
+        dtype="float32",
+        device="cpu",
+        memory_budget_gib=0.11,
+        budget_step=4,
+        budget_max_batch=8,
+        budget_tries=2,
+        budget_warmup=1,
+        budget_timed=1,
+        time_budget_s=600,
+        run_timeout_s=120,
+        min_run_s=2,
+    ),
 }
 
 
 def shared_config(s: dict, batch: int, steps: int, output_dir: str) -> dict:
     """The run every system shares, in simpo's key names (the TRL rows get the same TrainingArguments)."""
     return {
-        "torch_dtype": s["dtype"], "attn_implementation": "sdpa", "bf16": s["dtype"] == "bfloat16",
-        "use_cpu": s["device"] == "cpu", "beta": 2.0, "gamma_beta_ratio": 0.5, "max_length": s["max_length"],
-        "max_prompt_length": s["max_prompt_length"], "per_device_train_batch_size": batch,
-        "gradient_accumulation_steps": 1, "max_steps": steps, "learning_rate": 1e-6, "lr_scheduler_type": "constant",
-        "optim": "adamw_torch", "activation_checkpointing": True,
+        "torch_dtype": s["dtype"],
+        "attn_implementation": "sdpa",
+        "bf16": s["dtype"] == "bfloat16",
+        "use_cpu": s["device"] == "cpu",
+        "beta": 2.0,
+        "gamma_beta_ratio": 0.5,
+        "max_length": s["max_length"],
+        "max_prompt_length": s["max_prompt_length"],
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": 1,
+        "max_steps": steps,
+        "learning_rate": 1e-6,
+        "lr_scheduler_type": "constant",
+        "optim": "adamw_torch",
+        "activation_checkpointing": True,
         "activation_checkpointing_kwargs": {"use_reentrant": False},
         "train_sampling_strategy": "sequential",  # the same pairs in the same order for every system
-        "seed": 42, "logging_steps": 10_000, "save_strategy": "no", "eval_strategy": "no", "report_to": "none",
-        "disable_tqdm": True, "output_dir": output_dir,
+        "seed": 42,
+        "logging_steps": 10_000,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "output_dir": output_dir,
     }
 
 
@@ -129,8 +208,17 @@ class Runner:
         self.context = multiprocessing.get_context(start_method)
         # deepspeed: accelerate imports it when installed (a second a run otherwise); missing modules are skipped
         if start_method == "forkserver":
-            self.context.set_forkserver_preload(["torch", "transformers", "datasets", "deepspeed", "gpu_train_worker",
-                                                 "simpo.train.trainer", "trl.experimental.cpo"])
+            self.context.set_forkserver_preload(
+                [
+                    "torch",
+                    "transformers",
+                    "datasets",
+                    "deepspeed",
+                    "gpu_train_worker",
+                    "simpo.train.trainer",
+                    "trl.experimental.cpo",
+                ]
+            )
         warm = self.context.Process(target=cuda_works if s["device"] == "cuda" else os.getpid)
         warm.start(), warm.join()  # starts the server, so that no run's time includes it
         if warm.exitcode != 0:
@@ -155,11 +243,21 @@ class Runner:
         self.runs += 1
         run_dir = self.workdir / f"{self.runs:02d}-{system.name}-b{batch}"
         run_dir.mkdir(parents=True)
-        spec = {"trainer": system.trainer, "keys": system.keys, "shape": self.s["shape"],
-                "lengths": self.s["lengths"], "num_pairs": self.s["num_pairs"], "seed": 0, "warmup": warmup,
-                "timed": timed, "device": self.s["device"], "memory_budget_gib": budget_gib,
-                "workdir": str(run_dir), "result": str(run_dir / "result.json"),
-                "config": shared_config(self.s, batch, warmup + timed, str(run_dir / "out"))}
+        spec = {
+            "trainer": system.trainer,
+            "keys": system.keys,
+            "shape": self.s["shape"],
+            "lengths": self.s["lengths"],
+            "num_pairs": self.s["num_pairs"],
+            "seed": 0,
+            "warmup": warmup,
+            "timed": timed,
+            "device": self.s["device"],
+            "memory_budget_gib": budget_gib,
+            "workdir": str(run_dir),
+            "result": str(run_dir / "result.json"),
+            "config": shared_config(self.s, batch, warmup + timed, str(run_dir / "out")),
+        }
         start = time.monotonic()
         process = self.context.Process(target=gpu_train_worker.main, args=(spec, str(run_dir / "log.txt")))
         process.start()
@@ -182,15 +280,19 @@ class Runner:
 def summary(result: dict) -> str:
     if result["status"] != "ok":
         return f"{result['status']} {result.get('error', '')}"
-    return (f"{result['pairs_per_s']:.2f} pairs/s, {result['tokens_per_s']:,.0f} tokens/s, first-step loss "
-            f"{result['first_loss']:.5f} ({result['wall_s']:.0f} s)")
+    return (
+        f"{result['pairs_per_s']:.2f} pairs/s, {result['tokens_per_s']:,.0f} tokens/s, first-step loss "
+        f"{result['first_loss']:.5f} ({result['wall_s']:.0f} s)"
+    )
 
 
 def throughput_table(runner: Runner, systems: list[System]) -> list[dict]:
     s = runner.s
     print(f"== throughput: {s['batch']} pairs a step, {s['timed']} timed steps after {s['warmup']} warm-up")
-    return [{"system": x.name, "label": x.label, "batch": s["batch"],
-             **runner.run(x, s["batch"], s["warmup"], s["timed"])} for x in systems]
+    return [
+        {"system": x.name, "label": x.label, "batch": s["batch"], **runner.run(x, s["batch"], s["warmup"], s["timed"])}
+        for x in systems
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,15 +300,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, fp32: the plumbing, in CI")
     parser.add_argument("--systems", default=",".join(x.name for x in SYSTEMS), help="comma-separated SYSTEMS names")
     parser.add_argument("--parts", default="table,budget", help="table, budget, or both (the default)")
-    parser.add_argument("--memory-budget-gib", type=float, help="GPU: the memory a run may use (default 80). "
-                        "--smoke: how much the data segment may grow once training starts (default 0.11)")
+    parser.add_argument(
+        "--memory-budget-gib",
+        type=float,
+        help="GPU: the memory a run may use (default 80). "
+        "--smoke: how much the data segment may grow once training starts (default 0.11)",
+    )
     parser.add_argument("--budget-max-batch", type=int, help="largest batch the search tries (128; 8)")
     parser.add_argument("--time-budget-s", type=float, help="no run starts after this many seconds (480; 600)")
     parser.add_argument("--run-timeout-s", type=float, help="one run's limit in seconds (150; 120)")
     parser.add_argument("--out-dir", help="where the results go (benchmarks/results; --smoke: outputs/gpu_train)")
-    parser.add_argument("--start-method", choices=["forkserver", "spawn"], default="forkserver",
-                        help="how runs start: forked from a server with the imports done (falls back to spawn by "
-                        "itself when a forked process cannot use the GPU), or a fresh interpreter each")
+    parser.add_argument(
+        "--start-method",
+        choices=["forkserver", "spawn"],
+        default="forkserver",
+        help="how runs start: forked from a server with the imports done (falls back to spawn by "
+        "itself when a forked process cannot use the GPU), or a fresh interpreter each",
+    )
     parser.add_argument("--work-dir", help="keep each run's config, log and result here (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -224,8 +334,9 @@ def main(argv: list[str] | None = None) -> None:
 
         if not torch.cuda.is_available():
             sys.exit("No CUDA GPU is visible: run this on a GPU machine, or with --smoke for the CPU plumbing check.")
-    os.environ.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false",
-                      TRL_EXPERIMENTAL_SILENCE="1")
+    os.environ.update(
+        HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", TOKENIZERS_PARALLELISM="false", TRL_EXPERIMENTAL_SILENCE="1"
+    )
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="simpo-gpu-train-") as temporary:
@@ -233,8 +344,14 @@ def main(argv: list[str] | None = None) -> None:
         table = throughput_table(runner, systems) if "table" in args.parts else []
         basis = table or [{"status": "ok"}] * len(systems)  # without the table's figures: start at its batch
         budget = budget_search(runner, systems, basis, s["memory_budget_gib"]) if "budget" in args.parts else []
-    results = gpu_train_report.assemble(s, args.smoke, table, budget, time.monotonic() - started,
-                                        {"start_method": runner.start_method, "startup_s": runner.startup_s})
+    results = gpu_train_report.assemble(
+        s,
+        args.smoke,
+        table,
+        budget,
+        time.monotonic() - started,
+        {"start_method": runner.start_method, "startup_s": runner.startup_s},
+    )
     out_dir = Path(args.out_dir or ROOT / ("outputs/gpu_train" if args.smoke else "benchmarks/results"))
     stem = gpu_train_report.write(results, out_dir)
     print("\n" + Path(f"{stem}.md").read_text())

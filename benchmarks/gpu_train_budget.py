@@ -60,17 +60,24 @@ def search_one(runner, system, table_row: dict, budget_gib: float) -> dict:
     at_largest = done.get(found["largest"], {})
     fastest = max(done, key=lambda b: done[b]["pairs_per_s"], default=None)
     last = list(tries.values())[-1]["status"] if tries else "no run"
-    return {**found, "status": "ok" if found["largest"] else "nothing fits" if found["smallest_misfit"] else last,
-            "pairs_per_s": at_largest.get("pairs_per_s"), "peak_allocated_gib": at_largest.get("peak_allocated_gib"),
-            "peak_rss_gib": at_largest.get("peak_rss_gib"), "fastest_batch": fastest,
-            "fastest_pairs_per_s": done[fastest]["pairs_per_s"] if fastest else None,
-            "tries": {str(b): t for b, t in tries.items()}}
+    return {
+        **found,
+        "status": "ok" if found["largest"] else "nothing fits" if found["smallest_misfit"] else last,
+        "pairs_per_s": at_largest.get("pairs_per_s"),
+        "peak_allocated_gib": at_largest.get("peak_allocated_gib"),
+        "peak_rss_gib": at_largest.get("peak_rss_gib"),
+        "fastest_batch": fastest,
+        "fastest_pairs_per_s": done[fastest]["pairs_per_s"] if fastest else None,
+        "tries": {str(b): t for b, t in tries.items()},
+    }
 
 
 def budget_search(runner, systems: list, table: list[dict], budget_gib: float) -> list[dict]:
     s = runner.s
-    print(f"== memory budget {budget_gib:g} GiB: largest batch on a grid of {s['budget_step']} up to "
-          f"{s['budget_max_batch']}, at most {s['budget_tries']} runs a system")
+    print(
+        f"== memory budget {budget_gib:g} GiB: largest batch on a grid of {s['budget_step']} up to "
+        f"{s['budget_max_batch']}, at most {s['budget_tries']} runs a system"
+    )
     rows = []
     for system, table_row in zip(systems, table):
         row = {"system": system.name, "label": system.label}

@@ -37,8 +37,9 @@ def installed(package: str) -> str | None:
         return None
 
 
-def assemble(settings: dict, smoke: bool, table: list[dict], budget: list[dict], seconds: float,
-             processes: dict) -> dict:
+def assemble(
+    settings: dict, smoke: bool, table: list[dict], budget: list[dict], seconds: float, processes: dict
+) -> dict:
     """processes: how runs were started (start_method, forkserver or spawn) and the seconds that took (startup_s)."""
     runs = table + [t for row in budget for t in row.get("tries", {}).values()]
     first = next((run for run in runs if run.get("status") == "ok"), {})  # device, params and data are the same
@@ -106,8 +107,11 @@ def render(r: dict) -> str:
     s, gpu = r["settings"], not r["smoke"]
     mem = "peak allocated (GiB)" if gpu else "peak RSS (GiB)"
     names, bars = " | ".join(f"x {v}" for v in BASELINES.values()), "---|" * len(BASELINES)
-    mfu = (f"MFU = 6 x params x real tokens/s / {fmt(r['peak_tflops'], '.0f')} TFLOP/s (the GPU's dense bf16 peak)"
-           if gpu else "MFU: GPU runs only")
+    mfu = (
+        f"MFU = 6 x params x real tokens/s / {fmt(r['peak_tflops'], '.0f')} TFLOP/s (the GPU's dense bf16 peak)"
+        if gpu
+        else "MFU: GPU runs only"
+    )
     lines = [
         f"# SimPO training throughput: {r['device']}, {r['date_utc']} UTC" + ("" if gpu else " (CPU smoke run)"),
         "",
@@ -123,28 +127,62 @@ def render(r: dict) -> str:
     ]
     for row in r["table"]:
         status = "ok" if row.get("status") == "ok" else f"{row['status']} {row.get('error', '')}".strip()
-        lines.append("| " + " | ".join([
-            row["label"], fmt(row.get("pairs_per_s"), ".2f"), *ratios(row, "pairs_per_s"),
-            fmt(row.get("tokens_per_s"), ",.0f"), fmt(memory(row), ".2f"), *ratios(row, "memory"),
-            fmt(row.get("peak_reserved_gib"), ".2f"), fmt(row.get("mfu"), ".1%"), fmt(row.get("first_loss"), ".5f"),
-            status]) + " |")
-    lines += ["", "What each row ran: the log-prob kernel and attention that ran (never \"auto\"), activation "
-              "checkpointing, Liger's kernels; the first step's seconds (compiles, autotuning and the tile timing "
-              "included), torch.compile's seconds, graphs and recompiles, and the Triton tile warm-up.", "",
-              "| system | log-probs | attention | checkpointing | liger | first step (s) | compile (s) | graphs | "
-              "recompiles | tile warm-up (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row["label"],
+                    fmt(row.get("pairs_per_s"), ".2f"),
+                    *ratios(row, "pairs_per_s"),
+                    fmt(row.get("tokens_per_s"), ",.0f"),
+                    fmt(memory(row), ".2f"),
+                    *ratios(row, "memory"),
+                    fmt(row.get("peak_reserved_gib"), ".2f"),
+                    fmt(row.get("mfu"), ".1%"),
+                    fmt(row.get("first_loss"), ".5f"),
+                    status,
+                ]
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        'What each row ran: the log-prob kernel and attention that ran (never "auto"), activation '
+        "checkpointing, Liger's kernels; the first step's seconds (compiles, autotuning and the tile timing "
+        "included), torch.compile's seconds, graphs and recompiles, and the Triton tile warm-up.",
+        "",
+        "| system | log-probs | attention | checkpointing | liger | first step (s) | compile (s) | graphs | "
+        "recompiles | tile warm-up (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in r["table"]:
         if row.get("status") == "ok":
-            lines.append("| " + " | ".join([
-                row["system"], str(row.get("logps_kernel", "-")), str(row.get("attention", "-")),
-                str(row.get("activation_checkpointing", "-")), str(row.get("liger", "-")),
-                fmt(row.get("first_step_s"), ".1f"), fmt(row.get("compile_s"), ".1f"), fmt(row.get("graphs"), "d"),
-                fmt(row.get("recompiles"), "d"), fmt(row.get("tile_warmup_s"), ".1f")]) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        row["system"],
+                        str(row.get("logps_kernel", "-")),
+                        str(row.get("attention", "-")),
+                        str(row.get("activation_checkpointing", "-")),
+                        str(row.get("liger", "-")),
+                        fmt(row.get("first_step_s"), ".1f"),
+                        fmt(row.get("compile_s"), ".1f"),
+                        fmt(row.get("graphs"), "d"),
+                        fmt(row.get("recompiles"), "d"),
+                        fmt(row.get("tile_warmup_s"), ".1f"),
+                    ]
+                )
+                + " |"
+            )
     if r["max_abs_loss_difference"] is not None:
         lines += ["", f"First-step losses: all within {r['max_abs_loss_difference']:.2g} of {r['loss_reference']}'s."]
     if r["budget"]:
-        what = (f"in {s['memory_budget_gib']:g} GiB of GPU memory" if gpu else
-                f"in a simulated budget ({s['memory_budget_gib']:g} GiB of data-segment growth once training starts)")
+        what = (
+            f"in {s['memory_budget_gib']:g} GiB of GPU memory"
+            if gpu
+            else f"in a simulated budget ({s['memory_budget_gib']:g} GiB of data-segment growth once training starts)"
+        )
         lines += [
             "",
             f"## Largest per-device batch {what}",
@@ -158,13 +196,33 @@ def render(r: dict) -> str:
         ]
         for row in r["budget"]:
             tries = ", ".join(f"{b}: {t['status']}" for b, t in row.get("tries", {}).items()) or row["status"]
-            fastest = (f"{row['fastest_pairs_per_s']:.2f} pairs/s at {row['fastest_batch']}"
-                       if row.get("fastest_batch") else "-")
-            lines.append("| " + " | ".join([
-                row["label"], fmt(row.get("largest"), "d"), row.get("bound", "-"), fmt(row.get("pairs_per_s"), ".2f"),
-                *ratios(row, "pairs_per_s"), fmt(memory(row), ".2f"), fastest, tries]) + " |")
+            fastest = (
+                f"{row['fastest_pairs_per_s']:.2f} pairs/s at {row['fastest_batch']}"
+                if row.get("fastest_batch")
+                else "-"
+            )
+            lines.append(
+                "| "
+                + " | ".join(
+                    [
+                        row["label"],
+                        fmt(row.get("largest"), "d"),
+                        row.get("bound", "-"),
+                        fmt(row.get("pairs_per_s"), ".2f"),
+                        *ratios(row, "pairs_per_s"),
+                        fmt(memory(row), ".2f"),
+                        fastest,
+                        tries,
+                    ]
+                )
+                + " |"
+            )
     p = r["processes"]
-    lines += ["", f"{r['total_seconds']:.0f} s in all; runs started by {p['start_method']} ({p['startup_s']:.0f} s to "
-              "start). "
-              "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
+    lines += [
+        "",
+        f"{r['total_seconds']:.0f} s in all; runs started by {p['start_method']} ({p['startup_s']:.0f} s to "
+        "start). "
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
+        "",
+    ]
     return "\n".join(lines)

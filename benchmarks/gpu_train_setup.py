@@ -26,8 +26,9 @@ def word_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     vocab = {f"t{i}": i for i in range(words)} | {f"<|special_{i}|>": words + i for i in range(SPECIAL_TOKENS)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<|special_2|>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|special_0|>", eos_token="<|special_1|>",
-                                   pad_token="<|special_4|>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<|special_0|>", eos_token="<|special_1|>", pad_token="<|special_4|>"
+    )
 
 
 def synthetic_pairs(num_pairs: int, lengths: dict, vocab_size: int, seed: int) -> list[dict]:
@@ -41,8 +42,13 @@ def synthetic_pairs(num_pairs: int, lengths: dict, vocab_size: int, seed: int) -
     for _ in range(num_pairs):
         prompt = text(draw(*lengths["prompt"]))
         # Responses start with a space: prompt + response tokenises to the prompt's ids, then the response's.
-        pairs.append({"prompt": prompt, "chosen": " " + text(draw(*lengths["response"])),
-                      "rejected": " " + text(draw(*lengths["response"]))})
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": " " + text(draw(*lengths["response"])),
+                "rejected": " " + text(draw(*lengths["response"])),
+            }
+        )
     return pairs
 
 
@@ -65,10 +71,16 @@ def parse_config(keys: dict, workdir: Path):
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(keys))
     model_args, data_args, args = parse_args([str(path)], SIMPO_ARGUMENTS)
-    ignored = [f.name for f in dataclasses.fields(ModelArguments) if f.name not in MODEL_KEYS
-               and getattr(model_args, f.name) != getattr(ModelArguments(), f.name)]
-    ignored += [f.name for f in dataclasses.fields(DataArguments)
-                if getattr(data_args, f.name) != getattr(DataArguments(), f.name)]
+    ignored = [
+        f.name
+        for f in dataclasses.fields(ModelArguments)
+        if f.name not in MODEL_KEYS and getattr(model_args, f.name) != getattr(ModelArguments(), f.name)
+    ]
+    ignored += [
+        f.name
+        for f in dataclasses.fields(DataArguments)
+        if getattr(data_args, f.name) != getattr(DataArguments(), f.name)
+    ]
     if ignored:
         raise ValueError(f"gpu_train builds its own model and data: the keys {ignored} would have no effect here.")
     return model_args, args
@@ -78,8 +90,12 @@ def data_stats(pairs: list[dict]) -> dict:
     lengths = {k: np.array([len(p[k].split()) for p in pairs]) for k in ("prompt", "chosen", "rejected")}
     responses = np.concatenate([lengths["chosen"], lengths["rejected"]])
     describe = lambda x: {"mean": round(float(x.mean()), 1), "median": float(np.median(x)), "max": int(x.max())}
-    return {"pairs": len(pairs), "prompt_tokens": describe(lengths["prompt"]), "response_tokens": describe(responses),
-            "real_tokens_per_pair": round(float(np.mean([token_counts(p)[0] for p in pairs])), 1)}
+    return {
+        "pairs": len(pairs),
+        "prompt_tokens": describe(lengths["prompt"]),
+        "response_tokens": describe(responses),
+        "real_tokens_per_pair": round(float(np.mean([token_counts(p)[0] for p in pairs])), 1),
+    }
 
 
 def build_model(shape: dict, tokenizer, model_args, training_args, device: str):
@@ -87,10 +103,18 @@ def build_model(shape: dict, tokenizer, model_args, training_args, device: str):
     from simpo.core.model import model_init_kwargs, resolve_dtype
 
     kwargs = model_init_kwargs(model_args, training_args)
-    config = LlamaConfig(**shape, max_position_embeddings=4096, tie_word_embeddings=True, rope_theta=500000.0,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, use_cache=kwargs["use_cache"])
+    config = LlamaConfig(
+        **shape,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=kwargs["use_cache"],
+    )
     torch.manual_seed(0)
     with torch.device(device):  # a billion weights initialise in a second on a GPU, in a minute on a CPU
-        return AutoModelForCausalLM.from_config(config, attn_implementation=kwargs.get("attn_implementation"),
-                                                dtype=resolve_dtype(kwargs.get("dtype")))
+        return AutoModelForCausalLM.from_config(
+            config, attn_implementation=kwargs.get("attn_implementation"), dtype=resolve_dtype(kwargs.get("dtype"))
+        )

@@ -34,8 +34,9 @@ def simpo_trainer(spec: dict, dataset, tokenizer, callbacks: list):
 
     model_args, args = parse_config({**spec["config"], **spec["keys"]}, Path(spec["workdir"]))
     model = build_model(spec["shape"], tokenizer, model_args, args, spec["device"])
-    return recording(SimPOTrainer)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                   callbacks=callbacks)
+    return recording(SimPOTrainer)(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
+    )
 
 
 def trl_trainer(spec: dict, dataset, tokenizer, callbacks: list):
@@ -47,15 +48,19 @@ def trl_trainer(spec: dict, dataset, tokenizer, callbacks: list):
     config = spec["config"]
     model_args, simpo_args = parse_config(config, Path(spec["workdir"]))
     model = build_model(spec["shape"], tokenizer, model_args, simpo_args, spec["device"])
-    translated = {"beta": config["beta"], "simpo_gamma": config["beta"] * config["gamma_beta_ratio"],
-                  "max_length": config["max_length"]}
+    translated = {
+        "beta": config["beta"],
+        "simpo_gamma": config["beta"] * config["gamma_beta_ratio"],
+        "max_length": config["max_length"],
+    }
     untranslated = set(config) - TRAINING_KEYS - set(MODEL_KEYS) - {"gamma_beta_ratio", "max_prompt_length"}
     if untranslated - set(translated):
         raise ValueError(f"No CPOConfig equivalent for {sorted(untranslated - set(translated))}.")
     training = {k: v for k, v in config.items() if k in TRAINING_KEYS}
     args = CPOConfig(**training, **translated, loss_type="simpo", cpo_alpha=0.0, **spec["keys"])
-    return recording(CPOTrainer)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                 callbacks=callbacks)
+    return recording(CPOTrainer)(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
+    )
 
 
 TRAINERS = {"simpo": simpo_trainer, "trl": trl_trainer}
@@ -103,8 +108,12 @@ def compile_stats() -> dict:
     graphs = counters["stats"].get("unique_graphs", 0)
     frames = counters["frames"].get("ok", 0)
     seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
-    return {"compile_s": seconds, "graphs": graphs, "recompiles": sum(counters["recompiles"].values()),
-            "compiled_frames": frames}
+    return {
+        "compile_s": seconds,
+        "graphs": graphs,
+        "recompiles": sum(counters["recompiles"].values()),
+        "compiled_frames": frames,
+    }
 
 
 def warmup_seconds() -> float:
@@ -160,8 +169,9 @@ class Meter(TrainerCallback):
 def run(spec: dict) -> dict:
     batch, warmup, timed = spec["config"]["per_device_train_batch_size"], spec["warmup"], spec["timed"]
     steps = warmup + timed
-    pairs = synthetic_pairs(max(spec["num_pairs"], batch * steps), spec["lengths"], spec["shape"]["vocab_size"],
-                            spec["seed"])
+    pairs = synthetic_pairs(
+        max(spec["num_pairs"], batch * steps), spec["lengths"], spec["shape"]["vocab_size"], spec["seed"]
+    )
     counts = [token_counts(p) for p in pairs]
     longest = max(c[2] for c in counts)
     if longest > spec["config"]["max_length"]:
@@ -181,8 +191,10 @@ def run(spec: dict) -> dict:
 
     expected = [c[1] for c in counts[:batch]]
     if trainer.first_chosen_lengths != expected:
-        raise RuntimeError(f"The first batch is not the first {batch} pairs in order: chosen lengths "
-                           f"{trainer.first_chosen_lengths}, expected {expected}.")
+        raise RuntimeError(
+            f"The first batch is not the first {batch} pairs in order: chosen lengths "
+            f"{trainer.first_chosen_lengths}, expected {expected}."
+        )
     timed_pairs = range(warmup * batch, steps * batch)  # sequential sampling: step s trains pairs s*B .. s*B+B-1
     tokens = sum(counts[i][0] for i in timed_pairs)
     cuda = spec["device"] == "cuda"
@@ -203,8 +215,11 @@ def run(spec: dict) -> dict:
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         "attention": model.config._attn_implementation,
         "logps_kernel": kernels_that_ran(trainer, spec),
-        "liger": getattr(trainer, "liger", None) if spec["trainer"] == "simpo" else
-        "use_liger_kernel" if spec["keys"].get("use_liger_kernel") else "off",
+        "liger": getattr(trainer, "liger", None)
+        if spec["trainer"] == "simpo"
+        else "use_liger_kernel"
+        if spec["keys"].get("use_liger_kernel")
+        else "off",
         "first_step_s": meter.first_step_s,
         "tile_warmup_s": warmup_seconds(),
         **compile_stats(),
@@ -226,7 +241,8 @@ def main(spec: dict, log_path: str) -> None:
     except Exception as error:
         message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
         oom = isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(
-            m in str(error).lower() for m in OOM_MESSAGES)
+            m in str(error).lower() for m in OOM_MESSAGES
+        )
         result = {"status": "oom" if oom else "failed", "error": message[:500]}
         traceback.print_exc()
     # after the except block: the traceback's frames, and the tensors they hold, are gone

@@ -63,9 +63,11 @@ TRL_CHUNK = 32768
 BETA, GAMMA = 2.0, 1.0  # gamma_beta_ratio 0.5
 CPU_CASES = ",".join(f"256:{v}:1x{t}" for v in (32000, 128256, 256000) for t in (512, 1024))
 CUDA_CASES = "4096:128256:4x1024,4096:128256:4x2048,3584:256000:2x2048"  # Llama-3's head, Gemma-2's
-TARGETS = {"cpu": "fused peak <= 0.1x plain, time <= 0.7x at V = 128256",
-           "cuda": "triton time <= 0.65x plain and peak <= 0.1x at 4096:128256:4x2048, gradient error <= plain's, "
-                   "Gemma-2's head faster than trl"}
+TARGETS = {
+    "cpu": "fused peak <= 0.1x plain, time <= 0.7x at V = 128256",
+    "cuda": "triton time <= 0.65x plain and peak <= 0.1x at 4096:128256:4x2048, gradient error <= plain's, "
+    "Gemma-2's head faster than trl",
+}
 
 
 def parse_case(text: str) -> dict:
@@ -106,14 +108,21 @@ def run_method(method: str, hidden, weight, labels, score_index, args):
         logps, _ = logps_from_logits(selected, flat_labels), selected.detach().mean(-1)
     elif method in ("fused", "triton"):
         kernel = "torch" if method == "fused" else "triton"
-        logps, _ = tiled_logps(hidden.flatten(0, 1)[score_index], weight, None, flat_labels,
-                               token_tile=args.token_tile, vocab_tile=args.vocab_tile, kernel=kernel)
+        logps, _ = tiled_logps(
+            hidden.flatten(0, 1)[score_index],
+            weight,
+            None,
+            flat_labels,
+            token_tile=args.token_tile,
+            vocab_tile=args.vocab_tile,
+            kernel=kernel,
+        )
     elif method == "trl":
-        logps, *_ = peer("trl").apply(hidden.flatten(0, 1)[score_index], weight, None, flat_labels, 1.0, TRL_CHUNK,
-                                      None, 1.0, ("mean_logits",))
+        logps, *_ = peer("trl").apply(
+            hidden.flatten(0, 1)[score_index], weight, None, flat_labels, 1.0, TRL_CHUNK, None, 1.0, ("mean_logits",)
+        )
     else:
-        liger = peer("liger")(beta=BETA, gamma=GAMMA, compute_nll_loss=False,
-                              compiled=hidden.device.type == "cuda")
+        liger = peer("liger")(beta=BETA, gamma=GAMMA, compute_nll_loss=False, compiled=hidden.device.type == "cuda")
         loss = liger(weight, hidden, labels)[0]
     if method != "liger":
         loss = objective(logps, pairs)
@@ -124,6 +133,7 @@ def run_method(method: str, hidden, weight, labels, score_index, args):
 def memory_probe(device: str):
     """(reset the peak, read growth since the reset) in MB."""
     if device == "cuda":
+
         def reset():
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -191,9 +201,14 @@ def worker(args) -> dict:
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     clear()
-    result = {"method": args.worker, **case, "N": tensors[3].numel(), "peak_mb": round(peak_mb, 1),
-              "walls": [round(t, 4) for t in walls],
-              "cpus": [round(t, 4) for t in cpus]}
+    result = {
+        "method": args.worker,
+        **case,
+        "N": tensors[3].numel(),
+        "peak_mb": round(peak_mb, 1),
+        "walls": [round(t, 4) for t in walls],
+        "cpus": [round(t, 4) for t in cpus],
+    }
     if args.grad_error:
         result.update({k: float(f"{v:.3g}") for k, v in gradient_errors(tensors, grads, loss, args).items()})
     return result
@@ -223,8 +238,14 @@ def combine_rounds(rounds: list[dict]) -> dict:
     cpus = [t for r in rounds for t in r["cpus"]]
     errors = {k: v for k, v in rounds[0].items() if k.endswith("_error")}
     keep = ("method", "H", "V", "pairs", "T", "N")
-    return {**{k: rounds[0][k] for k in keep}, "peak_mb": max(r["peak_mb"] for r in rounds), "walls": walls,
-            "wall_s": round(statistics.median(walls), 4), "cpu_s": round(statistics.median(cpus), 4), **errors}
+    return {
+        **{k: rounds[0][k] for k in keep},
+        "peak_mb": max(r["peak_mb"] for r in rounds),
+        "walls": walls,
+        "wall_s": round(statistics.median(walls), 4),
+        "cpu_s": round(statistics.median(cpus), 4),
+        **errors,
+    }
 
 
 def cpu_name() -> str:
@@ -252,8 +273,11 @@ def case_label(r: dict, setup: dict) -> str:
 
 def report(setup: dict, results: list[dict]) -> list[str]:
     """One row per (case, method), ratios against the plain path of the same case."""
-    lines = ["| case H:V:PxT | scored tokens | method | peak MB | / plain | time ms (median) | / plain "
-             "| / plain (best) | grad h error | grad W error |", "|" + "---|" * 10]
+    lines = [
+        "| case H:V:PxT | scored tokens | method | peak MB | / plain | time ms (median) | / plain "
+        "| / plain (best) | grad h error | grad W error |",
+        "|" + "---|" * 10,
+    ]
     by_case = {}
     for r in results:
         by_case.setdefault(case_label(r, setup), []).append(r)
@@ -266,19 +290,28 @@ def report(setup: dict, results: list[dict]) -> list[str]:
             tokens = r.get("N", r["T"])
             ratio = (lambda a, b: f"{a / b:.3f}x") if plain else (lambda a, b: "-")
             errors = [f"{r[k]:.2e}" if k in r else "-" for k in ("grad_h_error", "grad_w_error")]
-            cells = [label, str(tokens), r["method"], f"{r['peak_mb']:.0f}",
-                     ratio(r["peak_mb"], plain["peak_mb"]) if plain else "-", f"{1000 * r['wall_s']:.1f}",
-                     ratio(r["wall_s"], plain["wall_s"]) if plain else "-",
-                     ratio(min(r["walls"]), min(plain["walls"])) if plain else "-", *errors]
+            cells = [
+                label,
+                str(tokens),
+                r["method"],
+                f"{r['peak_mb']:.0f}",
+                ratio(r["peak_mb"], plain["peak_mb"]) if plain else "-",
+                f"{1000 * r['wall_s']:.1f}",
+                ratio(r["wall_s"], plain["wall_s"]) if plain else "-",
+                ratio(min(r["walls"]), min(plain["walls"])) if plain else "-",
+                *errors,
+            ]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
 def available_methods(args) -> list[str]:
     methods = args.methods.split(",")
-    notes = {"triton": "the Triton path needs CUDA (its CPU interpreter is for tests, far too slow to time)",
-             "trl": "trl >= 1.15 (trl.kernels) is not importable (pip install 'trl>=1.15')",
-             "liger": "liger-kernel is not importable (pip install liger-kernel)"}
+    notes = {
+        "triton": "the Triton path needs CUDA (its CPU interpreter is for tests, far too slow to time)",
+        "trl": "trl >= 1.15 (trl.kernels) is not importable (pip install 'trl>=1.15')",
+        "liger": "liger-kernel is not importable (pip install liger-kernel)",
+    }
     skip = {"triton": args.device != "cuda", "trl": peer("trl") is None, "liger": peer("liger") is None}
     for method in [m for m in methods if skip.get(m)]:
         print(f"note: skipping {method}: {notes[method]}.")
@@ -290,8 +323,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--cases", default=None, help=f"comma-separated H:V:PxT (default: CPU {CPU_CASES}; "
-                                                      f"CUDA {CUDA_CASES})")
+    parser.add_argument(
+        "--cases", default=None, help=f"comma-separated H:V:PxT (default: CPU {CPU_CASES}; CUDA {CUDA_CASES})"
+    )
     parser.add_argument("--prompt", type=float, default=None, help="unscored fraction of a sequence (CPU 0, CUDA 0.5)")
     parser.add_argument("--token-tile", type=int, default=None, help="fused/triton tiles (default: their own)")
     parser.add_argument("--vocab-tile", type=int, default=None)
@@ -324,11 +358,16 @@ def main() -> None:
 
     token_tile, vocab_tile = DEFAULT_TILES.get(args.device, DEFAULT_TILES["cuda"])
     setup = {
-        "device": args.device, "dtype": args.dtype, "prompt": args.prompt,
+        "device": args.device,
+        "dtype": args.dtype,
+        "prompt": args.prompt,
         "fused_tiles": [args.token_tile or token_tile, args.vocab_tile or vocab_tile],
         "triton_tiles": [args.token_tile, args.vocab_tile] if args.token_tile or args.vocab_tile else "timed",
-        "warmups": args.warmups, "rounds": args.rounds, "timed_runs_per_round": args.repeats,
-        "threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+        "warmups": args.warmups,
+        "rounds": args.rounds,
+        "timed_runs_per_round": args.repeats,
+        "threads": torch.get_num_threads(),
+        "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {cpu_name()}" + (f", {torch.cuda.get_device_name()}" if cuda else ""),
         **versions(),
     }
@@ -345,8 +384,11 @@ def main() -> None:
             results.append(combine_rounds(rounds))
             print(json.dumps(results[-1]), flush=True)
             if results[-1].get("loss_error", 0) > 0.05:  # bf16 rounding moves the loss by ~1e-3: a different loss
-                print(f"warning: {results[-1]['method']}'s loss is {results[-1]['loss_error']} from the fp32 plain "
-                      "path's: not the same objective?", file=sys.stderr)
+                print(
+                    f"warning: {results[-1]['method']}'s loss is {results[-1]['loss_error']} from the fp32 plain "
+                    "path's: not the same objective?",
+                    file=sys.stderr,
+                )
         if not args.quick:  # after every case: a run stopped by a time limit keeps what it measured
             stem.parent.mkdir(parents=True, exist_ok=True)
             stem.with_suffix(".json").write_text(json.dumps({"setup": setup, "results": results}, indent=2) + "\n")
@@ -362,7 +404,9 @@ def write_markdown(stem: Path, echo: bool = True) -> None:
     setup, lines = data["setup"], report(data["setup"], data["results"])
     header = [
         f"# SimPO log-probs + backward: peak memory, time and gradient error ({setup['device']}, {setup['dtype']})",
-        "", ", ".join(f"{k}: {v}" for k, v in setup.items()), "",
+        "",
+        ", ".join(f"{k}: {v}" for k, v in setup.items()),
+        "",
         "Case H:V:PxT: P pairs of sequences of T positions, the first `prompt` fraction of each not scored, hidden "
         "size H, head weight [V, H]; the SimPO loss on the scored tokens' log-probs, then backward (gradients for "
         "the hidden states and the weight). Results "

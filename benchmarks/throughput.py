@@ -43,8 +43,10 @@ VOCAB, BOS, EOS, PAD = 32000, 1, 2, 0
 
 # (median, sigma) of the lognormal token counts. ultrafeedback: the measured medians, a mild tail. long_tail: the same
 # medians with a heavy tail (prompts shorter than replies; at max_length 1024 about one sequence in seven is cut there).
-LENGTHS = {"ultrafeedback": {"prompt": (90, 0.5), "response": (230, 0.55)},
-           "long_tail": {"prompt": (110, 0.9), "response": (310, 0.9)}}
+LENGTHS = {
+    "ultrafeedback": {"prompt": (90, 0.5), "response": (230, 0.55)},
+    "long_tail": {"prompt": (110, 0.9), "response": (310, 0.9)},
+}
 
 
 def make_pairs(rng: np.random.Generator, num_pairs: int, max_length: int, lengths: str = "ultrafeedback") -> list[dict]:
@@ -66,16 +68,31 @@ def make_pairs(rng: np.random.Generator, num_pairs: int, max_length: int, length
 def layout(mode: str, max_tokens_per_row: int | None, model):
     if mode == "plain":
         return PlainLayout(PAD)
-    return SharedPrefixLayout(PAD, padding_free=mode.endswith("padding_free"), max_tokens_per_row=max_tokens_per_row,
-                              config=model.config, mask_dtype=model.dtype)
+    return SharedPrefixLayout(
+        PAD,
+        padding_free=mode.endswith("padding_free"),
+        max_tokens_per_row=max_tokens_per_row,
+        config=model.config,
+        mask_dtype=model.dtype,
+    )
 
 
 def build_model(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=4096,
-                         tie_word_embeddings=True, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     model = LlamaForCausalLM(config).to(device=args.device, dtype=dtype)
@@ -154,19 +171,24 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    forwarded = [a for a in sys.argv[1:] if a not in ("--quick",)] + (["--steps", "3", "--warmup", "1"] if args.quick
-                                                                        else [])
+    forwarded = [a for a in sys.argv[1:] if a not in ("--quick",)] + (
+        ["--steps", "3", "--warmup", "1"] if args.quick else []
+    )
     modes, rounds = args.modes.split(","), 1 if args.quick else args.rounds
     runs = {mode: [] for mode in modes}
     for round_ in range(rounds):
-        for mode in modes[round_ % len(modes):] + modes[: round_ % len(modes)]:
-            proc = subprocess.run([sys.executable, __file__, *forwarded, "--worker", mode], capture_output=True,
-                                  text=True)
+        for mode in modes[round_ % len(modes) :] + modes[: round_ % len(modes)]:
+            proc = subprocess.run(
+                [sys.executable, __file__, *forwarded, "--worker", mode], capture_output=True, text=True
+            )
             if proc.returncode != 0:
                 sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
             runs[mode].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(f"round {round_ + 1} {mode:28s} {runs[mode][-1]['tokens_per_s']:8.0f} tokens/s  peak RSS"
-                  f" {runs[mode][-1]['peak_rss_mb']:.0f} MB", flush=True)
+            print(
+                f"round {round_ + 1} {mode:28s} {runs[mode][-1]['tokens_per_s']:8.0f} tokens/s  peak RSS"
+                f" {runs[mode][-1]['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     results = []
     for mode in modes:  # the median round, with every round's figures
         ranked = sorted(runs[mode], key=lambda r: r["tokens_per_s"])
@@ -177,11 +199,20 @@ def main() -> None:
         r["cpu_speedup_vs_plain"] = r["tokens_per_cpu_s"] / plain["tokens_per_cpu_s"] if plain else None
 
     setup = {
-        "device": args.device, "dtype": args.dtype, "attn": args.attn, "pairs_per_batch": args.pairs,
-        "timed_steps": args.steps, "warmup_steps": args.warmup, "rounds": rounds, "max_length": args.max_length,
-        "max_tokens_per_row": args.max_tokens_per_row, "lengths": args.lengths, "seed": args.seed,
+        "device": args.device,
+        "dtype": args.dtype,
+        "attn": args.attn,
+        "pairs_per_batch": args.pairs,
+        "timed_steps": args.steps,
+        "warmup_steps": args.warmup,
+        "rounds": rounds,
+        "max_length": args.max_length,
+        "max_tokens_per_row": args.max_tokens_per_row,
+        "lengths": args.lengths,
+        "seed": args.seed,
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
         "params_m": round(results[0]["params_m"], 2),
     }
     import transformers
@@ -196,21 +227,26 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps({"setup": setup, "results": results}, indent=2) + "\n")
     memory = "peak CUDA MB" if args.device == "cuda" else "peak RSS MB"
     lines = [
-        f"# SimPO training throughput ({args.device}, {args.dtype}, {args.attn})", "",
-        ", ".join(f"{k}: {v}" for k, v in setup.items()), "",
+        f"# SimPO training throughput ({args.device}, {args.dtype}, {args.attn})",
+        "",
+        ", ".join(f"{k}: {v}" for k, v in setup.items()),
+        "",
         "Tokens are the real tokens the plain layout runs (prompt once per side), identical in every mode. Tokens per",
         "CPU-second divides by the process's CPU time instead of wall time (steadier when the machine is shared).",
-        "Each row is the mode's median round; the rounds' tokens/s follow.", "",
+        "Each row is the mode's median round; the rounds' tokens/s follow.",
+        "",
         f"| mode | tokens/s | vs plain | tokens/CPU-s | vs plain | median step s | token slots / batch "
         f"| real tokens / batch | {memory} | tokens/s per round |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         mem = r.get("peak_cuda_mb", r["peak_rss_mb"])
-        lines.append(f"| {MODES[r['mode']]} | {r['tokens_per_s']:.0f} | {r['speedup_vs_plain']:.2f}x | "
-                     f"{r['tokens_per_cpu_s']:.0f} | {r['cpu_speedup_vs_plain']:.2f}x | "
-                     f"{r['median_step_s']:.2f} | {r['token_slots_per_batch']:.0f} | {r['tokens_per_batch']:.0f} | "
-                     f"{mem:.0f} | {', '.join(f'{t:.0f}' for t in r['rounds_tokens_per_s'])} |")
+        lines.append(
+            f"| {MODES[r['mode']]} | {r['tokens_per_s']:.0f} | {r['speedup_vs_plain']:.2f}x | "
+            f"{r['tokens_per_cpu_s']:.0f} | {r['cpu_speedup_vs_plain']:.2f}x | "
+            f"{r['median_step_s']:.2f} | {r['token_slots_per_batch']:.0f} | {r['tokens_per_batch']:.0f} | "
+            f"{mem:.0f} | {', '.join(f'{t:.0f}' for t in r['rounds_tokens_per_s'])} |"
+        )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {stem}.json and {stem}.md")
 

@@ -35,20 +35,56 @@ CHAT_TEMPLATE = (  # Llama-3's: bos first, then <|start_header_id|>ROLE<|end_hea
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
 )
 
-NOUNS = ("apple bread river garden bicycle window kitten laptop guitar kettle jacket candle mountain teacup "
-         "notebook pillow ladder camera violin blanket lantern carpet rocket parrot tomato pencil bridge cookie "
-         "engine forest").split()
+NOUNS = (
+    "apple bread river garden bicycle window kitten laptop guitar kettle jacket candle mountain teacup "
+    "notebook pillow ladder camera violin blanket lantern carpet rocket parrot tomato pencil bridge cookie "
+    "engine forest"
+).split()
 ADJECTIVES = "old red tiny noisy broken shiny wooden muddy new quiet".split()
-PROMPTS = ["{x} or {y} please", "compare the {x} and {y}", "how do i fix my {a} {x} and my {y}",
-           "tell me about the {x} and the {y}", "what should i do with a {a} {x} and a {y}",
-           "can you explain why my {x} is {a} like a {y}", "please help me choose a {x} or a {y}",
-           "is a {a} {x} better than a {y}", "write a short note about my {x} near the {y}",
-           "why does the {x} smell like a {a} {y} today"]
-GOOD = ["sure", "happy to help", "great question", "thank you for asking", "of course", "gladly",
-        "here is a clear answer", "i hope this helps", "kind regards", "let me explain", "good luck",
-        "you are welcome", "with pleasure", "thanks"]
-BAD = ["no", "whatever", "not my problem", "figure it out yourself", "boring question", "go away", "ugh",
-       "i do not care", "stop asking", "who cares", "that is dumb", "leave me alone", "meh", "seriously"]
+PROMPTS = [
+    "{x} or {y} please",
+    "compare the {x} and {y}",
+    "how do i fix my {a} {x} and my {y}",
+    "tell me about the {x} and the {y}",
+    "what should i do with a {a} {x} and a {y}",
+    "can you explain why my {x} is {a} like a {y}",
+    "please help me choose a {x} or a {y}",
+    "is a {a} {x} better than a {y}",
+    "write a short note about my {x} near the {y}",
+    "why does the {x} smell like a {a} {y} today",
+]
+GOOD = [
+    "sure",
+    "happy to help",
+    "great question",
+    "thank you for asking",
+    "of course",
+    "gladly",
+    "here is a clear answer",
+    "i hope this helps",
+    "kind regards",
+    "let me explain",
+    "good luck",
+    "you are welcome",
+    "with pleasure",
+    "thanks",
+]
+BAD = [
+    "no",
+    "whatever",
+    "not my problem",
+    "figure it out yourself",
+    "boring question",
+    "go away",
+    "ugh",
+    "i do not care",
+    "stop asking",
+    "who cares",
+    "that is dumb",
+    "leave me alone",
+    "meh",
+    "seriously",
+]
 
 
 def reply(rng: random.Random, phrases: list[str], topic: list[str]) -> str:
@@ -73,9 +109,14 @@ def make_rows(rng: random.Random, topics: list[tuple[str, str]], unseen: set[str
         while rejected in unseen:
             rejected = reply(rng, BAD, [x, y] if rng.random() < 0.5 else other)
         user = {"role": "user", "content": prompt}
-        rows.append({"prompt": prompt, "chosen": [user, {"role": "assistant", "content": chosen}],
-                     "rejected": [user, {"role": "assistant", "content": rejected}],
-                     "prompt_id": hashlib.sha256(prompt.encode()).hexdigest()})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": [user, {"role": "assistant", "content": chosen}],
+                "rejected": [user, {"role": "assistant", "content": rejected}],
+                "prompt_id": hashlib.sha256(prompt.encode()).hexdigest(),
+            }
+        )
     return rows
 
 
@@ -95,23 +136,46 @@ def build_tokenizer(splits: dict[str, list[dict]]) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, min_frequency=2, special_tokens=[BOS, EOS, START, END],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        min_frequency=2,
+        special_tokens=[BOS, EOS, START, END],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     # Like Llama-3: add_special_tokens=True puts BOS first; add_special_tokens=False adds nothing.
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
-                                                       special_tokens=[(BOS, tok.token_to_id(BOS))])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
-                                   additional_special_tokens=[START, END], chat_template=CHAT_TEMPLATE,
-                                   model_max_length=512, clean_up_tokenization_spaces=False)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tok.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        additional_special_tokens=[START, END],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=512,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     torch.manual_seed(MODEL_SEED)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         attention_dropout=0.0, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, dtype="float32")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        attention_dropout=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+        dtype="float32",
+    )
     return LlamaForCausalLM(config).to(torch.float32).eval()
 
 
@@ -126,8 +190,10 @@ def main() -> None:
     shutil.rmtree(MODEL_DIR, ignore_errors=True)  # no stale files from other transformers versions
     model.save_pretrained(MODEL_DIR, safe_serialization=True)
     tokenizer.save_pretrained(MODEL_DIR)
-    print(f"{len(splits['train'])} train / {len(splits['test'])} test pairs -> {DATA_DIR.relative_to(ROOT)}; "
-          f"vocab {len(tokenizer)}, {model.num_parameters():,} params -> {MODEL_DIR.relative_to(ROOT)}")
+    print(
+        f"{len(splits['train'])} train / {len(splits['test'])} test pairs -> {DATA_DIR.relative_to(ROOT)}; "
+        f"vocab {len(tokenizer)}, {model.num_parameters():,} params -> {MODEL_DIR.relative_to(ROOT)}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ def transcripts(pairs: list[dict], rng: random.Random) -> list[dict]:
             messages += pair["chosen"]  # [user, assistant]
         i += rounds
         first_user = next(m["content"] for m in messages if m["role"] == "user")
-        rows.append({"prompt": first_user, "prompt_id": hashlib.sha256(first_user.encode()).hexdigest(),
-                     "messages": messages})
+        rows.append(
+            {"prompt": first_user, "prompt_id": hashlib.sha256(first_user.encode()).hexdigest(), "messages": messages}
+        )
     return rows
 
 

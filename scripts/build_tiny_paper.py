@@ -111,11 +111,18 @@ def build_tokenizer():
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(specials)
     # Like Llama-3: add_special_tokens=True puts BOS first; add_special_tokens=False adds nothing.
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
-                                                       special_tokens=[(BOS, vocab[BOS])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
-                                   additional_special_tokens=ROLES, chat_template=CHAT_TEMPLATE,
-                                   model_max_length=128, clean_up_tokenization_spaces=False)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        additional_special_tokens=ROLES,
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=128,
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def build_model(folder, seed: int = 0) -> int:
@@ -125,10 +132,21 @@ def build_model(folder, seed: int = 0) -> int:
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,
-                         attention_dropout=0.0, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=None, dtype="float32")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        attention_dropout=0.0,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=None,
+        dtype="float32",
+    )
     model = LlamaForCausalLM(config).to(torch.float32).eval()
     shutil.rmtree(folder, ignore_errors=True)
     model.save_pretrained(folder, safe_serialization=True)

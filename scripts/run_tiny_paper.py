@@ -76,14 +76,22 @@ def greedy_answers(model_dir: Path, rows: list[dict], max_tokens: int = 12, batc
     eos = tokenizer.eos_token_id
     answers = []
     for start in range(0, len(rows), batch_size):
-        prompts = [generation_prompt_ids([{"role": "user", "content": r["prompt"]}], tokenizer, True)
-                   for r in rows[start : start + batch_size]]
+        prompts = [
+            generation_prompt_ids([{"role": "user", "content": r["prompt"]}], tokenizer, True)
+            for r in rows[start : start + batch_size]
+        ]
         width = max(map(len, prompts))
         input_ids = torch.tensor([[eos] * (width - len(p)) + p for p in prompts])
         attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                 max_new_tokens=max_tokens, eos_token_id=eos, pad_token_id=eos)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=False,
+                max_new_tokens=max_tokens,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
         for row in out[:, width:].tolist():
             row = row[: row.index(eos)] if eos in row else row
             answers.append(tokenizer.decode(row, skip_special_tokens=True).strip())
@@ -100,8 +108,18 @@ def judge(model_dir: Path, rows: list[dict], path: Path) -> list[int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for r, a, c in zip(rows, answers, correct):
-            f.write(json.dumps({"prompt_id": r["prompt_id"], "prompt": r["prompt"], "answer": a,
-                                "reference": r["answer"], "correct": bool(c)}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt_id": r["prompt_id"],
+                        "prompt": r["prompt"],
+                        "answer": a,
+                        "reference": r["answer"],
+                        "correct": bool(c),
+                    }
+                )
+                + "\n"
+            )
     return correct
 
 
@@ -119,8 +137,12 @@ def bootstrap(sft: list[int], simpo: list[int], resamples: int = 10000, seed: in
 def comparison(sft: list[int], simpo: list[int]) -> dict:
     low, high = bootstrap(sft, simpo)
     acc = lambda xs: sum(xs) / len(xs)
-    return {"sft_accuracy": acc(sft), "simpo_accuracy": acc(simpo), "difference": acc(simpo) - acc(sft),
-            "ci95": [low, high]}
+    return {
+        "sft_accuracy": acc(sft),
+        "simpo_accuracy": acc(simpo),
+        "difference": acc(simpo) - acc(sft),
+        "ci95": [low, high],
+    }
 
 
 def chain(seed: int, learning_rates: list[float], args, env: dict, heldout: list[dict]) -> dict:
@@ -130,12 +152,30 @@ def chain(seed: int, learning_rates: list[float], args, env: dict, heldout: list
     base, sft, onpolicy = out / "base", out / "sft", out / "onpolicy"
     sample_seeds = [seed * 100 + k for k in range(args.samples)]
     times = {}
-    times["build"] = run("build", [py, "scripts/build_tiny_paper.py", "--model", rel(base), "--model_seed",
-                                   str(seed)], out, env)
-    times["sft"] = run("sft", [py, "scripts/run_sft.py", SFT_CONFIG, f"--model_name_or_path={base}",
-                               f"--output_dir={sft}", f"--seed={seed}", *quick["sft"]], out, env)
-    pipeline = [PIPELINE, f"--model_name_or_path={sft}", f"--output_dir={onpolicy}",
-                f"--seeds={json.dumps(sample_seeds)}", *quick["pipeline"]]
+    times["build"] = run(
+        "build", [py, "scripts/build_tiny_paper.py", "--model", rel(base), "--model_seed", str(seed)], out, env
+    )
+    times["sft"] = run(
+        "sft",
+        [
+            py,
+            "scripts/run_sft.py",
+            SFT_CONFIG,
+            f"--model_name_or_path={base}",
+            f"--output_dir={sft}",
+            f"--seed={seed}",
+            *quick["sft"],
+        ],
+        out,
+        env,
+    )
+    pipeline = [
+        PIPELINE,
+        f"--model_name_or_path={sft}",
+        f"--output_dir={onpolicy}",
+        f"--seeds={json.dumps(sample_seeds)}",
+        *quick["pipeline"],
+    ]
     for stage in ("generate", "annotate", "binarise"):
         times[stage] = run(stage, [py, "-m", f"simpo.pipeline.{stage}", *pipeline], out, env)
     summary = json.loads((onpolicy / "dataset" / "summary.json").read_text())
@@ -145,26 +185,48 @@ def chain(seed: int, learning_rates: list[float], args, env: dict, heldout: list
     runs = {}
     for lr in learning_rates:
         folder = out / ("simpo" if lr == learning_rates[0] else f"simpo-lr{lr:g}")
-        times[f"simpo_lr{lr:g}"] = run(f"simpo-lr{lr:g}", [
-            py, "scripts/run_simpo.py", SIMPO_CONFIG, f"--model_name_or_path={sft}", f"--output_dir={folder}",
-            f"--dataset_mixer={{{onpolicy / 'dataset'}: 1.0}}", f"--seed={seed}", f"--learning_rate={lr}",
-            *quick["simpo"]], out, env)
+        times[f"simpo_lr{lr:g}"] = run(
+            f"simpo-lr{lr:g}",
+            [
+                py,
+                "scripts/run_simpo.py",
+                SIMPO_CONFIG,
+                f"--model_name_or_path={sft}",
+                f"--output_dir={folder}",
+                f"--dataset_mixer={{{onpolicy / 'dataset'}: 1.0}}",
+                f"--seed={seed}",
+                f"--learning_rate={lr}",
+                *quick["simpo"],
+            ],
+            out,
+            env,
+        )
         start = time.time()
         simpo_correct = judge(folder, heldout, out / "answers" / f"simpo-lr{lr:g}.jsonl")
         times[f"answers_simpo_lr{lr:g}"] = time.time() - start
         runs[f"{lr:g}"] = {**comparison(sft_correct, simpo_correct), "output_dir": rel(folder)}
     main_lr = f"{learning_rates[0]:g}"
-    return {**runs[main_lr], "learning_rate": learning_rates[0], "runs": runs, "times_s": times,
-            "main_chain_s": sum(v for k, v in times.items() if "lr" not in k or k.endswith(f"lr{main_lr}")),
-            "pairs": {side: summary[side]["pairs"] for side in ("train", "test")},
-            "pairs_dropped": {side: summary[side]["dropped"] for side in ("train", "test")},
-            "files": {"base model": rel(base), "sft data": "data/tiny-paper/sft",
-                      "sft model": rel(sft), "preference prompts": "data/tiny-paper/prompts",
-                      "samples": rel((onpolicy / "generations")),
-                      "scores": rel((onpolicy / "annotations")),
-                      "pairs": rel((onpolicy / "dataset")),
-                      "simpo model": runs[main_lr]["output_dir"], "held-out prompts": HELDOUT,
-                      "answers": rel((out / "answers"))}}
+    return {
+        **runs[main_lr],
+        "learning_rate": learning_rates[0],
+        "runs": runs,
+        "times_s": times,
+        "main_chain_s": sum(v for k, v in times.items() if "lr" not in k or k.endswith(f"lr{main_lr}")),
+        "pairs": {side: summary[side]["pairs"] for side in ("train", "test")},
+        "pairs_dropped": {side: summary[side]["dropped"] for side in ("train", "test")},
+        "files": {
+            "base model": rel(base),
+            "sft data": "data/tiny-paper/sft",
+            "sft model": rel(sft),
+            "preference prompts": "data/tiny-paper/prompts",
+            "samples": rel((onpolicy / "generations")),
+            "scores": rel((onpolicy / "annotations")),
+            "pairs": rel((onpolicy / "dataset")),
+            "simpo model": runs[main_lr]["output_dir"],
+            "held-out prompts": HELDOUT,
+            "answers": rel((out / "answers")),
+        },
+    }
 
 
 def plot(report: dict, path: Path) -> None:
@@ -175,9 +237,11 @@ def plot(report: dict, path: Path) -> None:
     state = json.loads((ROOT / first["output_dir"] / "trainer_state.json").read_text())["log_history"]
     figure = Figure(figsize=(15, 4))
     panels = figure.subplots(1, 4)
-    for axes, keys, title in ((panels[0], ["loss", "eval_loss"], "SimPO loss"),
-                              (panels[1], ["rewards/margins", "eval_rewards/margins"], "reward margin"),
-                              (panels[2], ["rewards/accuracies", "eval_rewards/accuracies"], "pair accuracy")):
+    for axes, keys, title in (
+        (panels[0], ["loss", "eval_loss"], "SimPO loss"),
+        (panels[1], ["rewards/margins", "eval_rewards/margins"], "reward margin"),
+        (panels[2], ["rewards/accuracies", "eval_rewards/accuracies"], "pair accuracy"),
+    ):
         for key in keys:
             points = [(e["step"], e[key]) for e in state if key in e]
             if points:
@@ -201,60 +265,97 @@ def plot(report: dict, path: Path) -> None:
 def markdown(report: dict) -> str:
     s = report["settings"]
     lines = [
-        "# Tiny paper: SFT, on-policy samples, a verifiable reward, SimPO", "",
+        "# Tiny paper: SFT, on-policy samples, a verifiable reward, SimPO",
+        "",
         f"Task: reverse a short lowercase word; {report['heldout_prompts']} held-out prompts ({HELDOUT}), greedy"
-        f" answers judged by `{REWARD}`. 70% of the SFT demonstrations swap the answer's last two letters.", "",
+        f" answers judged by `{REWARD}`. 70% of the SFT demonstrations swap the answer's last two letters.",
+        "",
         "| seed | SFT accuracy | SimPO accuracy | difference | bootstrap 95% CI | pairs (train) | chain time |",
         "|---|---|---|---|---|---|---|",
     ]
     for seed, r in report["seeds"].items():
-        lines.append(f"| {seed} | {r['sft_accuracy']:.3f} | {r['simpo_accuracy']:.3f} | {r['difference']:+.3f} |"
-                     f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['pairs']['train']} |"
-                     f" {r['main_chain_s']:.0f} s |")
+        lines.append(
+            f"| {seed} | {r['sft_accuracy']:.3f} | {r['simpo_accuracy']:.3f} | {r['difference']:+.3f} |"
+            f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['pairs']['train']} |"
+            f" {r['main_chain_s']:.0f} s |"
+        )
     first = str(s["seeds"][0])
-    lines += ["", f"SimPO learning rate (seed {first}, same SFT model and pairs; the main runs use"
-              f" {s['learning_rates'][0]:g}):", "",
-              "| learning rate | SimPO accuracy | difference | bootstrap 95% CI |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        f"SimPO learning rate (seed {first}, same SFT model and pairs; the main runs use {s['learning_rates'][0]:g}):",
+        "",
+        "| learning rate | SimPO accuracy | difference | bootstrap 95% CI |",
+        "|---|---|---|---|",
+    ]
     for lr, r in report["seeds"][first]["runs"].items():
-        lines.append(f"| {lr} | {r['simpo_accuracy']:.3f} | {r['difference']:+.3f} |"
-                     f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] |")
+        lines.append(
+            f"| {lr} | {r['simpo_accuracy']:.3f} | {r['difference']:+.3f} |"
+            f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] |"
+        )
     lines += ["", f"Data and outputs of seed {first}:", ""]
     lines += [f"- {name}: `{value}`" for name, value in report["seeds"][first]["files"].items()]
-    lines += ["", f"Total time: {report['total_s']:.0f} s. Answers: `answers/sft.jsonl`, `answers/simpo.jsonl`"
-              f" (seed {first}); curves and bars: `report.png`.", ""]
+    lines += [
+        "",
+        f"Total time: {report['total_s']:.0f} s. Answers: `answers/sft.jsonl`, `answers/simpo.jsonl`"
+        f" (seed {first}); curves and bars: `report.png`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--learning-rates", type=float, nargs="+", default=[SIMPO_LR],
-                        help="SimPO learning rates; the first is every seed's main run, all run on the first seed")
+    parser.add_argument(
+        "--learning-rates",
+        type=float,
+        nargs="+",
+        default=[SIMPO_LR],
+        help="SimPO learning rates; the first is every seed's main run, all run on the first seed",
+    )
     parser.add_argument("--samples", type=int, default=4, help="on-policy samples per prompt")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per stage (1: on a shared machine two threads per process lose more to"
-                        " waiting than they gain)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per stage (1: on a shared machine two threads per process lose more to"
+        " waiting than they gain)",
+    )
     parser.add_argument("--quick", action="store_true", help="shorter SFT, fewer prompts (the CI test)")
     parser.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "tiny-paper")
     args = parser.parse_args(argv)
     args.output_dir = args.output_dir.resolve()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     import torch
 
     torch.set_num_threads(args.threads)
     heldout = read_jsonl(ROOT / HELDOUT)[: QUICK["heldout"] if args.quick else None]
     start = time.time()
-    report = {"settings": {"seeds": args.seeds, "learning_rates": args.learning_rates, "samples": args.samples,
-                           "quick": args.quick, "reward_function": REWARD},
-              "heldout_prompts": len(heldout), "seeds": {}}
+    report = {
+        "settings": {
+            "seeds": args.seeds,
+            "learning_rates": args.learning_rates,
+            "samples": args.samples,
+            "quick": args.quick,
+            "reward_function": REWARD,
+        },
+        "heldout_prompts": len(heldout),
+        "seeds": {},
+    }
     for i, seed in enumerate(args.seeds):
         rates = args.learning_rates if i == 0 else args.learning_rates[:1]
         report["seeds"][str(seed)] = result = chain(seed, rates, args, env, heldout)
-        print(f"seed {seed}: SFT {result['sft_accuracy']:.3f} -> SimPO {result['simpo_accuracy']:.3f}"
-              f" ({result['difference']:+.3f}, 95% CI [{result['ci95'][0]:+.3f}, {result['ci95'][1]:+.3f}])",
-              flush=True)
+        print(
+            f"seed {seed}: SFT {result['sft_accuracy']:.3f} -> SimPO {result['simpo_accuracy']:.3f}"
+            f" ({result['difference']:+.3f}, 95% CI [{result['ci95'][0]:+.3f}, {result['ci95'][1]:+.3f}])",
+            flush=True,
+        )
     report["total_s"] = time.time() - start
     out = args.output_dir
     first = out / f"seed{args.seeds[0]}" / "answers"

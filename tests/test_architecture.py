@@ -29,8 +29,11 @@ def simpo_imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "simpo":
             found.add(node.module)
             # `from simpo.kernels import triton_tiles` imports the submodule
-            found |= {f"{node.module}.{alias.name}" for alias in node.names
-                      if SIMPO.parent.joinpath(*f"{node.module}.{alias.name}".split(".")).with_suffix(".py").exists()}
+            found |= {
+                f"{node.module}.{alias.name}"
+                for alias in node.names
+                if SIMPO.parent.joinpath(*f"{node.module}.{alias.name}".split(".")).with_suffix(".py").exists()
+            }
     return found
 
 
@@ -70,7 +73,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == "open":
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -109,13 +112,23 @@ def test_every_subpackage_is_a_named_layer():
     assert packages == set(LAYERS)
 
 
-@pytest.mark.parametrize("bad,expected", [
-    ({"simpo.kernels.common": {"simpo.core.model"}}, "simpo.kernels.common -> simpo.core.model: core is not below"
-                                                     " kernels"),
-    ({"simpo.sft.recipe": {"simpo.train.trainer"}}, "simpo.sft.recipe -> simpo.train.trainer: train is not below sft"),
-    ({"simpo.data.mixer": {"simpo.evaluation.setup"}}, "simpo.data.mixer -> simpo.evaluation.setup: evaluation is"
-                                                       " not below data"),
-])
+@pytest.mark.parametrize(
+    "bad,expected",
+    [
+        (
+            {"simpo.kernels.common": {"simpo.core.model"}},
+            "simpo.kernels.common -> simpo.core.model: core is not below kernels",
+        ),
+        (
+            {"simpo.sft.recipe": {"simpo.train.trainer"}},
+            "simpo.sft.recipe -> simpo.train.trainer: train is not below sft",
+        ),
+        (
+            {"simpo.data.mixer": {"simpo.evaluation.setup"}},
+            "simpo.data.mixer -> simpo.evaluation.setup: evaluation is not below data",
+        ),
+    ],
+)
 def test_the_rules_catch_a_bad_import(bad, expected):
     assert layering_violations(bad) == [expected]
 

@@ -20,9 +20,18 @@ def console_commands() -> dict[str, str]:
 
 
 def test_setup_declares_the_eight_commands():
-    assert sorted(console_commands()) == sorted([
-        "simpo-train", "simpo-sft", "simpo-plot", "simpo-generate", "simpo-annotate", "simpo-binarise",
-        "simpo-eval-setup", "simpo-answer"])
+    assert sorted(console_commands()) == sorted(
+        [
+            "simpo-train",
+            "simpo-sft",
+            "simpo-plot",
+            "simpo-generate",
+            "simpo-annotate",
+            "simpo-binarise",
+            "simpo-eval-setup",
+            "simpo-answer",
+        ]
+    )
 
 
 @pytest.mark.parametrize("command", sorted(console_commands()))
@@ -39,9 +48,16 @@ def test_help_opens_on_what_the_command_does(command, monkeypatch, capsys):
     assert rest.startswith(f"usage: {command}"), rest[:80]
 
 
-@pytest.mark.parametrize("groups", [SIMPO_ARGUMENTS, SFT_ARGUMENTS, SIMPO_ARGUMENTS[:2] + (OnPolicyArguments,)],
-                         ids=["simpo-train", "simpo-sft", "pipeline"])
+@pytest.mark.parametrize(
+    "groups",
+    [SIMPO_ARGUMENTS, SFT_ARGUMENTS, SIMPO_ARGUMENTS[:2] + (OnPolicyArguments,)],
+    ids=["simpo-train", "simpo-sft", "pipeline"],
+)
 def test_every_key_has_help_text(groups):
-    missing = [f"{cls.__name__}.{f.name}" for cls in groups for f in dataclasses.fields(cls)
-               if f.init and not f.metadata.get("help", "").strip()]
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in groups
+        for f in dataclasses.fields(cls)
+        if f.init and not f.metadata.get("help", "").strip()
+    ]
     assert missing == []

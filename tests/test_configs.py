@@ -21,28 +21,70 @@ ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 # file: (model, dataset, splits, beta, gamma_beta_ratio, learning rate, max_length, max_prompt_length, attention)
 PAPER_RUNS = {
     "mistral-7b-base-simpo.yaml": (
-        "alignment-handbook/zephyr-7b-sft-full", "HuggingFaceH4/ultrafeedback_binarized", ["train_prefs", "test_prefs"],
-        2.0, 0.8, 3e-7, 1024, 512, "flash_attention_2",
+        "alignment-handbook/zephyr-7b-sft-full",
+        "HuggingFaceH4/ultrafeedback_binarized",
+        ["train_prefs", "test_prefs"],
+        2.0,
+        0.8,
+        3e-7,
+        1024,
+        512,
+        "flash_attention_2",
     ),
     "mistral-7b-instruct-simpo.yaml": (
-        "mistralai/Mistral-7B-Instruct-v0.2", "princeton-nlp/mistral-instruct-ultrafeedback", ["train", "test"],
-        2.5, 0.1, 5e-7, 2048, 1800, "flash_attention_2",
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        "princeton-nlp/mistral-instruct-ultrafeedback",
+        ["train", "test"],
+        2.5,
+        0.1,
+        5e-7,
+        2048,
+        1800,
+        "flash_attention_2",
     ),
     "llama-3-8b-base-simpo.yaml": (
-        "princeton-nlp/Llama-3-Base-8B-SFT", "HuggingFaceH4/ultrafeedback_binarized", ["train_prefs", "test_prefs"],
-        2.0, 0.5, 6e-7, 2048, 1800, "flash_attention_2",
+        "princeton-nlp/Llama-3-Base-8B-SFT",
+        "HuggingFaceH4/ultrafeedback_binarized",
+        ["train_prefs", "test_prefs"],
+        2.0,
+        0.5,
+        6e-7,
+        2048,
+        1800,
+        "flash_attention_2",
     ),
     "llama-3-8b-instruct-simpo.yaml": (
-        "meta-llama/Meta-Llama-3-8B-Instruct", "princeton-nlp/llama3-ultrafeedback", ["train", "test"],
-        2.5, 0.55, 1e-6, 2048, 1800, "flash_attention_2",
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        "princeton-nlp/llama3-ultrafeedback",
+        ["train", "test"],
+        2.5,
+        0.55,
+        1e-6,
+        2048,
+        1800,
+        "flash_attention_2",
     ),
     "llama-3-8b-instruct-simpo-v2.yaml": (
-        "meta-llama/Meta-Llama-3-8B-Instruct", "princeton-nlp/llama3-ultrafeedback-armorm", ["train", "test"],
-        10.0, 0.3, 1e-6, 2048, 1800, "flash_attention_2",
+        "meta-llama/Meta-Llama-3-8B-Instruct",
+        "princeton-nlp/llama3-ultrafeedback-armorm",
+        ["train", "test"],
+        10.0,
+        0.3,
+        1e-6,
+        2048,
+        1800,
+        "flash_attention_2",
     ),
     "gemma-2-9b-it-simpo.yaml": (
-        "google/gemma-2-9b-it", "princeton-nlp/gemma2-ultrafeedback-armorm", ["train", "test"],
-        10.0, 0.5, 8e-7, 2048, 1800, "eager",
+        "google/gemma-2-9b-it",
+        "princeton-nlp/gemma2-ultrafeedback-armorm",
+        ["train", "test"],
+        10.0,
+        0.5,
+        8e-7,
+        2048,
+        1800,
+        "eager",
     ),
 }
 
@@ -212,8 +254,9 @@ def test_sft_run_values(name, parse):
 
 
 @pytest.mark.parametrize("name", sorted(SFT_RUNS))
-def test_the_base_simpo_config_takes_the_sft_output_folder_and_renders_as_sft_did(name, parse, make_tokenizer,
-                                                                                  monkeypatch, tmp_path):
+def test_the_base_simpo_config_takes_the_sft_output_folder_and_renders_as_sft_did(
+    name, parse, make_tokenizer, monkeypatch, tmp_path
+):
     """The two-stage recipe: the SimPO config with model_name_or_path = the SFT config's output_dir, no other edit,
     renders conversations with the template SFT trained on (saved with the tokenizer in the SFT output)."""
     import yaml
@@ -223,19 +266,30 @@ def test_the_base_simpo_config_takes_the_sft_output_folder_and_renders_as_sft_di
     model_args, data_args, _ = parse(os.path.join(CONFIG_DIR, name))
     with open(os.path.join(CONFIG_DIR, name)) as f:
         sft_output = yaml.safe_load(f)["output_dir"]
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
-                "<s>", "</s>", "[INST]", "[/INST]"]
+    specials = [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|eot_id|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<s>",
+        "</s>",
+        "[INST]",
+        "[/INST]",
+    ]
     llama = name.startswith("llama")
-    tokenizer = make_tokenizer(specials, bos="<|begin_of_text|>" if llama else "<s>",
-                               eos="<|end_of_text|>" if llama else "</s>")  # base models ship no template
+    tokenizer = make_tokenizer(
+        specials, bos="<|begin_of_text|>" if llama else "<s>", eos="<|end_of_text|>" if llama else "</s>"
+    )  # base models ship no template
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)  # the SFT stage's rule
     trained_with = tokenizer.chat_template
     assert trained_with == (LLAMA3_TEMPLATE if llama else MISTRAL_CHAT_TEMPLATE)
     monkeypatch.chdir(tmp_path)
     tokenizer.save_pretrained(sft_output)  # what the SFT run leaves in its output_dir, with the model
 
-    simpo_model, simpo_data, simpo_args = parse(os.path.join(CONFIG_DIR, SFT_RUNS[name][1]),
-                                                f"--model_name_or_path={sft_output}")
+    simpo_model, simpo_data, simpo_args = parse(
+        os.path.join(CONFIG_DIR, SFT_RUNS[name][1]), f"--model_name_or_path={sft_output}"
+    )
     stage_two = get_tokenizer(simpo_model)
     set_chat_template(stage_two, simpo_data.chat_template, simpo_model.model_name_or_path)  # the SimPO stage's rule
     assert stage_two.chat_template == trained_with

@@ -14,8 +14,14 @@ GEMM = "import {first}, {second}; torch.randn(8, 8) @ torch.randn(8, 8)"
 def mkl_mode(env: dict, first: str = "simpo", second: str = "torch") -> str:
     """The CNR mode MKL reports (MKL_VERBOSE) for a GEMM in a fresh process that imports first, then second."""
     env = {**{k: v for k, v in os.environ.items() if k != "MKL_CBWR"}, "MKL_VERBOSE": "1", "PYTHONPATH": REPO, **env}
-    out = subprocess.run([sys.executable, "-c", GEMM.format(first=first, second=second)], env=env, cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", GEMM.format(first=first, second=second)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     modes = [word for word in out.split() if word.startswith("CNR:")]
     if not modes:
         pytest.skip("torch is not built with MKL here")

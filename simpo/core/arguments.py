@@ -61,9 +61,11 @@ class DataArguments:
     )
     allow_special_tokens_in_text: bool = field(
         default=False,
-        metadata={"help": "Train on pairs whose message text holds a special token of the tokenizer (e.g."
-                  " <|eot_id|>), which is tokenised as that control token; off: such pairs are dropped, counted and"
-                  " listed in output_dir/dropped_pairs.jsonl."},
+        metadata={
+            "help": "Train on pairs whose message text holds a special token of the tokenizer (e.g."
+            " <|eot_id|>), which is tokenised as that control token; off: such pairs are dropped, counted and"
+            " listed in output_dir/dropped_pairs.jsonl."
+        },
     )
 
 
@@ -81,8 +83,12 @@ def check_training_numbers(args) -> None:
         value = getattr(args, key)
         if value is not None and not value > 0:  # `not >` also catches nan
             remedy = " Remove the key to evaluate every logging_steps." if key == "eval_steps" else ""
-            raise ConfigError(f"{key} must be positive (got {value}): a number of steps, or below 1 a fraction of the"
-                              f" run's steps.{remedy}")
+            raise ConfigError(
+                f"{key} must be positive (got {value}): a number of steps, or below 1 a fraction of the"
+                f" run's steps.{remedy}"
+            )
     if getattr(args, "do_train", True) and args.max_steps <= 0 and not args.num_train_epochs > 0:
-        raise ConfigError(f"max_steps={args.max_steps} and num_train_epochs={args.num_train_epochs} train nothing: set"
-                         " a positive max_steps or num_train_epochs (do_train: false evaluates without training).")
+        raise ConfigError(
+            f"max_steps={args.max_steps} and num_train_epochs={args.num_train_epochs} train nothing: set"
+            " a positive max_steps or num_train_epochs (do_train: false evaluates without training)."
+        )

@@ -42,13 +42,16 @@ class Layout:
         return self.processes * self.per_device_train_batch_size * self.gradient_accumulation_steps
 
     def arithmetic(self) -> str:
-        return (f"{self.per_device_train_batch_size} per device x {self.processes} process(es) x "
-                f"{self.gradient_accumulation_steps} accumulation = {self.global_batch}")
+        return (
+            f"{self.per_device_train_batch_size} per device x {self.processes} process(es) x "
+            f"{self.gradient_accumulation_steps} accumulation = {self.global_batch}"
+        )
 
 
 @dataclass(frozen=True)
 class ResumePlan:
     """What a resumed launch changed against its checkpoint (stored as args.elastic_resume for the summaries)."""
+
     checkpoint: str
     written_by: Layout
     now: Layout
@@ -56,8 +59,10 @@ class ResumePlan:
 
     @property
     def note(self) -> str:
-        return (f"resumed from {os.path.basename(os.path.normpath(self.checkpoint))} written by "
-                f"{self.written_by.processes} processes, now {self.now.processes}")
+        return (
+            f"resumed from {os.path.basename(os.path.normpath(self.checkpoint))} written by "
+            f"{self.written_by.processes} processes, now {self.now.processes}"
+        )
 
 
 def launch_layout(args) -> Layout:
@@ -87,7 +92,10 @@ def processes_from_rng_files(checkpoint: str) -> int:
 
 def uses_deepspeed(args) -> bool:
     return bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in (
-        "1", "true", "yes")
+        "1",
+        "true",
+        "yes",
+    )
 
 
 def deepspeed_tag(checkpoint: str) -> str | None:
@@ -102,9 +110,11 @@ def deepspeed_tag(checkpoint: str) -> str | None:
 def fitted_layout(args, written_by: Layout, now: Layout, where: str) -> Layout:
     """The launch's layout with the checkpoint's global batch: the accumulation recomputed when the process count
     changed and the accumulation given is the checkpoint's. Raises ConfigError when the global batch would change."""
-    if (now.processes != written_by.processes
-            and now.gradient_accumulation_steps == written_by.gradient_accumulation_steps
-            and now.per_device_train_batch_size == written_by.per_device_train_batch_size):
+    if (
+        now.processes != written_by.processes
+        and now.gradient_accumulation_steps == written_by.gradient_accumulation_steps
+        and now.per_device_train_batch_size == written_by.per_device_train_batch_size
+    ):
         per_step = now.per_device_train_batch_size * now.processes
         if written_by.global_batch % per_step:
             raise ConfigError(
@@ -114,18 +124,27 @@ def fitted_layout(args, written_by: Layout, now: Layout, where: str) -> Layout:
                 " not a whole number. Relaunch on a process count that divides it (or change"
                 " per_device_train_batch_size so that per-device x processes x accumulation ="
                 f" {written_by.global_batch}), or set allow_global_batch_change: true to train on with another"
-                " global batch (the remaining steps then see other pairs than the uninterrupted run).")
+                " global batch (the remaining steps then see other pairs than the uninterrupted run)."
+            )
         now = Layout(now.processes, now.per_device_train_batch_size, written_by.global_batch // per_step)
-        logger.warning("%s was written by %d process(es); on %d, gradient_accumulation_steps becomes %d to keep the"
-                       " global batch: %s.", where, written_by.processes, now.processes,
-                       now.gradient_accumulation_steps, now.arithmetic())
+        logger.warning(
+            "%s was written by %d process(es); on %d, gradient_accumulation_steps becomes %d to keep the"
+            " global batch: %s.",
+            where,
+            written_by.processes,
+            now.processes,
+            now.gradient_accumulation_steps,
+            now.arithmetic(),
+        )
     if now.global_batch != written_by.global_batch:
-        message = (f"{where} was written with a global batch of {written_by.arithmetic()} pairs; this launch has"
-                   f" {now.arithmetic()}. A different global batch changes the optimisation, and the Trainer would"
-                   f" skip {now.global_batch} instead of {written_by.global_batch} pairs per step already trained."
-                   " Keep the checkpoint's gradient_accumulation_steps and per_device_train_batch_size (the"
-                   " accumulation is then recomputed for the process count), or set allow_global_batch_change:"
-                   " true to accept it.")
+        message = (
+            f"{where} was written with a global batch of {written_by.arithmetic()} pairs; this launch has"
+            f" {now.arithmetic()}. A different global batch changes the optimisation, and the Trainer would"
+            f" skip {now.global_batch} instead of {written_by.global_batch} pairs per step already trained."
+            " Keep the checkpoint's gradient_accumulation_steps and per_device_train_batch_size (the"
+            " accumulation is then recomputed for the process count), or set allow_global_batch_change:"
+            " true to accept it."
+        )
         if not args.allow_global_batch_change:
             raise ConfigError(message)
         logger.warning("allow_global_batch_change: %s", message)
@@ -151,7 +170,8 @@ def adapt_to_checkpoint(args, checkpoint: str | None) -> ResumePlan | None:
             f" {processes} process(es) (its RNG files), not {now.processes}: its global batch cannot be known, so"
             f" the data order cannot be kept. Relaunch on {processes} process(es), or write {LAYOUT_FILE} in it:"
             f' {{"processes": {processes}, "per_device_train_batch_size": ..., "gradient_accumulation_steps": ...}}'
-            " with the values it was trained with.")
+            " with the values it was trained with."
+        )
     now = fitted_layout(args, written_by, now, checkpoint)
     args.gradient_accumulation_steps = now.gradient_accumulation_steps
     if now.processes == written_by.processes:
@@ -177,11 +197,20 @@ def convert_to_universal(checkpoint: str, tag: str) -> str:
 
     partial = target + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    logger.warning("Converting %s to DeepSpeed's universal checkpoint format in %s.", os.path.join(checkpoint, tag),
-                   target)
-    ds_to_universal(SimpleNamespace(input_folder=os.path.join(checkpoint, tag), output_folder=partial,
-                                    num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-                                    inject_missing_state=False))
+    logger.warning(
+        "Converting %s to DeepSpeed's universal checkpoint format in %s.", os.path.join(checkpoint, tag), target
+    )
+    ds_to_universal(
+        SimpleNamespace(
+            input_folder=os.path.join(checkpoint, tag),
+            output_folder=partial,
+            num_extract_workers=1,
+            num_merge_workers=1,
+            keep_temp_folder=False,
+            strict=True,
+            inject_missing_state=False,
+        )
+    )
     shutil.rmtree(target, ignore_errors=True)
     os.rename(partial, target)
     with open(os.path.join(checkpoint, UNIVERSAL_LATEST), "w") as f:
@@ -243,8 +272,13 @@ class ElasticResume(TrainerCallback):
                 "Steps %s end an epoch of %d pairs with a partial global batch of %d: accelerate pads each process's"
                 " last batch from the epoch's start, so on %d process(es) those steps see other pairs than on %d"
                 " (every other step sees the same pairs). A dataset size divisible by %d avoids it.",
-                tails, len(train_dataloader.dataset), plan.now.global_batch, plan.now.processes,
-                plan.written_by.processes, plan.now.global_batch)
+                tails,
+                len(train_dataloader.dataset),
+                plan.now.global_batch,
+                plan.now.processes,
+                plan.written_by.processes,
+                plan.now.global_batch,
+            )
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -256,8 +290,11 @@ class ElasticResume(TrainerCallback):
 @dataclass
 class ElasticResumeArguments:
     """The key both training recipes' configs take from here (SimPOConfig, SFTRunConfig)."""
+
     allow_global_batch_change: bool = field(
         default=False,
-        metadata={"help": "Resume a checkpoint with another global batch (per-device x processes x accumulation)"
-                  " than it was trained with; off: refused before the model loads. See docs/elastic-resume.md."},
+        metadata={
+            "help": "Resume a checkpoint with another global batch (per-device x processes x accumulation)"
+            " than it was trained with; off: refused before the model loads. See docs/elastic-resume.md."
+        },
     )

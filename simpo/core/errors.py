@@ -33,8 +33,11 @@ def report_input_errors(prog: str):
                     raise
                 rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
                 where = f" [rank {rank}]" if rank is not None else ""
-                print(f"{prog}{where}: error: {error}\n(set {TRACEBACK_VARIABLE}=1 for the traceback)", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"{prog}{where}: error: {error}\n(set {TRACEBACK_VARIABLE}=1 for the traceback)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 exit_process(USAGE_ERROR)
 
         return run

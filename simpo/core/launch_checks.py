@@ -38,9 +38,16 @@ ALONE_ON_CPU = "There is no GPU: set use_cpu: true in the training YAML (or --us
 ALONE_ON_GPU = "Check that every process sees a GPU (CUDA_VISIBLE_DEVICES) and that use_cpu is not set."
 NOT_LAUNCHED = "FSDP needs a distributed launch: `accelerate launch --config_file accelerate_configs/fsdp.yaml ...`."
 # The process kinds accelerate turns into FSDP when asked (AcceleratorState: accelerator backends only).
-BECOMES_FSDP = {DistributedType.FSDP, DistributedType.MULTI_GPU, DistributedType.MULTI_XPU, DistributedType.MULTI_NPU,
-                DistributedType.MULTI_MLU, DistributedType.MULTI_SDAA, DistributedType.MULTI_MUSA,
-                DistributedType.MULTI_HPU}
+BECOMES_FSDP = {
+    DistributedType.FSDP,
+    DistributedType.MULTI_GPU,
+    DistributedType.MULTI_XPU,
+    DistributedType.MULTI_NPU,
+    DistributedType.MULTI_MLU,
+    DistributedType.MULTI_SDAA,
+    DistributedType.MULTI_MUSA,
+    DistributedType.MULTI_HPU,
+}
 
 
 def _flag(name: str) -> bool:
@@ -101,8 +108,9 @@ def deepspeed_requested(argv: list[str]) -> bool:
     config = next((arg for arg in argv if arg.endswith((".yaml", ".yml"))), None)
     try:
         with open(config) as f:
-            return any(line.startswith("deepspeed:") and line.split(":", 1)[1].strip() not in ("", "null")
-                       for line in f)
+            return any(
+                line.startswith("deepspeed:") and line.split(":", 1)[1].strip() not in ("", "null") for line in f
+            )
     except (OSError, TypeError):
         return False
 

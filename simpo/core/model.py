@@ -26,17 +26,23 @@ def from_pretrained(loader, name: str, key: str, **kwargs):
     local folder nor a model the Hub (or, offline, its cache) has: transformers' own says neither."""
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
     if looks_local and not os.path.isdir(os.path.expanduser(name)):
-        raise ModelNotFound(f"{key}: there is no folder {name!r}. Give a model folder (e.g. a finished run's"
-                                " output_dir) or a Hub id.")
+        raise ModelNotFound(
+            f"{key}: there is no folder {name!r}. Give a model folder (e.g. a finished run's output_dir) or a Hub id."
+        )
     try:
         return loader.from_pretrained(name, **kwargs)
     except OSError as err:
         if os.path.isdir(name):
             raise
-        offline = " (HF_HUB_OFFLINE is set: only the local Hub cache was searched)" if os.environ.get(
-            "HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") else ""
-        raise ModelNotFound(f"{key}: {name!r} is not a local folder, and it could not be loaded from the Hub{offline}."
-                      f" Check the name (and your login, for gated models) or give a local folder. ({err})") from err
+        offline = (
+            " (HF_HUB_OFFLINE is set: only the local Hub cache was searched)"
+            if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+            else ""
+        )
+        raise ModelNotFound(
+            f"{key}: {name!r} is not a local folder, and it could not be loaded from the Hub{offline}."
+            f" Check the name (and your login, for gated models) or give a local folder. ({err})"
+        ) from err
 
 
 def get_tokenizer(model_args: ModelArguments):
@@ -154,6 +160,7 @@ def get_peft_config(model_args: ModelArguments, training_args: TrainingArguments
         bias="none",
         task_type="CAUSAL_LM",
     )
+
 
 def unwrap_model(model):
     """The transformers model under DDP / DeepSpeed (.module) and PEFT (get_base_model()) wrappers."""

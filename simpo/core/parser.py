@@ -214,8 +214,13 @@ def usage(dataclass_types, prog: str, hidden_keys: frozenset = frozenset(), desc
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None, dataclass_types: tuple, prog: str = "simpo",
-               hidden_keys: frozenset = frozenset(), description: str = "") -> tuple:
+def parse_args(
+    argv: list[str] | None,
+    dataclass_types: tuple,
+    prog: str = "simpo",
+    hidden_keys: frozenset = frozenset(),
+    description: str = "",
+) -> tuple:
     """`[config.yaml] [--key=value | --key value | --bool_flag]...` -> one instance per dataclass (the caller's
     argument groups, in order). --help prints `description` and every key."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -223,8 +228,11 @@ def parse_args(argv: list[str] | None, dataclass_types: tuple, prog: str = "simp
         print(usage(dataclass_types, prog, hidden_keys, description))
         raise SystemExit(0)
     if not argv:  # nothing to run: say how, as argparse does, before anything is set up or written
-        print(f"usage: {prog} CONFIG.yaml [--key=value | --key value ...]\n{prog}: error: give a config YAML"
-              f" (e.g. training_configs/tiny-simpo-cpu.yaml); `{prog} --help` lists every key.", file=sys.stderr)
+        print(
+            f"usage: {prog} CONFIG.yaml [--key=value | --key value ...]\n{prog}: error: give a config YAML"
+            f" (e.g. training_configs/tiny-simpo-cpu.yaml); `{prog} --help` lists every key.",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     owners = {}  # key -> [(dataclass index, type)]; a key of several dataclasses feeds them all
     for n, cls in enumerate(dataclass_types):

@@ -83,10 +83,17 @@ def draw(panels: dict, path: str, title: str, eval_dashed: bool = True, columns:
         bases = []
         for name, xs, ys in lines:
             is_eval = eval_dashed and name.startswith("eval_")
-            base = name[len("eval_"):] if is_eval else name
+            base = name[len("eval_") :] if is_eval else name
             bases += [base] if base not in bases else []
-            ax.plot(xs, ys, color=f"C{bases.index(base) % 10}", linestyle="--" if is_eval else "-",
-                    marker="o" if is_eval or len(xs) < 30 else None, markersize=3, label=name)
+            ax.plot(
+                xs,
+                ys,
+                color=f"C{bases.index(base) % 10}",
+                linestyle="--" if is_eval else "-",
+                marker="o" if is_eval or len(xs) < 30 else None,
+                markersize=3,
+                label=name,
+            )
         ax.set_title(panel)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -119,9 +126,11 @@ def plot_run(output_dir: str, out: str | None = None) -> dict:
             panels[panel] = lines
     if not panels:
         every = state.get("logging_steps")
-        raise DataError(f"{output_dir}: the log history has no metric to plot: nothing was logged in its"
-                        f" {state.get('global_step')} steps (a log every {every} steps, no evaluation). Set"
-                        " logging_steps below the number of steps, or evaluate (eval_strategy), for curves.")
+        raise DataError(
+            f"{output_dir}: the log history has no metric to plot: nothing was logged in its"
+            f" {state.get('global_step')} steps (a log every {every} steps, no evaluation). Set"
+            " logging_steps below the number of steps, or evaluate (eval_strategy), for curves."
+        )
     title = f"{'SFT' if sft else 'SimPO'} run: {os.path.abspath(output_dir)}"
     draw(panels, out or os.path.join(output_dir, CURVES_FILE), title)
     return panels
@@ -151,7 +160,8 @@ def compare_runs(output_dirs: list[str], out: str) -> dict:
 @report_input_errors("simpo-plot")
 def main(argv: list[str] | None = None) -> int:
     parser = CommandParser(
-        "simpo-plot", "Plot training curves from a run's trainer_state.json.",
+        "simpo-plot",
+        "Plot training curves from a run's trainer_state.json.",
         description=f"One run: train and eval curves into OUTPUT_DIR/{CURVES_FILE}. Several runs: their eval curves"
         " together into --out.",
     )

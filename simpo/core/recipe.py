@@ -62,9 +62,11 @@ def checkpoint_to_resume(args) -> str | None:
         chosen = args.resume_from_checkpoint
         problem = checkpoint_problem(chosen) if os.path.isdir(chosen) else None
         if problem:
-            raise ConfigError(f"resume_from_checkpoint={chosen} cannot be resumed from: {problem}. Give an earlier"
-                              " checkpoint, or leave resume_from_checkpoint unset to resume from the newest complete"
-                              " one in output_dir.")
+            raise ConfigError(
+                f"resume_from_checkpoint={chosen} cannot be resumed from: {problem}. Give an earlier"
+                " checkpoint, or leave resume_from_checkpoint unset to resume from the newest complete"
+                " one in output_dir."
+            )
         return chosen
     last = last_complete_checkpoint(args.output_dir)
     if last is not None:

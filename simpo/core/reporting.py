@@ -38,8 +38,11 @@ def count_parameters(model) -> tuple[int, int]:
 def precision(args, model) -> str:
     dtype = next((p.dtype for p in model.parameters()), None)
     mixed = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "no autocast"
-    quantized = " (4-bit)" if getattr(model, "is_loaded_in_4bit", False) else (
-        " (8-bit)" if getattr(model, "is_loaded_in_8bit", False) else "")
+    quantized = (
+        " (4-bit)"
+        if getattr(model, "is_loaded_in_4bit", False)
+        else (" (8-bit)" if getattr(model, "is_loaded_in_8bit", False) else "")
+    )
     tf32 = ", tf32" if args.tf32 else ""
     return f"weights {str(dtype).replace('torch.', '')}{quantized}, {mixed}{tf32}"
 
@@ -77,15 +80,20 @@ def warmup_lines() -> list[str]:
 
     if not (WARMUP["measured"] or WARMUP["reused"]):
         return []
-    return [f"  kernel warm-up  {WARMUP['seconds']:.1f} s measuring log-prob tiles for {WARMUP['measured']} shape(s),"
-            f" {WARMUP['reused']} reused from {cache_path() or 'memory'}"]
+    return [
+        f"  kernel warm-up  {WARMUP['seconds']:.1f} s measuring log-prob tiles for {WARMUP['measured']} shape(s),"
+        f" {WARMUP['reused']} reused from {cache_path() or 'memory'}"
+    ]
 
 
 def tensorboard_dir(trainer) -> str | None:
     for callback in trainer.callback_handler.callbacks:
         if type(callback).__name__ == "TensorBoardCallback":
-            return callback.logging_dir or os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(
-                trainer.args.output_dir, "runs")
+            return (
+                callback.logging_dir
+                or os.environ.get("TENSORBOARD_LOGGING_DIR")
+                or os.path.join(trainer.args.output_dir, "runs")
+            )
     return None
 
 
@@ -123,9 +131,18 @@ def start_summary(trainer, state=None) -> str:
     return "\n".join(lines)
 
 
-OUTPUT_FILES = ("model.safetensors", "adapter_model.safetensors", "config.json", "trainer_state.json",
-                "train_results.json", "eval_results.json", "all_results.json", "README.md", "dropped_pairs.jsonl",
-                "training_curves.png")
+OUTPUT_FILES = (
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "config.json",
+    "trainer_state.json",
+    "train_results.json",
+    "eval_results.json",
+    "all_results.json",
+    "README.md",
+    "dropped_pairs.jsonl",
+    "training_curves.png",
+)
 
 
 def plot_curves(trainer) -> str | None:
@@ -141,18 +158,36 @@ def plot_curves(trainer) -> str | None:
     except ValueError as error:  # nothing to plot: simpo-plot would say the same
         logger.warning("No training curves: %s", error)
     except Exception as error:  # plotting must never fail a finished run
-        logger.warning("Could not plot the training curves (%s: %s); try simpo-plot %s", type(error).__name__,
-                       error, trainer.args.output_dir)
+        logger.warning(
+            "Could not plot the training curves (%s: %s); try simpo-plot %s",
+            type(error).__name__,
+            error,
+            trainer.args.output_dir,
+        )
     return None
 
 
-SIMPO_END_KEYS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/margin_over_gamma", "lengths/chosen",
-                  "lengths/rejected")
+SIMPO_END_KEYS = (
+    "loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/margin_over_gamma",
+    "lengths/chosen",
+    "lengths/rejected",
+)
 
 
-def end_summary(trainer, train_metrics: dict | None = None, eval_metrics: dict | None = None,
-                written: list[str] | None = None, title: str = "SimPO run", keys: tuple = SIMPO_END_KEYS,
-                files: tuple = OUTPUT_FILES, unit: str = "pairs", resumed_at: int | None = None) -> str:
+def end_summary(
+    trainer,
+    train_metrics: dict | None = None,
+    eval_metrics: dict | None = None,
+    written: list[str] | None = None,
+    title: str = "SimPO run",
+    keys: tuple = SIMPO_END_KEYS,
+    files: tuple = OUTPUT_FILES,
+    unit: str = "pairs",
+    resumed_at: int | None = None,
+) -> str:
     """Time, throughput, final train and eval metrics (`keys`), and the paths a run wrote (those of `files` found).
     resumed_at: the checkpoint's step a resumed launch started from (time and throughput are this launch's)."""
     train_metrics = train_metrics or {}
@@ -198,9 +233,11 @@ def short_run_warning(args, state) -> str | None:
     if state.max_steps // every > state.global_step // every:
         return None
     steps = state.max_steps - state.global_step
-    return (f"This launch trains {steps} optimizer step(s) (to step {state.max_steps}) but logs every {every:g}: no"
-            f" training metrics (loss, rewards, ...) will be logged. Set logging_steps to at most {steps} (e.g."
-            " --logging_steps=1) to see them.")
+    return (
+        f"This launch trains {steps} optimizer step(s) (to step {state.max_steps}) but logs every {every:g}: no"
+        f" training metrics (loss, rewards, ...) will be logged. Set logging_steps to at most {steps} (e.g."
+        " --logging_steps=1) to see them."
+    )
 
 
 class RunSummary(TrainerCallback):
@@ -254,5 +291,7 @@ class TokenThroughput:
         self.window(accelerator)
         if not self.total_tokens:
             return {}
-        return {"train_num_tokens": self.total_tokens,
-                "train_tokens_per_second": round(self.total_tokens / self.total_seconds, 3)}
+        return {
+            "train_num_tokens": self.total_tokens,
+            "train_tokens_per_second": round(self.total_tokens / self.total_seconds, 3),
+        }

@@ -160,13 +160,17 @@ def disk_full_message(output_dir: str, step: int | None, err: BaseException) -> 
     being = output_dir if step is None else os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}")
     free = shutil.disk_usage(output_dir).free / 2**30 if os.path.isdir(output_dir) else float("nan")
     intact = last_complete_checkpoint(output_dir, before=step)
-    message = (f"The disk is full: writing {being} failed ({type(err).__name__}: {err}; {free:.2f} GiB free now on"
-               f" the disk holding {output_dir}). ")
+    message = (
+        f"The disk is full: writing {being} failed ({type(err).__name__}: {err}; {free:.2f} GiB free now on"
+        f" the disk holding {output_dir}). "
+    )
     if intact is None:
         message += "No complete checkpoint was saved before it: free space, then relaunch to start afresh."
     else:
-        message += (f"{intact}, the last complete checkpoint, is intact: free space (or set save_total_limit), then"
-                    " relaunch the same command to resume from it.")
+        message += (
+            f"{intact}, the last complete checkpoint, is intact: free space (or set save_total_limit), then"
+            " relaunch the same command to resume from it."
+        )
     if step is not None:
         message += f" {being} is incomplete: a relaunch skips it, and deleting it frees space."
     return message
@@ -189,9 +193,11 @@ def finished_run(trainer, checkpoint: str | None) -> str | None:
     last = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
     if step < last:
         return None
-    return (f"Nothing left to train: {checkpoint} holds step {step} of {last}, and the finished run's results are in"
-            f" {trainer.args.output_dir} (kept). To train more, raise max_steps or num_train_epochs; to start"
-            " afresh, use another output_dir.")
+    return (
+        f"Nothing left to train: {checkpoint} holds step {step} of {last}, and the finished run's results are in"
+        f" {trainer.args.output_dir} (kept). To train more, raise max_steps or num_train_epochs; to start"
+        " afresh, use another output_dir."
+    )
 
 
 class StopOnSignal(TrainerCallback):

@@ -45,8 +45,11 @@ def save_run_config(model_args, data_args, training_args, values: dict | None = 
         values = yaml.safe_load(yaml.safe_dump(values, sort_keys=False, allow_unicode=True))  # as the file reads
         changed = [key for key in values if key in before and before[key] != values[key]]
         if changed:
-            logger.warning("%s held other settings than this launch's (%s); it now records this launch's.", path,
-                           ", ".join(f"{key}: {before[key]!r} -> {values[key]!r}" for key in changed[:8]))
+            logger.warning(
+                "%s held other settings than this launch's (%s); it now records this launch's.",
+                path,
+                ", ".join(f"{key}: {before[key]!r} -> {values[key]!r}" for key in changed[:8]),
+            )
     with open(path, "w") as f:
         f.write("# Written by simpo at the start of this run: every setting, as parsed (defaults included).\n")
         yaml.safe_dump(values, f, sort_keys=False, allow_unicode=True)
@@ -69,12 +72,19 @@ def run_folder_problem(output_dir: str) -> str | None:
     if not os.path.isdir(output_dir):
         return f"{output_dir} is not a folder: give the output_dir of a finished simpo-train or simpo-sft run."
     has = lambda name: os.path.exists(os.path.join(output_dir, name))
-    missing = [name for name, present in (("config.json or adapter_config.json",
-                                           has("config.json") or has("adapter_config.json")),
-                                          ("tokenizer_config.json", has("tokenizer_config.json"))) if not present]
+    missing = [
+        name
+        for name, present in (
+            ("config.json or adapter_config.json", has("config.json") or has("adapter_config.json")),
+            ("tokenizer_config.json", has("tokenizer_config.json")),
+        )
+        if not present
+    ]
     if missing:
-        return (f"{output_dir} holds no saved model (no {' and no '.join(missing)}): give the output_dir of a"
-                " simpo-train or simpo-sft run that finished (it saves the model and tokenizer there).")
+        return (
+            f"{output_dir} holds no saved model (no {' and no '.join(missing)}): give the output_dir of a"
+            " simpo-train or simpo-sft run that finished (it saves the model and tokenizer there)."
+        )
     return None
 
 
@@ -82,8 +92,12 @@ def run_settings(output_dir: str) -> tuple[ModelArguments, DataArguments]:
     """load_run_config, or (for a folder without one) the saved tokenizer's template and the default rules."""
     loaded = load_run_config(output_dir)
     if loaded is None:
-        logger.warning("%s has no %s (written by runs since evaluation set-ups exist): using the saved tokenizer's"
-                       " chat template and the default empty-system-turn rule.", output_dir, RUN_CONFIG)
+        logger.warning(
+            "%s has no %s (written by runs since evaluation set-ups exist): using the saved tokenizer's"
+            " chat template and the default empty-system-turn rule.",
+            output_dir,
+            RUN_CONFIG,
+        )
         return ModelArguments(model_name_or_path=output_dir), DataArguments()
     return loaded
 

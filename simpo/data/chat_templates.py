@@ -97,8 +97,9 @@ def special_tokens(tokenizer) -> re.Pattern | None:
     return re.compile("|".join(map(re.escape, tokens))) if tokens else None
 
 
-def special_token_in_text(row: dict, tokens: re.Pattern | None,
-                          columns: tuple = ("prompt", "chosen", "rejected")) -> str:
+def special_token_in_text(
+    row: dict, tokens: re.Pattern | None, columns: tuple = ("prompt", "chosen", "rejected")
+) -> str:
     """Why the messages of a row (its message-list `columns`) hold a special token in their text, or ""."""
     for column in columns if tokens is not None else ():
         messages = row.get(column)
@@ -106,13 +107,16 @@ def special_token_in_text(row: dict, tokens: re.Pattern | None,
             found = tokens.search(message["content"])
             token = found and found.group()
             if token:
-                return (f"special token {token!r} in the text of '{column}' (set allow_special_tokens_in_text: true"
-                        " to train on it as that control token)")
+                return (
+                    f"special token {token!r} in the text of '{column}' (set allow_special_tokens_in_text: true"
+                    " to train on it as that control token)"
+                )
     return ""
 
 
-def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool = True,
-                        specials: re.Pattern | None = None) -> dict:
+def apply_chat_template(
+    row: dict, tokenizer, auto_insert_empty_system_msg: bool = True, specials: re.Pattern | None = None
+) -> dict:
     """A row of message lists -> {prompt, chosen, rejected} strings.
 
     An explicit message-list prompt is used as the prompt turns; otherwise the prompt is every turn of `chosen` but
@@ -132,16 +136,29 @@ def apply_chat_template(row: dict, tokenizer, auto_insert_empty_system_msg: bool
     return rendered
 
 
-def render_pairs(datasets: dict, tokenizer, auto_insert_empty_system_msg: bool = True, num_proc: int | None = None,
-                 allow_special_tokens_in_text: bool = False):
+def render_pairs(
+    datasets: dict,
+    tokenizer,
+    auto_insert_empty_system_msg: bool = True,
+    num_proc: int | None = None,
+    allow_special_tokens_in_text: bool = False,
+):
     """apply_chat_template over every split of {split: dataset}; each row keeps its other columns (its origin) and,
     unless allow_special_tokens_in_text, gains SPECIAL_TEXT (why its text holds a special token, or "")."""
     check_response_rendering(tokenizer, auto_insert_empty_system_msg)
     specials = None if allow_special_tokens_in_text else special_tokens(tokenizer)
-    template = {"tokenizer": tokenizer, "auto_insert_empty_system_msg": auto_insert_empty_system_msg,
-                "specials": specials}
+    template = {
+        "tokenizer": tokenizer,
+        "auto_insert_empty_system_msg": auto_insert_empty_system_msg,
+        "specials": specials,
+    }
     return {
-        side: dataset.map(apply_chat_template, fn_kwargs=template, num_proc=num_proc,
-                          new_fingerprint=map_fingerprint(dataset, template), desc="Applying chat template")
+        side: dataset.map(
+            apply_chat_template,
+            fn_kwargs=template,
+            num_proc=num_proc,
+            new_fingerprint=map_fingerprint(dataset, template),
+            desc="Applying chat template",
+        )
         for side, dataset in datasets.items()
     }

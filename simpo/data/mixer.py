@@ -67,8 +67,10 @@ def first_encoding_problem(path: Path) -> str | None:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as err:
-                return (f"{path} line {number} (byte {offset + err.start}) is not UTF-8 ({err.reason}, byte"
-                        f" 0x{line[err.start]:02x}): save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+                return (
+                    f"{path} line {number} (byte {offset + err.start}) is not UTF-8 ({err.reason}, byte"
+                    f" 0x{line[err.start]:02x}): save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                )
             offset += len(line)
     return None
 
@@ -110,9 +112,11 @@ def load_files(source: str, split: str, files: list[Path]) -> Dataset:
 
 def unsupported_format(path: Path) -> str:
     kind = path.suffix.lstrip(".").upper() or "a file without an extension"
-    return (f"{kind} is not a supported format. simpo reads .jsonl/.json (one JSON object per row) and .parquet files,"
-            " save_to_disk folders and hub ids: convert it, e.g. pandas.read_csv(path).to_json(out, orient='records',"
-            " lines=True) for a CSV whose columns hold JSON message lists.")
+    return (
+        f"{kind} is not a supported format. simpo reads .jsonl/.json (one JSON object per row) and .parquet files,"
+        " save_to_disk folders and hub ids: convert it, e.g. pandas.read_csv(path).to_json(out, orient='records',"
+        " lines=True) for a CSV whose columns hold JSON message lists."
+    )
 
 
 def train_rows(dataset: Dataset, fraction: float, source: str, split: str) -> Dataset:
@@ -173,12 +177,14 @@ def split_side(split: str) -> str:
 def require_eval_split(args, datasets, example: str) -> None:
     """Evaluation asked for without a test split stops the run before any model loads."""
     if not args.do_train and "test" not in datasets:
-        raise DataError(f"do_train: false evaluates the model on the test split, but dataset_splits has none: add one"
-                        f" (e.g. {example}).")
+        raise DataError(
+            f"do_train: false evaluates the model on the test split, but dataset_splits has none: add one"
+            f" (e.g. {example})."
+        )
     if (args.do_eval or args.eval_strategy != "no" or args.eval_on_start) and "test" not in datasets:
         raise DataError(
             "Evaluation is on (do_eval, eval_strategy or eval_on_start) but dataset_splits has no test split: add one"
-            f" (e.g. {example}) or set do_eval: false, eval_strategy: \"no\" and eval_on_start: false."
+            f' (e.g. {example}) or set do_eval: false, eval_strategy: "no" and eval_on_start: false.'
         )
 
 
@@ -186,14 +192,19 @@ def keep_role_and_content(dataset: Dataset) -> Dataset:
     """Message lists whose messages carry more keys than role and content (validation allowed only empty ones, e.g.
     `"tool_calls": []`) reduced to those two, so every source has the same columns and the chat template sees what
     the checks saw. A message with an extra key makes the column's type a JSON value, which nothing downstream reads."""
-    extra = [column for column, feature in dataset.features.items()
-             if hasattr(feature, "feature") and not (isinstance(feature.feature, dict)
-                                                     and set(feature.feature) == set(MESSAGE_KEYS))]
+    extra = [
+        column
+        for column, feature in dataset.features.items()
+        if hasattr(feature, "feature")
+        and not (isinstance(feature.feature, dict) and set(feature.feature) == set(MESSAGE_KEYS))
+    ]
     if not extra:
         return dataset
-    return dataset.map(lambda row: {column: role_and_content(row[column]) for column in extra},
-                       new_fingerprint=map_fingerprint(dataset, "role_and_content", extra),
-                       desc="Keeping each message's role and content")
+    return dataset.map(
+        lambda row: {column: role_and_content(row[column]) for column in extra},
+        new_fingerprint=map_fingerprint(dataset, "role_and_content", extra),
+        desc="Keeping each message's role and content",
+    )
 
 
 def mix_datasets(
@@ -233,9 +244,14 @@ def mix_datasets(
     mixed = DatasetDict({side: concatenate_datasets(ds).shuffle(seed=seed) for side, ds in parts.items() if ds})
     for side, dataset in mixed.items():
         if duplicates := count_duplicates(dataset, row_format.columns):
-            logger.warning("%d of the %d %s rows repeat an earlier row (identical %s): each copy is trained on as"
-                           " often as it appears. Deduplicate the data if that is not meant.", duplicates,
-                           len(dataset), side, ", ".join(row_format.columns))
+            logger.warning(
+                "%d of the %d %s rows repeat an earlier row (identical %s): each copy is trained on as"
+                " often as it appears. Deduplicate the data if that is not meant.",
+                duplicates,
+                len(dataset),
+                side,
+                ", ".join(row_format.columns),
+            )
     return mixed
 
 

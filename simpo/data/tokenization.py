@@ -119,16 +119,22 @@ def tokenize_pairs(dataset, tokenizer, args, name: str):
     empty_reply = render_response([{"role": "assistant", "content": ""}], tokenizer) if tokenizer.chat_template else ""
 
     def tokenize(row: dict, index: int) -> dict:
-        tokens = tokenize_row(row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode,
-                              args.label_pad_token_id)
+        tokens = tokenize_row(
+            row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id
+        )
         reason = row.get(SPECIAL_TEXT) or degenerate_reason(row, tokens, empty_reply, args.label_pad_token_id)
         origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
         return {**tokens, "drop_reason": reason or "", ORIGIN: origin}
 
     settings = (tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id, name)
-    dataset = dataset.map(tokenize, with_indices=True, num_proc=args.dataset_num_proc,
-                          remove_columns=dataset.column_names, new_fingerprint=map_fingerprint(dataset, *settings),
-                          desc=f"Tokenizing {name}")
+    dataset = dataset.map(
+        tokenize,
+        with_indices=True,
+        num_proc=args.dataset_num_proc,
+        remove_columns=dataset.column_names,
+        new_fingerprint=map_fingerprint(dataset, *settings),
+        desc=f"Tokenizing {name}",
+    )
     reasons = dataset["drop_reason"]
     drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
     handle_drops(drops, args.on_degenerate_pairs, total=len(reasons))

@@ -58,8 +58,10 @@ def message_list_problem(value) -> str | None:
             return f"message {i} content is {type(message['content']).__name__}, not a string"
         extra = next((key for key in message if key not in MESSAGE_KEYS and not is_empty(message[key])), None)
         if extra is not None:
-            return (f"message {i} has {extra!r} = {message[extra]!r}, which simpo does not train on (only role and"
-                    " content; empty extra keys are ignored): remove the key or fold it into the content")
+            return (
+                f"message {i} has {extra!r} = {message[extra]!r}, which simpo does not train on (only role and"
+                " content; empty extra keys are ignored): remove the key or fold it into the content"
+            )
     return None
 
 
@@ -77,11 +79,15 @@ def row_problem(row: dict) -> str | None:
         if message_list_problem(prompt):
             return f"'prompt': {message_list_problem(prompt)}"
         if any(row[column][: len(prompt)] == prompt for column in ("chosen", "rejected")):
-            return ("'chosen' or 'rejected' repeats the 'prompt' messages, which would be scored as the response:"
-                    " with 'prompt' as a message list, they hold the reply alone")
+            return (
+                "'chosen' or 'rejected' repeats the 'prompt' messages, which would be scored as the response:"
+                " with 'prompt' as a message list, they hold the reply alone"
+            )
     elif len(row["chosen"]) < 2:
-        return ("'chosen' has no prompt turns before the reply: put the user's message(s) before the assistant's"
-                " reply in 'chosen' and 'rejected', or give 'prompt' as a message list")
+        return (
+            "'chosen' has no prompt turns before the reply: put the user's message(s) before the assistant's"
+            " reply in 'chosen' and 'rejected', or give 'prompt' as a message list"
+        )
     elif row["chosen"][:-1] != row["rejected"][:-1]:
         return "'chosen' and 'rejected' have different prompt turns (all messages before the last must match)"
     return None
@@ -119,8 +125,9 @@ def validate_rows(dataset, source: str, split: str) -> None:
             )
 
 
-def handle_drops(drops: list[DroppedRow], on_degenerate: str, total: int, key: str = "on_degenerate_pairs",
-                 noun: str = "pairs") -> None:
+def handle_drops(
+    drops: list[DroppedRow], on_degenerate: str, total: int, key: str = "on_degenerate_pairs", noun: str = "pairs"
+) -> None:
     """Raise on the first dropped row when `key` (its value on_degenerate) says error, or when every one of the
     `total` rows was dropped (nothing would be left to train or evaluate on); otherwise leave the counting to
     report_drops."""
@@ -138,8 +145,12 @@ def handle_drops(drops: list[DroppedRow], on_degenerate: str, total: int, key: s
         )
 
 
-def report_drops(drops: list[DroppedRow], output_dir: str | None, noun: str = "preference pairs",
-                 file_name: str = "dropped_pairs.jsonl") -> None:
+def report_drops(
+    drops: list[DroppedRow],
+    output_dir: str | None,
+    noun: str = "preference pairs",
+    file_name: str = "dropped_pairs.jsonl",
+) -> None:
     """One summary line in the log, every dropped row in output_dir/<file_name>."""
     if not drops:
         logger.info("No %s dropped.", noun)

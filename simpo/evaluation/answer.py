@@ -30,8 +30,11 @@ logger = logging.getLogger("simpo")
 
 BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
 SEED = 42
-ANSWER_FILES = {"alpaca_eval": "model_outputs.json", "arena_hard": "model_answer/{name}.jsonl",
-                "mt_bench": "model_answer/{name}.jsonl"}
+ANSWER_FILES = {
+    "alpaca_eval": "model_outputs.json",
+    "arena_hard": "model_answer/{name}.jsonl",
+    "mt_bench": "model_answer/{name}.jsonl",
+}
 
 
 def read_questions(path: str, benchmark: str) -> list[dict]:
@@ -47,8 +50,9 @@ def read_questions(path: str, benchmark: str) -> list[dict]:
         try:
             value = json.loads(document)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path} line {number + err.lineno - 1}: not JSON ({err.msg}); give the benchmark's"
-                            " question file.") from err
+            raise DataError(
+                f"{path} line {number + err.lineno - 1}: not JSON ({err.msg}); give the benchmark's question file."
+            ) from err
         rows += value if is_list else [value]
     if not rows:
         raise DataError(f"{path} holds no questions: give the benchmark's question file.")
@@ -62,22 +66,33 @@ def read_questions(path: str, benchmark: str) -> list[dict]:
         else:
             turns = [t.get("content") if isinstance(t, dict) else t for t in row.get("turns") or [row.get("prompt")]]
         if not all(isinstance(t, str) and t for t in turns):
-            raise DataError(f"{path} row {n}: no question text in {field} for {benchmark} (got {turns!r:.100}): is"
-                            " this the benchmark's question file?")
-        questions.append({"id": row.get("question_id", n), "turns": turns, "category": row.get("category"),
-                          "raw": row})
+            raise DataError(
+                f"{path} row {n}: no question text in {field} for {benchmark} (got {turns!r:.100}): is"
+                " this the benchmark's question file?"
+            )
+        questions.append({"id": row.get("question_id", n), "turns": turns, "category": row.get("category"), "raw": row})
     return questions
 
 
-def answer(output_dir: str, benchmark: str, questions: list[dict], work_dir: str, batch_size: int = 16,
-           backend: str = "auto", limit_tokens: int | None = None) -> list[list[str]] | None:
+def answer(
+    output_dir: str,
+    benchmark: str,
+    questions: list[dict],
+    work_dir: str,
+    batch_size: int = 16,
+    backend: str = "auto",
+    limit_tokens: int | None = None,
+) -> list[list[str]] | None:
     """One answer per turn per question (on the main process; None on the others)."""
     model_args, data_args = run_settings(output_dir)
     tokenizer = training_tokenizer(output_dir, model_args, data_args)
     family = family_of(tokenizer.chat_template)
-    policy = ModelArguments(model_name_or_path=output_dir, torch_dtype=model_args.torch_dtype,
-                            attn_implementation=model_args.attn_implementation,
-                            trust_remote_code=model_args.trust_remote_code)
+    policy = ModelArguments(
+        model_name_or_path=output_dir,
+        torch_dtype=model_args.torch_dtype,
+        attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code,
+    )
     built = {}
 
     def backend_for(setting):
@@ -92,25 +107,43 @@ def answer(output_dir: str, benchmark: str, questions: list[dict], work_dir: str
         groups, prompts, capped = {}, {}, []  # decoding -> question indices asking a question at this turn
         for i, q in enumerate(questions):
             if turn < len(q["turns"]):
-                prompts[i] = generation_prompt_ids(conversation(q, answers[i], turn), tokenizer,
-                                                   data_args.auto_insert_empty_system_msg)
+                prompts[i] = generation_prompt_ids(
+                    conversation(q, answers[i], turn), tokenizer, data_args.auto_insert_empty_system_msg
+                )
                 setting = decoding(family, benchmark, q["category"])
                 wanted = min(setting.max_new_tokens, limit_tokens or 10**9)
                 new_tokens = tokens_left(wanted, len(prompts[i]), context, q["id"], turn)
                 capped += [i] if new_tokens < wanted else []
                 groups.setdefault((setting.temperature, setting.top_p, new_tokens), []).append(i)
         if capped:
-            logger.info("Turn %d: %d question(s) would decode past the model's %d positions; their max_new_tokens is"
-                        " capped at the context left (%d positions minus the prompt's tokens).", turn + 1,
-                        len(capped), context, context)
+            logger.info(
+                "Turn %d: %d question(s) would decode past the model's %d positions; their max_new_tokens is"
+                " capped at the context left (%d positions minus the prompt's tokens).",
+                turn + 1,
+                len(capped),
+                context,
+                context,
+            )
         for setting, members in groups.items():
             ids = [prompts[i] for i in members]
             folder = os.path.join(work_dir, f"turn{turn}", "t{}-p{}-n{}".format(*setting))
-            settings = {"model": [os.path.abspath(output_dir), weights_fingerprint(output_dir)],
-                        "benchmark": benchmark, "decoding": setting,
-                        "backend": backend_name(backend), "prompts": len(ids), "batch_size": batch_size}
-            replies = sample_units(folder, {"q": ids}, [SEED], batch_size, settings,
-                                   lambda setting=setting: backend_for(setting), everyone_waits=True)
+            settings = {
+                "model": [os.path.abspath(output_dir), weights_fingerprint(output_dir)],
+                "benchmark": benchmark,
+                "decoding": setting,
+                "backend": backend_name(backend),
+                "prompts": len(ids),
+                "batch_size": batch_size,
+            }
+            replies = sample_units(
+                folder,
+                {"q": ids},
+                [SEED],
+                batch_size,
+                settings,
+                lambda setting=setting: backend_for(setting),
+                everyone_waits=True,
+            )
             for i, reply in zip(members, replies["q"]):
                 answers[i].append(reply[0])
     return answers if process_rank()[0] == 0 else None
@@ -135,8 +168,10 @@ def tokens_left(wanted: int, prompt_tokens: int, context: int | None, question_i
     if context is None:
         return wanted
     if prompt_tokens >= context:
-        raise DataError(f"Question {question_id!r} (turn {turn + 1}): its prompt has {prompt_tokens} tokens, the"
-                         f" model's context {context} positions: no room for an answer.")
+        raise DataError(
+            f"Question {question_id!r} (turn {turn + 1}): its prompt has {prompt_tokens} tokens, the"
+            f" model's context {context} positions: no room for an answer."
+        )
     return min(wanted, context - prompt_tokens)
 
 
@@ -152,18 +187,35 @@ def conversation(question: dict, answers: list[str], turn: int) -> list[dict]:
 
 def answer_records(benchmark: str, questions: list[dict], answers: list[list[str]], name: str, tokenizer) -> list:
     if benchmark == "alpaca_eval":
-        return [{"instruction": q["turns"][0], "output": a[0], "generator": name, "dataset": q["raw"].get("dataset")}
-                for q, a in zip(questions, answers)]
-    turns = (lambda a: [{"content": t, "token_len": len(tokenizer(t, add_special_tokens=False)["input_ids"])}
-                        for t in a]) if benchmark == "arena_hard" else (lambda a: a)
-    return [{"question_id": q["id"], "answer_id": f"{name}-{q['id']}", "model_id": name,
-             "choices": [{"index": 0, "turns": turns(a)}], "tstamp": time.time()} for q, a in zip(questions, answers)]
+        return [
+            {"instruction": q["turns"][0], "output": a[0], "generator": name, "dataset": q["raw"].get("dataset")}
+            for q, a in zip(questions, answers)
+        ]
+    turns = (
+        (lambda a: [{"content": t, "token_len": len(tokenizer(t, add_special_tokens=False)["input_ids"])} for t in a])
+        if benchmark == "arena_hard"
+        else (lambda a: a)
+    )
+    return [
+        {
+            "question_id": q["id"],
+            "answer_id": f"{name}-{q['id']}",
+            "model_id": name,
+            "choices": [{"index": 0, "turns": turns(a)}],
+            "tstamp": time.time(),
+        }
+        for q, a in zip(questions, answers)
+    ]
 
 
 @report_input_errors("simpo-answer")
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser("simpo-answer", "Answer a benchmark's questions (AlpacaEval 2, Arena-Hard, MT-Bench) with a"
-                           " trained model, in the file format that benchmark's judge reads.", description=__doc__)
+    parser = CommandParser(
+        "simpo-answer",
+        "Answer a benchmark's questions (AlpacaEval 2, Arena-Hard, MT-Bench) with a"
+        " trained model, in the file format that benchmark's judge reads.",
+        description=__doc__,
+    )
     parser.add_argument("output_dir", help="the trained model's folder (a simpo run's output_dir)")
     parser.add_argument("--benchmark", required=True, choices=BENCHMARKS)
     parser.add_argument("--questions", required=True, help="the benchmark's question file")
@@ -186,17 +238,22 @@ def main(argv: list[str] | None = None) -> None:
     if process_rank()[0] == 0:  # one answering run per model and benchmark at a time
         lock_folder(os.path.join(args.output_dir, "eval", args.benchmark), "simpo-answer")
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
-    out = args.out or os.path.join(args.output_dir, "eval", args.benchmark, ANSWER_FILES[args.benchmark].format(
-        name=name))
+    out = args.out or os.path.join(
+        args.output_dir, "eval", args.benchmark, ANSWER_FILES[args.benchmark].format(name=name)
+    )
     work_dir = os.path.join(args.output_dir, "eval", args.benchmark, "work", file_fingerprint(args.questions)[:12])
-    answers = answer(args.output_dir, args.benchmark, questions, work_dir, args.batch_size, args.backend,
-                     args.max_new_tokens)
+    answers = answer(
+        args.output_dir, args.benchmark, questions, work_dir, args.batch_size, args.backend, args.max_new_tokens
+    )
     if answers is None:
         return
     tokenizer = training_tokenizer(args.output_dir, *run_settings(args.output_dir))
     records = answer_records(args.benchmark, questions, answers, name, tokenizer)
-    text = json.dumps(records, indent=1) if args.benchmark == "alpaca_eval" else \
-        "".join(json.dumps(r) + "\n" for r in records)
+    text = (
+        json.dumps(records, indent=1)
+        if args.benchmark == "alpaca_eval"
+        else "".join(json.dumps(r) + "\n" for r in records)
+    )
     write_atomic(out, text)
     logger.info("%d answers to %s written to %s", len(records), args.questions, out)
 

@@ -28,11 +28,23 @@ FAMILIES = {  # family: (AlpacaEval 2, Arena-Hard)
     "other": (Decoding(0.7, 1.0, 2048), ARENA_HARD),
 }
 # Markers of the chat templates the training configs use (Mistral-base is the Zephyr SFT model's template).
-MARKERS = (("<|start_header_id|>", "llama3"), ("<start_of_turn>", "gemma2"), ("[INST]", "mistral-instruct"),
-           ("<|user|>", "mistral-base"))
+MARKERS = (
+    ("<|start_header_id|>", "llama3"),
+    ("<start_of_turn>", "gemma2"),
+    ("[INST]", "mistral-instruct"),
+    ("<|user|>", "mistral-base"),
+)
 
-MT_BENCH_TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
-                        "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+MT_BENCH_TEMPERATURE = {
+    "writing": 0.7,
+    "roleplay": 0.7,
+    "extraction": 0.0,
+    "math": 0.0,
+    "coding": 0.0,
+    "reasoning": 0.0,
+    "stem": 0.1,
+    "humanities": 0.1,
+}
 MT_BENCH_OTHER_TEMPERATURE = 0.7
 MT_BENCH_MAX_NEW_TOKENS = 1024
 

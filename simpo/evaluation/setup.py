@@ -56,8 +56,14 @@ def read(path: str | None) -> str | None:
         return f.read()
 
 
-def setup(output_dir: str, benchmarks: list[str], name: str, eval_dir: str, alpaca_template: str | None = None,
-          chat_template: str | None = None) -> dict:
+def setup(
+    output_dir: str,
+    benchmarks: list[str],
+    name: str,
+    eval_dir: str,
+    alpaca_template: str | None = None,
+    chat_template: str | None = None,
+) -> dict:
     """Check every template, then write the set-ups; returns what parity.json records. Raises ParityError."""
     model_args, data_args = run_settings(output_dir)
     tokenizer = training_tokenizer(output_dir, model_args, data_args)
@@ -66,42 +72,74 @@ def setup(output_dir: str, benchmarks: list[str], name: str, eval_dir: str, alpa
     files, parity = {}, {}
     if "alpaca_eval" in benchmarks:
         template = alpaca_template or alpaca_eval_template(tokenizer, auto_insert)
-        tokens = check_parity("alpaca_eval prompt template", lambda t: alpaca_eval_ids(template, t, tokenizer),
-                              ALPACA_EVAL_CONVERSATIONS, tokenizer, auto_insert)
+        tokens = check_parity(
+            "alpaca_eval prompt template",
+            lambda t: alpaca_eval_ids(template, t, tokenizer),
+            ALPACA_EVAL_CONVERSATIONS,
+            tokenizer,
+            auto_insert,
+        )
         parity["alpaca_eval"] = {"prompts": len(ALPACA_EVAL_CONVERSATIONS), "tokens": tokens}
         setting = decoding(family, "alpaca_eval")
         folder = os.path.join(eval_dir, "alpaca_eval", name)
         files[os.path.join(folder, "prompt.txt")] = template
-        files[os.path.join(folder, "configs.yaml")] = yaml.safe_dump({name: {
-            "prompt_template": os.path.abspath(os.path.join(folder, "prompt.txt")),
-            "fn_completions": "vllm_local_completions",
-            "completions_kwargs": {
-                "model_name": os.path.abspath(output_dir),
-                "model_kwargs": {"torch_dtype": model_args.torch_dtype or "bfloat16"},
-                "max_new_tokens": setting.max_new_tokens, "temperature": setting.temperature, "top_p": setting.top_p,
-                "do_sample": setting.temperature > 0, "stop_token_ids": stop_token_ids(output_dir, tokenizer),
-                "batch_size": 900,
+        files[os.path.join(folder, "configs.yaml")] = yaml.safe_dump(
+            {
+                name: {
+                    "prompt_template": os.path.abspath(os.path.join(folder, "prompt.txt")),
+                    "fn_completions": "vllm_local_completions",
+                    "completions_kwargs": {
+                        "model_name": os.path.abspath(output_dir),
+                        "model_kwargs": {"torch_dtype": model_args.torch_dtype or "bfloat16"},
+                        "max_new_tokens": setting.max_new_tokens,
+                        "temperature": setting.temperature,
+                        "top_p": setting.top_p,
+                        "do_sample": setting.temperature > 0,
+                        "stop_token_ids": stop_token_ids(output_dir, tokenizer),
+                        "batch_size": 900,
+                    },
+                    "pretty_name": name,
+                }
             },
-            "pretty_name": name,
-        }}, sort_keys=False)
+            sort_keys=False,
+        )
     if "arena_hard" in benchmarks:
         template = chat_template or vllm_chat_template(tokenizer, auto_insert)
-        tokens = check_parity("vLLM chat template (Arena-Hard)", lambda t: vllm_chat_ids(template, t, tokenizer),
-                              PARITY_CONVERSATIONS, tokenizer, auto_insert)
+        tokens = check_parity(
+            "vLLM chat template (Arena-Hard)",
+            lambda t: vllm_chat_ids(template, t, tokenizer),
+            PARITY_CONVERSATIONS,
+            tokenizer,
+            auto_insert,
+        )
         parity["arena_hard"] = {"prompts": len(PARITY_CONVERSATIONS), "tokens": tokens}
         setting = decoding(family, "arena_hard")
         folder = os.path.join(eval_dir, "arena_hard")
         files[os.path.join(folder, "chat_template.jinja")] = template
-        files[os.path.join(folder, "gen_answer_config.yaml")] = yaml.safe_dump({
-            "bench_name": "arena-hard-v0.1", "temperature": setting.temperature, "max_tokens": setting.max_new_tokens,
-            "num_choices": 1, "stop_token_ids": stop_token_ids(output_dir, tokenizer), "model_list": [name],
-        }, sort_keys=False)
-        files[os.path.join(folder, "api_config.yaml")] = yaml.safe_dump({name: {
-            "model_name": name, "endpoints": [SERVER], "api_type": "openai", "parallel": 8}}, sort_keys=False)
+        files[os.path.join(folder, "gen_answer_config.yaml")] = yaml.safe_dump(
+            {
+                "bench_name": "arena-hard-v0.1",
+                "temperature": setting.temperature,
+                "max_tokens": setting.max_new_tokens,
+                "num_choices": 1,
+                "stop_token_ids": stop_token_ids(output_dir, tokenizer),
+                "model_list": [name],
+            },
+            sort_keys=False,
+        )
+        files[os.path.join(folder, "api_config.yaml")] = yaml.safe_dump(
+            {name: {"model_name": name, "endpoints": [SERVER], "api_type": "openai", "parallel": 8}}, sort_keys=False
+        )
     if "mt_bench" in benchmarks:
         parity["mt_bench"] = {"prompts": 0, "tokens": 0, "note": "simpo-answer prompts with the training ids"}
-    summary = {"model": output_dir, "name": name, "family": family, "auto_insert_empty_system_msg": auto_insert,
-               "benchmarks": benchmarks, "parity": parity}
+    summary = {
+        "model": output_dir,
+        "name": name,
+        "family": family,
+        "auto_insert_empty_system_msg": auto_insert,
+        "benchmarks": benchmarks,
+        "parity": parity,
+    }
     files[os.path.join(eval_dir, "parity.json")] = json.dumps(summary, indent=1)
     files[os.path.join(eval_dir, "EVAL.md")] = eval_md(output_dir, eval_dir, name, family, benchmarks)
     for path, text in files.items():
@@ -111,12 +149,16 @@ def setup(output_dir: str, benchmarks: list[str], name: str, eval_dir: str, alpa
 
 @report_input_errors("simpo-eval-setup")
 def main(argv: list[str] | None = None) -> None:
-    parser = CommandParser("simpo-eval-setup", "Write ready-to-run AlpacaEval 2, Arena-Hard and MT-Bench set-ups for"
-                           " a finished run, each template checked against what training fed the model.",
-                           description=__doc__)
+    parser = CommandParser(
+        "simpo-eval-setup",
+        "Write ready-to-run AlpacaEval 2, Arena-Hard and MT-Bench set-ups for"
+        " a finished run, each template checked against what training fed the model.",
+        description=__doc__,
+    )
     parser.add_argument("output_dir", help="a finished run's output_dir")
-    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma-separated, from " + ", ".join(
-        BENCHMARKS))
+    parser.add_argument(
+        "--benchmarks", default=",".join(BENCHMARKS), help="comma-separated, from " + ", ".join(BENCHMARKS)
+    )
     parser.add_argument("--name", help="the model's name in the benchmarks (default: the folder's name)")
     parser.add_argument("--eval-dir", help="where to write (default: OUTPUT_DIR/eval)")
     parser.add_argument("--alpaca-prompt-template", help="check and use this AlpacaEval prompt template instead")
@@ -132,15 +174,19 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
     eval_dir = args.eval_dir or os.path.join(args.output_dir, "eval")
     try:
-        summary = setup(args.output_dir, benchmarks, name, eval_dir, read(args.alpaca_prompt_template),
-                        read(args.chat_template))
+        summary = setup(
+            args.output_dir, benchmarks, name, eval_dir, read(args.alpaca_prompt_template), read(args.chat_template)
+        )
     except ParityError as error:
         print(f"simpo-eval-setup: refused, nothing written.\n{error}", file=sys.stderr)
         raise SystemExit(1) from None
-    checked = ", ".join(f"{b} {p['prompts']} prompts / {p['tokens']} tokens" for b, p in summary["parity"].items()
-                        if p["prompts"])
-    print(f"Evaluation set-ups for {name} ({summary['family']} template) in {eval_dir}; token parity with training"
-          f" checked: {checked}. Commands: {os.path.join(eval_dir, 'EVAL.md')}")
+    checked = ", ".join(
+        f"{b} {p['prompts']} prompts / {p['tokens']} tokens" for b, p in summary["parity"].items() if p["prompts"]
+    )
+    print(
+        f"Evaluation set-ups for {name} ({summary['family']} template) in {eval_dir}; token parity with training"
+        f" checked: {checked}. Commands: {os.path.join(eval_dir, 'EVAL.md')}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ def generation_header(tokenizer, auto_insert: bool) -> str:
     rendered, header = render_prompt(turns, tokenizer, auto_insert), response_header(tokenizer)
     expected = generation_prompt_ids(turns, tokenizer, auto_insert)
     for candidate in (header, header.rstrip()):
-        if bos_once(tokenizer(rendered + candidate, add_special_tokens=False)["input_ids"],
-                    tokenizer.bos_token_id) == expected:
+        if (
+            bos_once(tokenizer(rendered + candidate, add_special_tokens=False)["input_ids"], tokenizer.bos_token_id)
+            == expected
+        ):
             return candidate
     return header  # the parity check will show where it differs
 
@@ -79,8 +81,10 @@ def vllm_chat_template(tokenizer, auto_insert: bool) -> str:
     if tokenizer.bos_token and not render_prompt([USER("x")], tokenizer, auto_insert).startswith(tokenizer.bos_token):
         prefix += "{{ bos_token }}"  # training puts BOS first; vLLM's chat path adds no special token itself
     if inserts:
-        prefix += ("{% if messages and messages[0]['role'] != 'system' %}"
-                   "{% set messages = [{'role': 'system', 'content': ''}] + messages %}{% endif %}")
+        prefix += (
+            "{% if messages and messages[0]['role'] != 'system' %}"
+            "{% set messages = [{'role': 'system', 'content': ''}] + messages %}{% endif %}"
+        )
     header = json.dumps(generation_header(tokenizer, auto_insert), ensure_ascii=False)
     return prefix + tokenizer.chat_template + "{% if simpo_generation_prompt %}{{ " + header + " }}{% endif %}"
 

@@ -18,8 +18,18 @@ KERNELS = ("auto", "triton", "torch")
 KERNELS_RUN = Counter()  # calls per kernel that actually ran in this process: what a benchmark row reports
 
 
-def tiled_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, compute_dtype=None, token_tile=None,
-                vocab_tile=None, kernel=None):
+def tiled_logps(
+    hidden,
+    weight,
+    bias,
+    labels,
+    scale=1.0,
+    softcap=None,
+    compute_dtype=None,
+    token_tile=None,
+    vocab_tile=None,
+    kernel=None,
+):
     """log p(label) [N] fp32 and mean logit [N] (detached) for hidden [N, H] through a head weight [V, H] (+ bias).
 
     compute_dtype is the dtype the model's head computes in (its output's dtype: bf16 under bf16 autocast even for

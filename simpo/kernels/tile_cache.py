@@ -29,10 +29,13 @@ def cache_path() -> str | None:
     return os.path.join(base, "simpo", "tiles.json")
 
 
-def cache_key(device_name: str, dtype, hidden: int, vocab: int, bias: bool, softcap: bool, bucket: int,
-              version: str) -> str:
-    return (f"{device_name}|{str(dtype).replace('torch.', '')}|H{hidden}|V{vocab}|bias={int(bias)}|"
-            f"softcap={int(softcap)}|N{bucket}|triton {version}")
+def cache_key(
+    device_name: str, dtype, hidden: int, vocab: int, bias: bool, softcap: bool, bucket: int, version: str
+) -> str:
+    return (
+        f"{device_name}|{str(dtype).replace('torch.', '')}|H{hidden}|V{vocab}|bias={int(bias)}|"
+        f"softcap={int(softcap)}|N{bucket}|triton {version}"
+    )
 
 
 def _read(path: str) -> dict:
@@ -77,6 +80,11 @@ def cached_tiles(key: str, measure) -> tuple[int, int]:
             _write(path, {**_read(path), key: list(tiles)})
     WARMUP["measured"] += 1
     WARMUP["seconds"] += time.perf_counter() - start
-    logger.info("Log-prob tiles for %s measured in %.1f s: %s (kept in %s)", key, time.perf_counter() - start, tiles,
-                path or "memory only")
+    logger.info(
+        "Log-prob tiles for %s measured in %.1f s: %s (kept in %s)",
+        key,
+        time.perf_counter() - start,
+        tiles,
+        path or "memory only",
+    )
     return tiles

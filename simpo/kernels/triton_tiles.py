@@ -53,8 +53,24 @@ def _logits(u, b_ptr, cols, col_ok, scale, softcap, HAS_BIAS: tl.constexpr, HAS_
 
 
 @triton.jit
-def _fold_kernel(u_ptr, stride, b_ptr, labels_ptr, v0, n_rows, n_cols, scale, softcap, lse_ptr, sum_ptr, label_ptr,
-                 HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr):
+def _fold_kernel(
+    u_ptr,
+    stride,
+    b_ptr,
+    labels_ptr,
+    v0,
+    n_rows,
+    n_cols,
+    scale,
+    softcap,
+    lse_ptr,
+    sum_ptr,
+    label_ptr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """Per row of one tile: its logsumexp, its logit sum (softcap only) and, if the label is in it, the label logit."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_rows
@@ -66,8 +82,11 @@ def _fold_kernel(u_ptr, stride, b_ptr, labels_ptr, v0, n_rows, n_cols, scale, so
     for c0 in range(0, n_cols, BLOCK_V):
         cols = c0 + tl.arange(0, BLOCK_V)
         col_ok = cols < n_cols
-        u = tl.load(u_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :], mask=row_ok[:, None] & col_ok[None, :],
-                    other=0.0)
+        u = tl.load(
+            u_ptr + rows[:, None].to(tl.int64) * stride + cols[None, :],
+            mask=row_ok[:, None] & col_ok[None, :],
+            other=0.0,
+        )
         z = tl.where(col_ok[None, :], _logits(u, b_ptr, cols, col_ok, scale, softcap, HAS_BIAS, HAS_SOFTCAP), 0.0)
         z_label += tl.sum(tl.where(cols[None, :] == local[:, None], z, 0.0), 1)
         if HAS_SOFTCAP:
@@ -83,17 +102,34 @@ def _fold_kernel(u_ptr, stride, b_ptr, labels_ptr, v0, n_rows, n_cols, scale, so
 
 
 @triton.jit
-def _grad_kernel(u_ptr, stride, b_ptr, labels_ptr, v0, n_rows, n_cols, scale, softcap, lse_ptr, g_ptr, du_ptr,
-                 HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_V: tl.constexpr):
+def _grad_kernel(
+    u_ptr,
+    stride,
+    b_ptr,
+    labels_ptr,
+    v0,
+    n_rows,
+    n_cols,
+    scale,
+    softcap,
+    lse_ptr,
+    g_ptr,
+    du_ptr,
+    HAS_BIAS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    ROUND_BF16: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     """du for one [BLOCK_N, BLOCK_V] block of a tile, into du_ptr (same layout, the GEMM dtype)."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok, col_ok = rows < n_rows, cols < n_cols
     ok = row_ok[:, None] & col_ok[None, :]
     offsets = rows[:, None].to(tl.int64) * stride + cols[None, :]
-    z = _logits(tl.load(u_ptr + offsets, mask=ok, other=0.0), b_ptr, cols, col_ok, scale, softcap, HAS_BIAS,
-                HAS_SOFTCAP)
+    z = _logits(
+        tl.load(u_ptr + offsets, mask=ok, other=0.0), b_ptr, cols, col_ok, scale, softcap, HAS_BIAS, HAS_SOFTCAP
+    )
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)  # 0 on padding rows: they add nothing below
     local = tl.load(labels_ptr + rows, mask=row_ok, other=-1) - v0
@@ -119,8 +155,10 @@ if INTERPRET:  # numpy runs each program: few, small blocks
 else:
     # memory-bound passes over the fp32 tile: a few shapes of 4k-8k elements per block, timed per tile width
     # cache_results: the timings kept in triton's cache directory, so a relaunch does not autotune again
-    TUNE = {"key": ["n_cols", "HAS_BIAS", "HAS_SOFTCAP"],
-            **({"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {})}
+    TUNE = {
+        "key": ["n_cols", "HAS_BIAS", "HAS_SOFTCAP"],
+        **({"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}),
+    }
     FOLD = triton.autotune(_configs([(1, 4096, 8), (4, 1024, 4), (8, 1024, 8), (16, 512, 8)]), **TUNE)(_fold_kernel)
     GRAD = triton.autotune(_configs([(16, 256, 4), (32, 256, 8), (64, 128, 8)]), **TUNE)(_grad_kernel)
     FOLD_BLOCKS = GRAD_BLOCKS = {}
@@ -147,8 +185,9 @@ def forward_stats(h, weight, bias, labels, scale, softcap, dtype, tiles):
     token_tile, vocab_tile = max(1, min(n, tiles[0])), min(vocab, tiles[1])
     lse, label_z = torch.full((n,), -torch.inf, device=h.device), torch.zeros(n, device=h.device)
     logit_sum = torch.zeros(n, device=h.device) if softcap is not None else None
-    u_flat, part_lse, part_sum = (torch.empty(k, device=h.device) for k in (token_tile * vocab_tile, token_tile,
-                                                                             token_tile))
+    u_flat, part_lse, part_sum = (
+        torch.empty(k, device=h.device) for k in (token_tile * vocab_tile, token_tile, token_tile)
+    )
     flags = {"HAS_BIAS": bias is not None, "HAS_SOFTCAP": softcap is not None}
     for v0 in range(0, vocab, vocab_tile):
         w = weight[v0 : v0 + vocab_tile].to(dtype)
@@ -157,9 +196,24 @@ def forward_stats(h, weight, bias, labels, scale, softcap, dtype, tiles):
             rows = slice(t0, t0 + token_tile)
             rows_n = h[rows].shape[0]
             u = addmm_fp32(u_flat[: rows_n * w.shape[0]].view(rows_n, w.shape[0]), h[rows], w.T, dtype, beta=0)
-            launch(FOLD, FOLD_BLOCKS, row_blocks, u_ptr=u, stride=u.stride(0), b_ptr=b, labels_ptr=labels[rows], v0=v0,
-                   n_rows=rows_n, n_cols=w.shape[0], scale=scale, softcap=softcap or 1.0, lse_ptr=part_lse,
-                   sum_ptr=part_sum, label_ptr=label_z[rows], **flags)
+            launch(
+                FOLD,
+                FOLD_BLOCKS,
+                row_blocks,
+                u_ptr=u,
+                stride=u.stride(0),
+                b_ptr=b,
+                labels_ptr=labels[rows],
+                v0=v0,
+                n_rows=rows_n,
+                n_cols=w.shape[0],
+                scale=scale,
+                softcap=softcap or 1.0,
+                lse_ptr=part_lse,
+                sum_ptr=part_sum,
+                label_ptr=label_z[rows],
+                **flags,
+            )
             torch.logaddexp(lse[rows], part_lse[:rows_n], out=lse[rows])
             if logit_sum is not None:
                 logit_sum[rows] += part_sum[:rows_n]
@@ -191,9 +245,25 @@ def backward_grads(h, weight, bias, labels, scale, softcap, dtype, tiles, lse, g
             rows_n = h[rows].shape[0]
             u = addmm_fp32(u_flat[: rows_n * cols].view(rows_n, cols), h[rows], w.T, dtype, beta=0)
             du = du_flat[: rows_n * cols].view(rows_n, cols)
-            launch(GRAD, GRAD_BLOCKS, row_col_blocks, u_ptr=u, stride=u.stride(0), b_ptr=b, labels_ptr=labels[rows],
-                   v0=v0, n_rows=rows_n, n_cols=cols, scale=scale, softcap=softcap or 1.0, lse_ptr=lse[rows],
-                   g_ptr=g[rows], du_ptr=du, ROUND_BF16=INTERPRET and dtype == torch.bfloat16, **flags)
+            launch(
+                GRAD,
+                GRAD_BLOCKS,
+                row_col_blocks,
+                u_ptr=u,
+                stride=u.stride(0),
+                b_ptr=b,
+                labels_ptr=labels[rows],
+                v0=v0,
+                n_rows=rows_n,
+                n_cols=cols,
+                scale=scale,
+                softcap=softcap or 1.0,
+                lse_ptr=lse[rows],
+                g_ptr=g[rows],
+                du_ptr=du,
+                ROUND_BF16=INTERPRET and dtype == torch.bfloat16,
+                **flags,
+            )
             if grad_b is not None:  # from du as rounded for the GEMMs, as the plain path's bias gradient is
                 grad_b[v0 : v0 + cols] += du.sum(0, dtype=torch.float32)
             if grad_h is not None:
@@ -231,8 +301,9 @@ class TritonLogProbs(torch.autograd.Function):
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         with no_autocast(hidden):
             h = hidden.to(ctx.args[2]).contiguous()
-            grad_h, grad_w, grad_b = backward_grads(h, weight, bias, labels, *ctx.args, lse,
-                                                    grad_logps.float().contiguous(), ctx.needs_input_grad[:3])
+            grad_h, grad_w, grad_b = backward_grads(
+                h, weight, bias, labels, *ctx.args, lse, grad_logps.float().contiguous(), ctx.needs_input_grad[:3]
+            )
         grad_h = None if grad_h is None else grad_h.to(hidden.dtype)
         return grad_h, grad_w, None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None
 
@@ -253,8 +324,9 @@ def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure:
     else:
         bucket = 1 << (n - 1).bit_length()
         device = torch.cuda.get_device_name(h.device) if h.device.type == "cuda" else h.device.type
-        key = cache_key(device, dtype, h.shape[1], vocab, bias is not None, softcap is not None, bucket,
-                        triton.__version__)
+        key = cache_key(
+            device, dtype, h.shape[1], vocab, bias is not None, softcap is not None, bucket, triton.__version__
+        )
         if key not in _CHOSEN_TILES:
             widths = (2048, 4096, 8192, 16384, 32768)
             candidates = sorted({(min(bucket, TILE_ELEMENTS // v), min(v, vocab)) for v in widths})

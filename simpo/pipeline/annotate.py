@@ -39,8 +39,9 @@ from simpo.pipeline.work_units import (
 )
 
 logger = logging.getLogger("simpo")
-DESCRIPTION = ("Score every sampled reply with a reward model (on-policy data, step 2 of 3), resumable and"
-               " data-parallel.")
+DESCRIPTION = (
+    "Score every sampled reply with a reward model (on-policy data, step 2 of 3), resumable and data-parallel."
+)
 
 
 def conversation_ids(row: dict, response: str, tokenizer) -> list[int]:
@@ -56,8 +57,10 @@ def plan_units(lengths: dict[str, list[int]], batch_size: int, limit: int | None
     for side, side_lengths in lengths.items():
         fits = [i for i, n in enumerate(side_lengths) if limit is None or n <= limit]
         order = sorted(fits, key=lambda i: side_lengths[i])
-        units += [Unit(f"{side}/{b:06d}", side, tuple(order[i : i + batch_size]))
-                  for b, i in enumerate(range(0, len(order), batch_size))]
+        units += [
+            Unit(f"{side}/{b:06d}", side, tuple(order[i : i + batch_size]))
+            for b, i in enumerate(range(0, len(order), batch_size))
+        ]
     return units
 
 
@@ -70,17 +73,23 @@ def unused_token_id(sequences, vocab_size: int, preferred: int | None) -> int:
         return preferred
     free = next((t for t in range(vocab_size - 1, -1, -1) if t not in used), None)
     if free is None:
-        raise ValueError(f"Every id below the reward model's vocab_size ({vocab_size}) occurs in the conversations:"
-                         " none is left to pad with.")
+        raise ValueError(
+            f"Every id below the reward model's vocab_size ({vocab_size}) occurs in the conversations:"
+            " none is left to pad with."
+        )
     return free
 
 
 class RewardModel:
     def __init__(self, name: str, revision: str, trust_remote_code: bool, dtype: str, pad_id: int):
         self.device = process_device()
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            name, revision=revision, trust_remote_code=trust_remote_code, dtype=resolve_dtype(dtype)
-        ).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                name, revision=revision, trust_remote_code=trust_remote_code, dtype=resolve_dtype(dtype)
+            )
+            .to(self.device)
+            .eval()
+        )
         self.model.config.get_text_config().pad_token_id = pad_id
         self.pad_id = pad_id
 
@@ -116,8 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         lock_folder(args.output_dir, "simpo-annotate")
     source = os.path.join(args.output_dir, "generations")
-    sides = {side: read_jsonl(os.path.join(source, f"{side}.jsonl"), "simpo-generate") for side in ("train", "test")
-             if os.path.exists(os.path.join(source, f"{side}.jsonl"))}
+    sides = {
+        side: read_jsonl(os.path.join(source, f"{side}.jsonl"), "simpo-generate")
+        for side in ("train", "test")
+        if os.path.exists(os.path.join(source, f"{side}.jsonl"))
+    }
     if not sides:
         raise FileNotFoundError(f"No generations in {source}: run simpo-generate with this config first.")
     folder = os.path.join(args.output_dir, "annotations")
@@ -126,34 +138,50 @@ def main(argv: list[str] | None = None) -> None:
         if scores is not None:
             write_annotations(folder, sides, scores, f"left unscored by {args.reward_function} (None)")
         return
-    tokenizer = from_pretrained(AutoTokenizer, args.reward_model, "reward_model", revision=args.reward_model_revision,
-                                trust_remote_code=args.reward_trust_remote_code)
+    tokenizer = from_pretrained(
+        AutoTokenizer,
+        args.reward_model,
+        "reward_model",
+        revision=args.reward_model_revision,
+        trust_remote_code=args.reward_trust_remote_code,
+    )
     if not tokenizer.chat_template:
-        raise ValueError(f"The reward model's tokenizer ({args.reward_model}) has no chat template to render the"
-                         " conversations with.")
-    config = AutoConfig.from_pretrained(args.reward_model, revision=args.reward_model_revision,
-                                        trust_remote_code=args.reward_trust_remote_code)
+        raise ValueError(
+            f"The reward model's tokenizer ({args.reward_model}) has no chat template to render the conversations with."
+        )
+    config = AutoConfig.from_pretrained(
+        args.reward_model, revision=args.reward_model_revision, trust_remote_code=args.reward_trust_remote_code
+    )
     limit = getattr(config.get_text_config(), "max_position_embeddings", None)
     # One flat list per side: response k of row r is pair r * K + k.
-    pairs = {side: [conversation_ids(row, reply, tokenizer) for row in rows for reply in row["responses"]]
-             for side, rows in sides.items()}
-    dtype = args.reward_dtype if args.reward_dtype != "auto" else (
-        "bfloat16" if torch.cuda.is_available() else "float32")
-    pad_id = unused_token_id((ids for side in pairs.values() for ids in side), config.get_text_config().vocab_size,
-                             tokenizer.pad_token_id)
-    check_settings(folder, {
-        "reward_model": [args.reward_model, args.reward_model_revision, dtype], "pad_id": pad_id,
-        "reward_batch_size": args.reward_batch_size,
-        "generations": {side: file_fingerprint(os.path.join(source, f"{side}.jsonl")) for side in sides},
-    })
+    pairs = {
+        side: [conversation_ids(row, reply, tokenizer) for row in rows for reply in row["responses"]]
+        for side, rows in sides.items()
+    }
+    dtype = (
+        args.reward_dtype if args.reward_dtype != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+    )
+    pad_id = unused_token_id(
+        (ids for side in pairs.values() for ids in side), config.get_text_config().vocab_size, tokenizer.pad_token_id
+    )
+    check_settings(
+        folder,
+        {
+            "reward_model": [args.reward_model, args.reward_model_revision, dtype],
+            "pad_id": pad_id,
+            "reward_batch_size": args.reward_batch_size,
+            "generations": {side: file_fingerprint(os.path.join(source, f"{side}.jsonl")) for side in sides},
+        },
+    )
     units = plan_units({side: list(map(len, ids)) for side, ids in pairs.items()}, args.reward_batch_size, limit)
     store = UnitStore(os.path.join(folder, "units"))
     model = None
 
     def work(unit: Unit) -> list:
         nonlocal model
-        model = model or RewardModel(args.reward_model, args.reward_model_revision, args.reward_trust_remote_code,
-                                     dtype, pad_id)
+        model = model or RewardModel(
+            args.reward_model, args.reward_model_revision, args.reward_trust_remote_code, dtype, pad_id
+        )
         return model.score([pairs[unit.split][i] for i in unit.rows])
 
     if not run_units(units, store, work, desc="scoring"):

@@ -48,7 +48,7 @@ def turn_end_id(tokenizer) -> int | None:
         text = tokenizer.apply_chat_template(maybe_insert_system_message(turns, tokenizer), tokenize=False)
     except jinja2.TemplateError:  # a template that cannot render a plain exchange has no turn end to learn from it
         return None
-    after = text[text.rfind(TURN_PROBE) + len(TURN_PROBE):].lstrip() if TURN_PROBE in text else ""
+    after = text[text.rfind(TURN_PROBE) + len(TURN_PROBE) :].lstrip() if TURN_PROBE in text else ""
     ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
     special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
     return ids[0] if ids and ids[0] in special else None
@@ -77,20 +77,34 @@ class TransformersBackend:
 
     def __init__(self, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int):
         self.device = process_device()
-        self.model = load_for_generation(
-            model_args.model_name_or_path, revision=model_args.model_revision,
-            trust_remote_code=model_args.trust_remote_code, dtype=resolve_dtype(model_args.torch_dtype) or "auto",
-            attn_implementation=attn_implementation(model_args.attn_implementation),
-        ).to(self.device).eval()
+        self.model = (
+            load_for_generation(
+                model_args.model_name_or_path,
+                revision=model_args.model_revision,
+                trust_remote_code=model_args.trust_remote_code,
+                dtype=resolve_dtype(model_args.torch_dtype) or "auto",
+                attn_implementation=attn_implementation(model_args.attn_implementation),
+            )
+            .to(self.device)
+            .eval()
+        )
         self.tokenizer = tokenizer
         self.stop_ids = stop_ids(self.model.generation_config, tokenizer)
         self.set_sampling(temperature, top_p, max_tokens)
 
     def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            if temperature > 0
             else {"do_sample": False}
-        self.config = GenerationConfig(**sampling, max_new_tokens=max_tokens, repetition_penalty=1.0,
-                                       eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+        )
+        self.config = GenerationConfig(
+            **sampling,
+            max_new_tokens=max_tokens,
+            repetition_penalty=1.0,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], batch_seed: int, row_seeds: list[int]) -> list[str]:
@@ -99,11 +113,14 @@ class TransformersBackend:
         input_ids = torch.full((len(prompts), width), self.tokenizer.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for i, ids in enumerate(prompts):
-            input_ids[i, width - len(ids):] = torch.tensor(ids)
-            attention_mask[i, width - len(ids):] = 1
+            input_ids[i, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[i, width - len(ids) :] = 1
         torch.manual_seed(batch_seed)
-        out = self.model.generate(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                                  generation_config=self.config)
+        out = self.model.generate(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask.to(self.device),
+            generation_config=self.config,
+        )
         return [self.decode(row[width:].tolist()) for row in out]
 
     def decode(self, ids: list[int]) -> str:
@@ -122,17 +139,25 @@ class VLLMBackend:
             os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["LOCAL_RANK"]  # one GPU per launched process
         from vllm import LLM, SamplingParams
 
-        self.llm = LLM(model=model_args.model_name_or_path, revision=model_args.model_revision,
-                       tokenizer=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
-                       trust_remote_code=model_args.trust_remote_code, dtype=model_args.torch_dtype or "auto")
+        self.llm = LLM(
+            model=model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            tokenizer=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+            trust_remote_code=model_args.trust_remote_code,
+            dtype=model_args.torch_dtype or "auto",
+        )
         self.sampling_params = SamplingParams
         self.stop_ids = model_stop_ids(model_args.model_name_or_path, tokenizer, model_args.model_revision)
         self.set_sampling(temperature, top_p, max_tokens)
 
     def set_sampling(self, temperature: float, top_p: float, max_tokens: int) -> None:
-        self.params = lambda seed: self.sampling_params(temperature=temperature, max_tokens=max_tokens, seed=seed,
-                                                        top_p=top_p if temperature > 0 else 1.0,
-                                                        stop_token_ids=self.stop_ids)
+        self.params = lambda seed: self.sampling_params(
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            top_p=top_p if temperature > 0 else 1.0,
+            stop_token_ids=self.stop_ids,
+        )
 
     def generate(self, prompts: list[list[int]], batch_seed: int, row_seeds: list[int]) -> list[str]:
         """Each request samples from its own seed, so batching does not change it."""
@@ -145,7 +170,7 @@ def backend_name(name: str) -> str:
     """What `auto` resolves to here (recorded with a run: the two backends sample differently)."""
     has_vllm = importlib.util.find_spec("vllm") is not None
     if name == "vllm" and not has_vllm:
-        raise ValueError("backend: vllm, but vLLM is not installed: pip install -e \".[vllm]\" (GPU machines).")
+        raise ValueError('backend: vllm, but vLLM is not installed: pip install -e ".[vllm]" (GPU machines).')
     if name == "auto":
         return "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
     return name

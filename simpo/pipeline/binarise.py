@@ -31,8 +31,7 @@ from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.work_units import numbered_jsonl, write_atomic, write_jsonl
 
 logger = logging.getLogger("simpo")
-DESCRIPTION = ("Turn scored replies into preference pairs, best against worst per prompt (on-policy data, step 3"
-               " of 3).")
+DESCRIPTION = "Turn scored replies into preference pairs, best against worst per prompt (on-policy data, step 3 of 3)."
 
 
 def scored(score) -> bool:
@@ -42,8 +41,9 @@ def scored(score) -> bool:
 
 def best_and_worst(row: dict) -> tuple[int, int] | str:
     """Indices of the chosen and rejected responses, or why the prompt makes no pair."""
-    candidates = [k for k, (reply, score) in enumerate(zip(row["responses"], row["scores"]))
-                  if scored(score) and reply.strip()]
+    candidates = [
+        k for k, (reply, score) in enumerate(zip(row["responses"], row["scores"])) if scored(score) and reply.strip()
+    ]
     if len(candidates) < 2:
         return "fewer than two scored, non-empty responses"
     if len({row["responses"][k] for k in candidates}) == 1:
@@ -63,12 +63,21 @@ def read_annotations(path: str) -> list[dict]:
     for number, row in numbered_jsonl(path, "simpo-annotate"):
         responses, scores = row.get("responses"), row.get("scores")
         if not isinstance(responses, list) or not isinstance(scores, list) or len(scores) != len(responses):
-            found = "no 'scores'" if scores is None else "no 'responses'" if responses is None else (
-                f"{len(scores) if isinstance(scores, list) else scores!r:.40} scores for"
-                f" {len(responses) if isinstance(responses, list) else responses!r:.40} responses")
-            raise DataError(f"{path} line {number}: a row needs 'responses' and 'scores' (one score per response),"
-                            f" this one has {found}. Give simpo-annotate's output: rerun simpo-annotate with this"
-                            " config.")
+            found = (
+                "no 'scores'"
+                if scores is None
+                else "no 'responses'"
+                if responses is None
+                else (
+                    f"{len(scores) if isinstance(scores, list) else scores!r:.40} scores for"
+                    f" {len(responses) if isinstance(responses, list) else responses!r:.40} responses"
+                )
+            )
+            raise DataError(
+                f"{path} line {number}: a row needs 'responses' and 'scores' (one score per response),"
+                f" this one has {found}. Give simpo-annotate's output: rerun simpo-annotate with this"
+                " config."
+            )
         rows.append(row)
     return rows
 
@@ -78,8 +87,13 @@ def preference_row(row: dict, best: int, worst: int) -> dict:
     turns before the reply in chosen and rejected."""
     turns = [] if isinstance(row["prompt"], list) else row["messages"]
     reply = lambda k: turns + [{"role": "assistant", "content": row["responses"][k]}]
-    return {"prompt": row["prompt"], "chosen": reply(best), "rejected": reply(worst),
-            "score_chosen": row["scores"][best], "score_rejected": row["scores"][worst]}
+    return {
+        "prompt": row["prompt"],
+        "chosen": reply(best),
+        "rejected": reply(worst),
+        "score_chosen": row["scores"][best],
+        "score_rejected": row["scores"][worst],
+    }
 
 
 def binarise(rows: list[dict], min_score_gap: float) -> tuple[list[dict], Counter, list[float]]:
@@ -103,8 +117,13 @@ def describe(values: list[float]) -> dict:
     if not values:
         return {}
     ordered = sorted(values)
-    return {"mean": statistics.fmean(values), "median": statistics.median(values), "min": ordered[0],
-            "p90": ordered[int(0.9 * (len(ordered) - 1))], "max": ordered[-1]}
+    return {
+        "mean": statistics.fmean(values),
+        "median": statistics.median(values),
+        "min": ordered[0],
+        "p90": ordered[int(0.9 * (len(ordered) - 1))],
+        "max": ordered[-1],
+    }
 
 
 def length_stats(pairs: list[dict], tokenizer) -> dict:
@@ -113,8 +132,11 @@ def length_stats(pairs: list[dict], tokenizer) -> dict:
     count = lambda turns: len(tokenizer(turns[-1]["content"], add_special_tokens=False)["input_ids"])
     chosen, rejected = [count(p["chosen"]) for p in pairs], [count(p["rejected"]) for p in pairs]
     longer = sum(c > r for c, r in zip(chosen, rejected))
-    return {"chosen_tokens": describe(chosen), "rejected_tokens": describe(rejected),
-            "share_chosen_longer": longer / len(pairs) if pairs else None}
+    return {
+        "chosen_tokens": describe(chosen),
+        "rejected_tokens": describe(rejected),
+        "share_chosen_longer": longer / len(pairs) if pairs else None,
+    }
 
 
 def plot_gaps(gaps: dict[str, list[float]], min_score_gap: float, path: str) -> None:
@@ -160,15 +182,26 @@ def binarise_main(argv: list[str] | None = None) -> dict:
             )
     for side, (rows, pairs, drops) in binarised.items():
         write_jsonl(os.path.join(folder, f"{side}.jsonl"), pairs)
-        summary[side] = {"prompts": len(rows), "pairs": len(pairs), "dropped": dict(drops),
-                         "score_gap": describe([p["score_chosen"] - p["score_rejected"] for p in pairs]),
-                         **length_stats(pairs, tokenizer)}
-        logger.info("%s: %d pairs from %d prompts; dropped: %s; chosen longer than rejected in %s of pairs", side,
-                    len(pairs), len(rows), dict(drops) or "none", summary[side]["share_chosen_longer"])
+        summary[side] = {
+            "prompts": len(rows),
+            "pairs": len(pairs),
+            "dropped": dict(drops),
+            "score_gap": describe([p["score_chosen"] - p["score_rejected"] for p in pairs]),
+            **length_stats(pairs, tokenizer),
+        }
+        logger.info(
+            "%s: %d pairs from %d prompts; dropped: %s; chosen longer than rejected in %s of pairs",
+            side,
+            len(pairs),
+            len(rows),
+            dict(drops) or "none",
+            summary[side]["share_chosen_longer"],
+        )
     write_atomic(os.path.join(folder, "summary.json"), json.dumps(summary, indent=1))
     plot_gaps(all_gaps, args.min_score_gap, os.path.join(folder, "score_gaps.png"))
-    logger.info("Preference data in %s (dataset_mixer: {%s: 1.0}, dataset_splits: [%s])", folder, folder,
-                ", ".join(sides))
+    logger.info(
+        "Preference data in %s (dataset_mixer: {%s: 1.0}, dataset_splits: [%s])", folder, folder, ", ".join(sides)
+    )
     return summary
 
 

@@ -31,16 +31,20 @@ class OnPolicyArguments:
     max_tokens: int = field(default=4096, metadata={"help": "Most new tokens per response."})
     generation_batch_size: int = field(
         default=16,
-        metadata={"help": "Prompts per unit of work: a unit is sampled from a seed of its own, so the output depends"
-                  " on this and the seeds, not on the number of processes or on where a run was resumed."},
+        metadata={
+            "help": "Prompts per unit of work: a unit is sampled from a seed of its own, so the output depends"
+            " on this and the seeds, not on the number of processes or on where a run was resumed."
+        },
     )
     backend: Literal["auto", "vllm", "transformers"] = field(
         default="auto", metadata={"help": "auto: vLLM when installed and a GPU is present, else transformers."}
     )
     keep_columns: list[str] = field(
         default_factory=list,
-        metadata={"help": "Columns of the prompt data copied into every generation row, for a reward_function (e.g."
-                  " a reference answer, prompt_id)."},
+        metadata={
+            "help": "Columns of the prompt data copied into every generation row, for a reward_function (e.g."
+            " a reference answer, prompt_id)."
+        },
     )
     # simpo-annotate: exactly one of reward_model and reward_function
     reward_model: str | None = field(
@@ -49,8 +53,10 @@ class OnPolicyArguments:
     )
     reward_function: str | None = field(
         default=None,
-        metadata={"help": "package.module:function scoring (messages, reply, row) -> float or None instead of a"
-                  " reward model (verifiable rewards; examples in simpo/pipeline/rewards.py)."},
+        metadata={
+            "help": "package.module:function scoring (messages, reply, row) -> float or None instead of a"
+            " reward model (verifiable rewards; examples in simpo/pipeline/rewards.py)."
+        },
     )
     reward_model_revision: str = field(default="main", metadata={"help": "Branch, tag or commit of the reward model."})
     reward_trust_remote_code: bool = field(
@@ -98,8 +104,16 @@ class OnPolicyArguments:
 
 # The training keys the pipeline uses: the policy, its tokenizer and template, and the prompt sources.
 USED_TRAINING_KEYS = {
-    "model_name_or_path", "model_revision", "tokenizer_name_or_path", "trust_remote_code", "torch_dtype",
-    "attn_implementation", "chat_template", "dataset_mixer", "dataset_splits", "dataset_configs",
+    "model_name_or_path",
+    "model_revision",
+    "tokenizer_name_or_path",
+    "trust_remote_code",
+    "torch_dtype",
+    "attn_implementation",
+    "chat_template",
+    "dataset_mixer",
+    "dataset_splits",
+    "dataset_configs",
     "auto_insert_empty_system_msg",
 }
 
@@ -114,14 +128,24 @@ def reject_unused(instance, used: set[str], command: str) -> None:
             raise ConfigError(f"'{f.name}' has no effect on {command}: remove it from the config.")
 
 
-def parse_pipeline_args(argv: list[str] | None, command: str, description: str = "") -> tuple[
-        ModelArguments, DataArguments, OnPolicyArguments]:
+def parse_pipeline_args(
+    argv: list[str] | None, command: str, description: str = ""
+) -> tuple[ModelArguments, DataArguments, OnPolicyArguments]:
     """`CONFIG.yaml [--key=value ...]`, with the training recipe's parser and override rules; --help opens on
     `description`, what the command does."""
-    refused = frozenset(f.name for cls in (ModelArguments, DataArguments) for f in dataclasses.fields(cls)
-                        if f.name not in USED_TRAINING_KEYS)
-    model_args, data_args, args = parse_args(argv, (ModelArguments, DataArguments, OnPolicyArguments), prog=command,
-                                             hidden_keys=refused, description=description)
+    refused = frozenset(
+        f.name
+        for cls in (ModelArguments, DataArguments)
+        for f in dataclasses.fields(cls)
+        if f.name not in USED_TRAINING_KEYS
+    )
+    model_args, data_args, args = parse_args(
+        argv,
+        (ModelArguments, DataArguments, OnPolicyArguments),
+        prog=command,
+        hidden_keys=refused,
+        description=description,
+    )
     for instance in (model_args, data_args):
         reject_unused(instance, USED_TRAINING_KEYS, command)
     return model_args, data_args, args

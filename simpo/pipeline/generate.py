@@ -32,8 +32,10 @@ from simpo.pipeline.work_units import (
 )
 
 logger = logging.getLogger("simpo")
-DESCRIPTION = ("Sample replies from the policy for every prompt, one per seed (on-policy data, step 1 of 3),"
-               " resumable and data-parallel.")
+DESCRIPTION = (
+    "Sample replies from the policy for every prompt, one per seed (on-policy data, step 1 of 3),"
+    " resumable and data-parallel."
+)
 
 
 def plan_units(prompt_ids: dict[str, list[list[int]]], seeds: list[int], batch_size: int) -> list[Unit]:
@@ -47,8 +49,15 @@ def plan_units(prompt_ids: dict[str, list[list[int]]], seeds: list[int], batch_s
     return units
 
 
-def sample_units(folder: str, prompt_ids: dict[str, list[list[int]]], seeds: list[int], batch_size: int,
-                 settings: dict, make, everyone_waits: bool = False) -> dict[str, list[list[str]]] | None:
+def sample_units(
+    folder: str,
+    prompt_ids: dict[str, list[list[int]]],
+    seeds: list[int],
+    batch_size: int,
+    settings: dict,
+    make,
+    everyone_waits: bool = False,
+) -> dict[str, list[list[str]]] | None:
     """Sample every (prompt, seed) of `prompt_ids` into `folder`; on the main process (on all with
     `everyone_waits`), once all are done, {side: [[one response per seed] per prompt]}; None on the other processes.
     `make()` builds the backend (only when there is work left)."""
@@ -63,8 +72,10 @@ def sample_units(folder: str, prompt_ids: dict[str, list[list[int]]], seeds: lis
         prompts = [prompt_ids[unit.split][row] for row in unit.rows]
         batch_seed = derived_seed(unit.seed, unit.name)
         row_seeds = [derived_seed(unit.seed, unit.split, row) for row in unit.rows]
-        return [{"row": row, "response": text}
-                for row, text in zip(unit.rows, backend.generate(prompts, batch_seed, row_seeds))]
+        return [
+            {"row": row, "response": text}
+            for row, text in zip(unit.rows, backend.generate(prompts, batch_seed, row_seeds))
+        ]
 
     if not run_units(units, store, work, desc="generating", everyone_waits=everyone_waits):
         return None
@@ -84,19 +95,40 @@ def main(argv: list[str] | None = None) -> None:
         lock_folder(args.output_dir, "simpo-generate")
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
-    sides = load_prompts(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
-                         args.prompt_column, args.keep_columns)
-    prompt_ids = {side: [generation_prompt_ids(row["messages"], tokenizer, data_args.auto_insert_empty_system_msg)
-                         for row in rows] for side, rows in sides.items()}
+    sides = load_prompts(
+        data_args.dataset_mixer,
+        data_args.dataset_splits,
+        data_args.dataset_configs,
+        args.prompt_column,
+        args.keep_columns,
+    )
+    prompt_ids = {
+        side: [
+            generation_prompt_ids(row["messages"], tokenizer, data_args.auto_insert_empty_system_msg) for row in rows
+        ]
+        for side, rows in sides.items()
+    }
     settings = {
-        "model": [model_args.model_name_or_path, model_args.model_revision, model_args.torch_dtype,
-                  weights_fingerprint(model_args.model_name_or_path)],
-        "backend": backend_name(args.backend), "seeds": args.seeds, "temperature": args.temperature,
-        "top_p": args.top_p, "max_tokens": args.max_tokens, "generation_batch_size": args.generation_batch_size,
+        "model": [
+            model_args.model_name_or_path,
+            model_args.model_revision,
+            model_args.torch_dtype,
+            weights_fingerprint(model_args.model_name_or_path),
+        ],
+        "backend": backend_name(args.backend),
+        "seeds": args.seeds,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_tokens": args.max_tokens,
+        "generation_batch_size": args.generation_batch_size,
         "prompt_ids": {side: fingerprint(ids) for side, ids in prompt_ids.items()},
     }
-    logger.info("%s prompts x %d seeds, %d process(es)",
-                " + ".join(f"{len(rows)} {side}" for side, rows in sides.items()), len(args.seeds), world)
+    logger.info(
+        "%s prompts x %d seeds, %d process(es)",
+        " + ".join(f"{len(rows)} {side}" for side, rows in sides.items()),
+        len(args.seeds),
+        world,
+    )
     folder = os.path.join(args.output_dir, "generations")
     make = lambda: make_backend(args.backend, model_args, tokenizer, args.temperature, args.top_p, args.max_tokens)
     responses = sample_units(folder, prompt_ids, args.seeds, args.generation_batch_size, settings, make)
@@ -106,8 +138,14 @@ def main(argv: list[str] | None = None) -> None:
         out = [{**row, "responses": replies} for row, replies in zip(rows, responses[side])]
         write_jsonl(os.path.join(folder, f"{side}.jsonl"), out)
         empty = sum(not reply for replies in responses[side] for reply in replies)
-        logger.info("%s: %d prompts x %d responses (%d empty) in %s", side, len(out), len(args.seeds), empty,
-                    os.path.join(folder, f"{side}.jsonl"))
+        logger.info(
+            "%s: %d prompts x %d responses (%d empty) in %s",
+            side,
+            len(out),
+            len(args.seeds),
+            empty,
+            os.path.join(folder, f"{side}.jsonl"),
+        )
 
 
 if __name__ == "__main__":

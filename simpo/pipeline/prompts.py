@@ -23,8 +23,13 @@ def prompt_turns(value, where: str) -> list[dict]:
     )
 
 
-def load_prompts(dataset_mixer: dict[str, float], splits: list[str], configs: list[str] | None,
-                 column: str, keep_columns: list[str] = ()) -> dict[str, list[dict]]:
+def load_prompts(
+    dataset_mixer: dict[str, float],
+    splits: list[str],
+    configs: list[str] | None,
+    column: str,
+    keep_columns: list[str] = (),
+) -> dict[str, list[dict]]:
     """{side: [{"prompt": the cell as stored, "messages": its turns, and the `keep_columns`}]}, in source order,
     each prompt once per side (repeats are counted in the log and generated for once, with the first one's
     columns)."""
@@ -45,8 +50,9 @@ def load_prompts(dataset_mixer: dict[str, float], splits: list[str], configs: li
                 )
             missing = [name for name in keep_columns if name not in dataset.column_names]
             if missing:
-                raise DataError(f"{source} [{split}] has no column {missing} for keep_columns (it has"
-                                f" {dataset.column_names}).")
+                raise DataError(
+                    f"{source} [{split}] has no column {missing} for keep_columns (it has {dataset.column_names})."
+                )
             if side == "train":
                 dataset = train_rows(dataset, fraction, source, split)
             kept = {name: dataset[name] for name in keep_columns}
@@ -58,10 +64,12 @@ def load_prompts(dataset_mixer: dict[str, float], splits: list[str], configs: li
                     repeats += 1
                     continue
                 seen[side].add(key)
-                sides.setdefault(side, []).append({"prompt": value, "messages": turns,
-                                                   **{name: kept[name][index] for name in keep_columns}})
-            logger.info("%s [%s]: %d prompts for %s (%d repeats skipped)", source, split, len(dataset) - repeats,
-                        side, repeats)
+                sides.setdefault(side, []).append(
+                    {"prompt": value, "messages": turns, **{name: kept[name][index] for name in keep_columns}}
+                )
+            logger.info(
+                "%s [%s]: %d prompts for %s (%d repeats skipped)", source, split, len(dataset) - repeats, side, repeats
+            )
     for side in {split_side(split) for split in splits} - set(sides):
         raise DataError(f"No prompts for the {side} side: check dataset_mixer and dataset_splits.")
     return sides

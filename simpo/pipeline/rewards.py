@@ -96,8 +96,7 @@ def call_function(function: Callable, spec: str, items: list[tuple[list, str, di
         try:
             values = function(*map(list, zip(*items)))
         except Exception as err:
-            raise RewardFunctionError(f"reward_function {spec} raised {type(err).__name__}: {err} on {place}.") \
-                from err
+            raise RewardFunctionError(f"reward_function {spec} raised {type(err).__name__}: {err} on {place}.") from err
         if not isinstance(values, (list, tuple)) or len(values) != len(items):
             raise RewardFunctionError(
                 f"reward_function {spec} is batched: it must return one score per reply ({len(items)}), got"
@@ -109,8 +108,7 @@ def call_function(function: Callable, spec: str, items: list[tuple[list, str, di
         try:
             value = function(*item)
         except Exception as err:
-            raise RewardFunctionError(f"reward_function {spec} raised {type(err).__name__}: {err} on {at}.") \
-                from err
+            raise RewardFunctionError(f"reward_function {spec} raised {type(err).__name__}: {err} on {at}.") from err
         scores.append(checked_score(value, spec, at))
     return scores
 
@@ -119,24 +117,34 @@ def function_scores(args, sides: dict[str, list[dict]], source: str, folder: str
     """{side: one score per reply, flat (reply k of row r at r * K + k)} on the main process, None on the others.
     Units of `reward_batch_size` replies in file order, resumable as the reward model's."""
     function = load_reward_function(args.reward_function)
-    check_settings(folder, {
-        "reward_function": [args.reward_function, source_fingerprint(function)],
-        "reward_batch_size": args.reward_batch_size,
-        "generations": {side: file_fingerprint(os.path.join(source, f"{side}.jsonl")) for side in sides},
-    })
-    flat = {side: [(r, k) for r, row in enumerate(rows) for k in range(len(row["responses"]))]
-            for side, rows in sides.items()}
+    check_settings(
+        folder,
+        {
+            "reward_function": [args.reward_function, source_fingerprint(function)],
+            "reward_batch_size": args.reward_batch_size,
+            "generations": {side: file_fingerprint(os.path.join(source, f"{side}.jsonl")) for side in sides},
+        },
+    )
+    flat = {
+        side: [(r, k) for r, row in enumerate(rows) for k in range(len(row["responses"]))]
+        for side, rows in sides.items()
+    }
     size = args.reward_batch_size
-    units = [Unit(f"{side}/{b:06d}", side, tuple(range(i, min(i + size, len(pairs)))))
-             for side, pairs in flat.items() for b, i in enumerate(range(0, len(pairs), size))]
+    units = [
+        Unit(f"{side}/{b:06d}", side, tuple(range(i, min(i + size, len(pairs)))))
+        for side, pairs in flat.items()
+        for b, i in enumerate(range(0, len(pairs), size))
+    ]
 
     def where(side: str, r: int, k: int) -> str:
         row = sides[side][r]
         prompt_id = f" (prompt_id {row['prompt_id']})" if "prompt_id" in row else ""
         seeds = args.seeds if len(args.seeds) == len(row["responses"]) else None
         seed = f", seed {seeds[k]}" if seeds else ""
-        return (f"{os.path.join(source, side + '.jsonl')} line {r + 1}{prompt_id}, response {k + 1} of"
-                f" {len(row['responses'])}{seed}")
+        return (
+            f"{os.path.join(source, side + '.jsonl')} line {r + 1}{prompt_id}, response {k + 1} of"
+            f" {len(row['responses'])}{seed}"
+        )
 
     def work(unit: Unit) -> list:
         pairs = [flat[unit.split][i] for i in unit.rows]
@@ -199,8 +207,13 @@ def run_code_tests(reply: str, tests: str) -> float:
         with open(path, "w") as f:
             f.write(program)
         try:
-            done = subprocess.run([sys.executable, "-I", path], cwd=folder, capture_output=True,
-                                  timeout=CODE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            done = subprocess.run(
+                [sys.executable, "-I", path],
+                cwd=folder,
+                capture_output=True,
+                timeout=CODE_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
             return 0.0
     return float(done.returncode == 0)

@@ -52,8 +52,11 @@ def weights_fingerprint(model: str) -> str | None:
     a Hub id, which its revision names."""
     if not os.path.isdir(model):
         return None
-    stats = [(name, os.stat(os.path.join(model, name))) for name in sorted(os.listdir(model))
-             if name.endswith((".safetensors", ".bin"))]
+    stats = [
+        (name, os.stat(os.path.join(model, name)))
+        for name in sorted(os.listdir(model))
+        if name.endswith((".safetensors", ".bin"))
+    ]
     return fingerprint([[name, stat.st_size, stat.st_mtime_ns] for name, stat in stats])
 
 
@@ -91,10 +94,15 @@ def numbered_jsonl(path: str, made_by: str | None = None) -> list[tuple[int, dic
             try:
                 rows.append((number, json.loads(line)))
             except json.JSONDecodeError as err:
-                fix = (f" Rerun {made_by} with the same config: it keeps its finished units and rewrites this file"
-                       " from them." if made_by else "")
-                raise DataError(f"{path} line {number} is not a whole JSON row ({err.msg}; was the file cut"
-                                f" short?).{fix}") from err
+                fix = (
+                    f" Rerun {made_by} with the same config: it keeps its finished units and rewrites this file"
+                    " from them."
+                    if made_by
+                    else ""
+                )
+                raise DataError(
+                    f"{path} line {number} is not a whole JSON row ({err.msg}; was the file cut short?).{fix}"
+                ) from err
     return rows
 
 
@@ -136,8 +144,14 @@ class UnitStore:
             return json.load(f)["records"]
 
 
-def run_units(units: list[Unit], store: UnitStore, work: Callable[[Unit], list], desc: str, poll_s: float = 1.0,
-              everyone_waits: bool = False) -> bool:
+def run_units(
+    units: list[Unit],
+    store: UnitStore,
+    work: Callable[[Unit], list],
+    desc: str,
+    poll_s: float = 1.0,
+    everyone_waits: bool = False,
+) -> bool:
     """Do this process's share of `units` that are not done yet; True on the main process once every unit of every
     process is done (it waits for the others), False on the others, unless `everyone_waits` (a next step needs the
     results everywhere)."""
@@ -146,8 +160,14 @@ def run_units(units: list[Unit], store: UnitStore, work: Callable[[Unit], list],
     todo = [unit for unit in mine if not store.done(unit)]
     if len(todo) < len(mine):
         logger.info("%s: resuming, %d of %d units already done", desc, len(mine) - len(todo), len(mine))
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"{desc} (process {rank} of {world})",
-              unit="batch", disable=rank != 0, dynamic_ncols=True) as bar:
+    with tqdm(
+        total=len(mine),
+        initial=len(mine) - len(todo),
+        desc=f"{desc} (process {rank} of {world})",
+        unit="batch",
+        disable=rank != 0,
+        dynamic_ncols=True,
+    ) as bar:
         for unit in todo:
             store.write(unit, work(unit))
             bar.update()

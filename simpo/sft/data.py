@@ -5,8 +5,10 @@ tokenised conversation (simpo/sft/tokenization.py)."""
 from simpo.data.mixer import RowFormat
 from simpo.data.validation import DataError, message_list_problem
 
-FIX = ("SFT rows need 'messages': a list of {role, content} messages in OpenAI format (roles system, user,"
-       " assistant), ending with the assistant's reply.")
+FIX = (
+    "SFT rows need 'messages': a list of {role, content} messages in OpenAI format (roles system, user,"
+    " assistant), ending with the assistant's reply."
+)
 
 
 def conversation_problem(row: dict) -> str | None:
@@ -33,4 +35,3 @@ def validate_conversations(dataset, source: str, split: str) -> None:
 
 
 CONVERSATIONS = RowFormat(("messages",), validate_conversations)
-

@@ -43,8 +43,10 @@ from simpo.sft.tokenization import tokenize_conversations
 
 logger = logging.getLogger("simpo")
 SFT_ARGUMENTS = (ModelArguments, DataArguments, SFTRunConfig)
-DESCRIPTION = ("Supervised fine-tuning (the SFT stage before SimPO for base models) on chat conversations, with the"
-               " loss on assistant tokens only, from a YAML config and --key=value overrides.")
+DESCRIPTION = (
+    "Supervised fine-tuning (the SFT stage before SimPO for base models) on chat conversations, with the"
+    " loss on assistant tokens only, from a YAML config and --key=value overrides."
+)
 
 
 def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, dict, dict]:
@@ -56,9 +58,14 @@ def tokenize_splits(datasets, tokenizer, data_args, args) -> tuple[dict, dict, d
             if side in datasets:
                 max_length = args.max_length if cuts_conversations(args, packed[side]) else None
                 out[side], drops[side], counts[side] = tokenize_conversations(
-                    datasets[side], tokenizer, max_length, f"{side}_dataset",
-                    data_args.auto_insert_empty_system_msg, data_args.preprocessing_num_workers,
-                    args.on_degenerate_rows, data_args.allow_special_tokens_in_text,
+                    datasets[side],
+                    tokenizer,
+                    max_length,
+                    f"{side}_dataset",
+                    data_args.auto_insert_empty_system_msg,
+                    data_args.preprocessing_num_workers,
+                    args.on_degenerate_rows,
+                    data_args.allow_special_tokens_in_text,
                 )
     return out, drops, counts
 
@@ -81,8 +88,13 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     model_args, data_args, args, checkpoint = start_run(argv, SFT_ARGUMENTS, "simpo-sft", DESCRIPTION)
     as_parsed = run_config_values(model_args, data_args, args)  # recorded once the launch is accepted
 
-    raw_datasets = mix_datasets(data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs,
-                                seed=args.seed, row_format=CONVERSATIONS)
+    raw_datasets = mix_datasets(
+        data_args.dataset_mixer,
+        data_args.dataset_splits,
+        data_args.dataset_configs,
+        seed=args.seed,
+        row_format=CONVERSATIONS,
+    )
     require_eval_split(args, raw_datasets, example="test_sft")
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
@@ -105,8 +117,9 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         disable_dropout(trainer.model)
     record_run(model_args, data_args, args, as_parsed, "simpo-sft")
     if trainer.accelerator.is_main_process:
-        report_drops(drops["train"] + drops.get("test", []), args.output_dir, noun="conversations",
-                     file_name=DROPPED_FILE)
+        report_drops(
+            drops["train"] + drops.get("test", []), args.output_dir, noun="conversations", file_name=DROPPED_FILE
+        )
 
     if no_training(trainer, checkpoint):
         return finish(trainer)
@@ -115,14 +128,20 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     if (code := stopped_by_signal(trainer, stop)) is not None:
         return code
     resumed = checkpoint_state(checkpoint)
-    metrics = {**train_result.metrics, **throughput(trainer, train_result.metrics, resumed),
-               "train_samples": len(tokenized["train"])}
+    metrics = {
+        **train_result.metrics,
+        **throughput(trainer, train_result.metrics, resumed),
+        "train_samples": len(tokenized["train"]),
+    }
     save_metrics(trainer, metrics)
     save_final_model(trainer)  # with the tokenizer and its chat template: the SimPO stage reads both
 
     if trainer.accelerator.is_main_process:
-        trainer.create_model_card(model_name=os.path.basename(os.path.normpath(args.output_dir)),
-                                  dataset_name=", ".join(data_args.dataset_mixer), tags=["simpo", "sft"])
+        trainer.create_model_card(
+            model_name=os.path.basename(os.path.normpath(args.output_dir)),
+            dataset_name=", ".join(data_args.dataset_mixer),
+            tags=["simpo", "sft"],
+        )
         save_config_for_generation(trainer.model, args.output_dir)
 
     if args.do_eval and "test" in tokenized:
@@ -133,7 +152,16 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         trainer.push_to_hub(tags=["simpo", "sft"])
     logger.info("Training finished; outputs are in %s", args.output_dir)
     if trainer.accelerator.is_main_process:
-        print(end_summary(trainer, metrics, resumed_at=(resumed or {}).get("global_step"), title="SFT run",
-                          keys=SFT_END_KEYS, files=SFT_OUTPUT_FILES,
-                          unit="sequences"), flush=True)
+        print(
+            end_summary(
+                trainer,
+                metrics,
+                resumed_at=(resumed or {}).get("global_step"),
+                title="SFT run",
+                keys=SFT_END_KEYS,
+                files=SFT_OUTPUT_FILES,
+                unit="sequences",
+            ),
+            flush=True,
+        )
     return finish(trainer)

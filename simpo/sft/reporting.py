@@ -81,6 +81,6 @@ def throughput(trainer, train_metrics: dict, checkpoint_state: dict | None) -> d
     runtime = train_metrics.get("train_runtime")
     if not tokens or not runtime:
         return {}
-    session = trainer.state.log_history[len(earlier.get("log_history", [])):]
+    session = trainer.state.log_history[len(earlier.get("log_history", [])) :]
     seconds = runtime - sum(h.get("eval_runtime", 0.0) for h in session)
     return {"train_num_tokens": int(tokens), "train_tokens_per_second": round(tokens / max(seconds, 1e-9), 3)}

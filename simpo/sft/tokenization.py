@@ -54,8 +54,9 @@ def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_syste
     return text, spans
 
 
-def tokenize_conversation(messages: list[dict], tokenizer, max_length: int | None,
-                          auto_insert_empty_system_msg: bool = True, specials=None) -> dict:
+def tokenize_conversation(
+    messages: list[dict], tokenizer, max_length: int | None, auto_insert_empty_system_msg: bool = True, specials=None
+) -> dict:
     """{input_ids, labels, drop_reason}: labels are the ids on assistant turns and IGNORE elsewhere; the sequence is
     cut to max_length keeping its start (None: not cut, as when bfd_split packing carries the rest into another
     row). drop_reason, the one place that decides it, is set for an empty assistant reply (it would train the model to
@@ -89,24 +90,44 @@ def tokenize_conversation(messages: list[dict], tokenizer, max_length: int | Non
 def tokenize_row(row: dict, index: int, name: str, **kwargs) -> dict:
     out = tokenize_conversation(row["messages"], **kwargs)
     origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
-    return {**out, ORIGIN: origin, "length": len(out["input_ids"]),
-            "num_labelled": sum(t != IGNORE for t in out["labels"])}
+    return {
+        **out,
+        ORIGIN: origin,
+        "length": len(out["input_ids"]),
+        "num_labelled": sum(t != IGNORE for t in out["labels"]),
+    }
 
 
-def tokenize_conversations(dataset, tokenizer, max_length: int | None, name: str,
-                           auto_insert_empty_system_msg: bool = True, num_proc: int | None = None,
-                           on_degenerate_rows: str = "drop", allow_special_tokens_in_text: bool = False):
+def tokenize_conversations(
+    dataset,
+    tokenizer,
+    max_length: int | None,
+    name: str,
+    auto_insert_empty_system_msg: bool = True,
+    num_proc: int | None = None,
+    on_degenerate_rows: str = "drop",
+    allow_special_tokens_in_text: bool = False,
+):
     """(dataset of input_ids/labels, DroppedRow records of the rows left out, counts {rows, tokens, labelled,
     longest} of the rows kept). A drop names the row's origin from the mixer, or `name` and its index; with
     on_degenerate_rows: error the first one raises."""
     if dataset is None:
         return None, [], {}
-    kwargs = {"tokenizer": tokenizer, "max_length": max_length, "name": name,
-              "auto_insert_empty_system_msg": auto_insert_empty_system_msg,
-              "specials": None if allow_special_tokens_in_text else special_tokens(tokenizer)}
+    kwargs = {
+        "tokenizer": tokenizer,
+        "max_length": max_length,
+        "name": name,
+        "auto_insert_empty_system_msg": auto_insert_empty_system_msg,
+        "specials": None if allow_special_tokens_in_text else special_tokens(tokenizer),
+    }
     dataset = dataset.map(
-        tokenize_row, fn_kwargs=kwargs, with_indices=True, num_proc=num_proc, remove_columns=dataset.column_names,
-        new_fingerprint=map_fingerprint(dataset, kwargs), desc=f"Tokenizing {name} conversations",
+        tokenize_row,
+        fn_kwargs=kwargs,
+        with_indices=True,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        new_fingerprint=map_fingerprint(dataset, kwargs),
+        desc=f"Tokenizing {name} conversations",
     )
     reasons = dataset["drop_reason"]
     drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
@@ -114,6 +135,10 @@ def tokenize_conversations(dataset, tokenizer, max_length: int | None, name: str
     if drops:
         dataset = dataset.select([i for i, reason in enumerate(reasons) if not reason])
     lengths = dataset["length"]
-    counts = {"rows": len(dataset), "tokens": sum(lengths), "labelled": sum(dataset["num_labelled"]),
-              "longest": max(lengths, default=0)}
+    counts = {
+        "rows": len(dataset),
+        "tokens": sum(lengths),
+        "labelled": sum(dataset["num_labelled"]),
+        "longest": max(lengths, default=0),
+    }
     return dataset.remove_columns(["drop_reason", ORIGIN, "length", "num_labelled"]), drops, counts

@@ -47,19 +47,26 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
     label_pad_token_id: int = field(default=-100, metadata={"help": "Label of the positions that are not scored."})
     padding_value: int | None = field(default=None, metadata={"help": "Pad id; defaults to the tokenizer's."})
     generate_during_eval: bool = field(
-        default=False, metadata={"help": "After each evaluation, greedy replies to a few eval prompts in "
-                                 "output_dir/eval_samples.jsonl, beside their chosen and rejected replies."}
+        default=False,
+        metadata={
+            "help": "After each evaluation, greedy replies to a few eval prompts in "
+            "output_dir/eval_samples.jsonl, beside their chosen and rejected replies."
+        },
     )
     model_init_kwargs: dict[str, Any] | None = field(
         default=None,
-        metadata={"help": "Further from_pretrained / model config arguments, e.g. {max_position_embeddings: 4096};"
-                  " those a config key sets (dtype, revision, attn_implementation, ...) are refused."},
+        metadata={
+            "help": "Further from_pretrained / model config arguments, e.g. {max_position_embeddings: 4096};"
+            " those a config key sets (dtype, revision, attn_implementation, ...) are refused."
+        },
     )
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for tokenising pairs."})
     fused_logps: bool = field(
         default=True,
-        metadata={"help": "Log-probs from the hidden states in tiles, never the full-vocabulary logits (much less "
-                  "memory); False computes them from the model's full logits."},
+        metadata={
+            "help": "Log-probs from the hidden states in tiles, never the full-vocabulary logits (much less "
+            "memory); False computes them from the model's full logits."
+        },
     )
     prefix_sharing: bool | Literal["auto"] = field(
         default="auto",
@@ -71,44 +78,59 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
     )
     padding_free: bool | Literal["auto"] = field(
         default="auto",
-        metadata={"help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart). "
-                  "auto: the CUDA default chosen in simpo/train/layouts/__init__.py (PADDING_FREE_ON_CUDA; off until "
-                  "the GPU measurement says otherwise); off elsewhere."},
+        metadata={
+            "help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart). "
+            "auto: the CUDA default chosen in simpo/train/layouts/__init__.py (PADDING_FREE_ON_CUDA; off until "
+            "the GPU measurement says otherwise); off elsewhere."
+        },
     )
     flex_attention: bool | Literal["auto"] = field(
         default="auto",
-        metadata={"help": "Prefix-shared and packed rows with FlexAttention block masks (the kernel skips masked "
-                  "blocks; no [rows, 1, L, L] mask) instead of dense masks with eager/sdpa; the model's attention is "
-                  "switched to flex_attention. auto: on GPUs (FlexAttention has no backward on CPU)."},
+        metadata={
+            "help": "Prefix-shared and packed rows with FlexAttention block masks (the kernel skips masked "
+            "blocks; no [rows, 1, L, L] mask) instead of dense masks with eager/sdpa; the model's attention is "
+            "switched to flex_attention. auto: on GPUs (FlexAttention has no backward on CPU)."
+        },
     )
     activation_checkpointing: bool | Literal["auto"] | None = field(
         default="auto",
-        metadata={"help": "Recompute each block's forward in the backward instead of keeping its activations (less "
-                  "memory, about a fifth more compute). auto: on only when the run would not fit the GPU's free "
-                  "memory without it (an estimate the start summary shows); off on CPU. true/false force it.",
-                  "nargs": "?", "const": True},
+        metadata={
+            "help": "Recompute each block's forward in the backward instead of keeping its activations (less "
+            "memory, about a fifth more compute). auto: on only when the run would not fit the GPU's free "
+            "memory without it (an estimate the start summary shows); off on CPU. true/false force it.",
+            "nargs": "?",
+            "const": True,
+        },
     )
     liger_kernels: bool | Literal["auto"] = field(
         default="auto",
-        metadata={"help": "Liger-Kernel's fused RMSNorm, RoPE and SwiGLU/GeGLU for Llama, Mistral, Gemma-2 and Qwen2 "
-                  "(never its loss: the fused log-probs replace that). auto: on for CUDA runs when liger-kernel is "
-                  "installed; true: on or an error; false: off."},
+        metadata={
+            "help": "Liger-Kernel's fused RMSNorm, RoPE and SwiGLU/GeGLU for Llama, Mistral, Gemma-2 and Qwen2 "
+            "(never its loss: the fused log-probs replace that). auto: on for CUDA runs when liger-kernel is "
+            "installed; true: on or an error; false: off."
+        },
     )
     max_tokens_per_row: int | None = field(
         default=None,
-        metadata={"help": "With padding_free: pack pairs into rows of at most this many tokens (first fit, longest "
-                  "pair first; a longer pair gets a row of its own) instead of one row per batch, which bounds the "
-                  "[rows, 1, L, L] attention mask."},
+        metadata={
+            "help": "With padding_free: pack pairs into rows of at most this many tokens (first fit, longest "
+            "pair first; a longer pair gets a row of its own) instead of one row per batch, which bounds the "
+            "[rows, 1, L, L] attention mask."
+        },
     )
     on_degenerate_pairs: Literal["drop", "error"] = field(
         default="drop",
-        metadata={"help": "Pairs that cannot be trained on (identical, empty, or a response truncated to nothing):"
-                  " drop them, counted in the log and listed in output_dir/dropped_pairs.jsonl, or stop with an"
-                  " error."},
+        metadata={
+            "help": "Pairs that cannot be trained on (identical, empty, or a response truncated to nothing):"
+            " drop them, counted in the log and listed in output_dir/dropped_pairs.jsonl, or stop with an"
+            " error."
+        },
     )
     do_train: bool = field(
-        default=True, metadata={"help": "false: evaluate the model as loaded on the test split (eval_results.json),"
-                                " without training."}
+        default=True,
+        metadata={
+            "help": "false: evaluate the model as loaded on the test split (eval_results.json), without training."
+        },
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay false: the columns are the trainer's, not forward arguments."}
@@ -137,16 +159,22 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number (got {getattr(self, name)}).")
         if self.use_cache:
-            raise ValueError("use_cache: true has no effect: training runs without the KV cache (the saved model's"
-                             " config turns it on for generation). Remove the key.")
+            raise ValueError(
+                "use_cache: true has no effect: training runs without the KV cache (the saved model's"
+                " config turns it on for generation). Remove the key."
+            )
         if self.do_predict:
-            raise ValueError("do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
-                             " do_train: false to evaluate without training.")
+            raise ValueError(
+                "do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
+                " do_train: false to evaluate without training."
+            )
         if self.liger_kernels is True and not liger_installed():
             raise ValueError(LIGER_MISSING)  # before the data and the model load
         if self.use_liger_kernel:
-            raise ValueError("use_liger_kernel would also patch in Liger's loss, which simpo's fused log-probs replace;"
-                             " use liger_kernels: true (the norm, RoPE and MLP kernels alone) instead.")
+            raise ValueError(
+                "use_liger_kernel would also patch in Liger's loss, which simpo's fused log-probs replace;"
+                " use liger_kernels: true (the norm, RoPE and MLP kernels alone) instead."
+            )
         if self.remove_unused_columns:
             raise ValueError(
                 "remove_unused_columns must be false: simpo's collator reads the tokenised pair columns, which are not"
@@ -179,11 +207,16 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         if self.loss_type == "hinge" and self.label_smoothing > 0:
             logger.warning("label_smoothing=%s has no effect with loss_type=hinge.", self.label_smoothing)
         if self.gamma_beta_ratio < 0:
-            logger.warning("gamma_beta_ratio=%s is negative: the loss then asks the chosen reward to exceed the"
-                           " rejected one by less than zero; the paper searches 0 to 1.", self.gamma_beta_ratio)
+            logger.warning(
+                "gamma_beta_ratio=%s is negative: the loss then asks the chosen reward to exceed the"
+                " rejected one by less than zero; the paper searches 0 to 1.",
+                self.gamma_beta_ratio,
+            )
         if self.beta < 1:
-            logger.warning("beta=%s is a DPO-scale value; SimPO's rewards are length-normalised and the paper"
-                           " uses beta 2 to 10.", self.beta)
+            logger.warning(
+                "beta=%s is a DPO-scale value; SimPO's rewards are length-normalised and the paper uses beta 2 to 10.",
+                self.beta,
+            )
 
 
 SIMPO_ARGUMENTS = (ModelArguments, DataArguments, SimPOConfig)

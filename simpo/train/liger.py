@@ -15,12 +15,20 @@ from simpo.core.parser import ConfigError
 # Families whose Liger patch simpo uses: the verified prefix-sharing families (RMSNorm, RoPE, SwiGLU; Gemma-2 GeGLU).
 LIGER_MODEL_TYPES = ("llama", "mistral", "gemma2", "qwen2")
 # The norm / RoPE / MLP kernels; never Liger's cross-entropy or its fused linear cross-entropy forward.
-LIGER_KERNELS = {"rope": True, "rms_norm": True, "swiglu": True, "geglu": True, "cross_entropy": False,
-                 "fused_linear_cross_entropy": False}
+LIGER_KERNELS = {
+    "rope": True,
+    "rms_norm": True,
+    "swiglu": True,
+    "geglu": True,
+    "cross_entropy": False,
+    "fused_linear_cross_entropy": False,
+}
 
 
-LIGER_MISSING = ("liger_kernels: true needs liger-kernel (pip install liger-kernel), which is not installed; install"
-                 " it, or set liger_kernels: auto (on when installed) or false.")
+LIGER_MISSING = (
+    "liger_kernels: true needs liger-kernel (pip install liger-kernel), which is not installed; install"
+    " it, or set liger_kernels: auto (on when installed) or false."
+)
 
 
 def liger_installed() -> bool:
@@ -44,8 +52,10 @@ def apply_liger(model: nn.Module, args) -> str:
     elif not liger_installed():
         raise ConfigError(LIGER_MISSING)
     elif model_type not in LIGER_MODEL_TYPES:
-        raise ConfigError(f"liger_kernels: true patches model types {LIGER_MODEL_TYPES}, not {model_type!r}; set"
-                          " liger_kernels: auto or false.")
+        raise ConfigError(
+            f"liger_kernels: true patches model types {LIGER_MODEL_TYPES}, not {model_type!r}; set"
+            " liger_kernels: auto or false."
+        )
     from liger_kernel.transformers import _apply_liger_kernel_to_instance  # the function transformers' Trainer uses
 
     _apply_liger_kernel_to_instance(model=base, **LIGER_KERNELS)  # each family's function takes the keys it knows

@@ -216,8 +216,9 @@ def check_head(model_logits, hidden, weight, bias, scale, softcap, compute_dtype
     if bias is not None:
         product_size += bias.float().abs()
     roundoff = unit_roundoff(compute_dtype)
-    tolerance = 2 * (roundoff * theirs.abs() + (roundoff + hidden.shape[-1] ** 0.5 * FP32_ROUNDOFF)
-                     * abs(scale) * product_size)
+    tolerance = 2 * (
+        roundoff * theirs.abs() + (roundoff + hidden.shape[-1] ** 0.5 * FP32_ROUNDOFF) * abs(scale) * product_size
+    )
     excess = (ours - theirs).abs() / tolerance
     if excess.max() > 1:
         worst = excess.argmax()

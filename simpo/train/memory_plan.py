@@ -116,8 +116,10 @@ def choose_checkpointing(model, args, budget: tuple[int, int] | None = None) -> 
     need = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["activations"]
     free, _ = budget
     fits = need <= FREE_SHARE * free
-    detail = (f"needs about {_gib(need)} without it (weights {_gib(parts['weights'])}, gradients "
-              f"{_gib(parts['gradients'])}, optimizer {_gib(parts['optimizer'])}, activations "
-              f"{_gib(parts['activations'])} for {parts['tokens']:,} tokens) against {_gib(FREE_SHARE * free)} "
-              f"({FREE_SHARE:.0%} of {_gib(free)} free)")
+    detail = (
+        f"needs about {_gib(need)} without it (weights {_gib(parts['weights'])}, gradients "
+        f"{_gib(parts['gradients'])}, optimizer {_gib(parts['optimizer'])}, activations "
+        f"{_gib(parts['activations'])} for {parts['tokens']:,} tokens) against {_gib(FREE_SHARE * free)} "
+        f"({FREE_SHARE:.0%} of {_gib(free)} free)"
+    )
     return CheckpointingChoice(not fits, f"auto: {detail}")

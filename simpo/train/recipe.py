@@ -28,8 +28,10 @@ from simpo.train.config import SIMPO_ARGUMENTS
 from simpo.train.trainer import SimPOTrainer
 
 logger = logging.getLogger("simpo")
-DESCRIPTION = ("Train a language model with SimPO (Simple Preference Optimization) on preference pairs, from a YAML"
-               " config and --key=value overrides.")
+DESCRIPTION = (
+    "Train a language model with SimPO (Simple Preference Optimization) on preference pairs, from a YAML"
+    " config and --key=value overrides."
+)
 
 
 @report_input_errors("simpo-train")
@@ -50,8 +52,13 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     require_eval_split(training_args, raw_datasets, example="test_prefs")
     tokenizer = get_tokenizer(model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
-    raw_datasets = render_pairs(raw_datasets, tokenizer, data_args.auto_insert_empty_system_msg,
-                                data_args.preprocessing_num_workers, data_args.allow_special_tokens_in_text)
+    raw_datasets = render_pairs(
+        raw_datasets,
+        tokenizer,
+        data_args.auto_insert_empty_system_msg,
+        data_args.preprocessing_num_workers,
+        data_args.allow_special_tokens_in_text,
+    )
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
     stop = StopOnSignal()

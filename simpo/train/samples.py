@@ -30,13 +30,24 @@ class EvalSamples(TrainerCallback):
             for row in rows:
                 n = row["prompt_length"]
                 prompt = torch.tensor([row["chosen_input_ids"][:n]], device=trainer.args.device)
-                output = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=MAX_NEW_TOKENS,
-                                        do_sample=False, use_cache=True, pad_token_id=tokenizer.pad_token_id)
+                output = model.generate(
+                    prompt,
+                    attention_mask=torch.ones_like(prompt),
+                    max_new_tokens=MAX_NEW_TOKENS,
+                    do_sample=False,
+                    use_cache=True,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
                 decode = tokenizer.decode  # special tokens kept: the reader sees exactly what the model sees
-                records.append({"step": state.global_step, "prompt": decode(row["chosen_input_ids"][:n]),
-                                "generated": decode(output[0, n:].tolist()),
-                                "chosen": decode(row["chosen_input_ids"][n:]),
-                                "rejected": decode(row["rejected_input_ids"][n:])})
+                records.append(
+                    {
+                        "step": state.global_step,
+                        "prompt": decode(row["chosen_input_ids"][:n]),
+                        "generated": decode(output[0, n:].tolist()),
+                        "chosen": decode(row["chosen_input_ids"][n:]),
+                        "rejected": decode(row["rejected_input_ids"][n:]),
+                    }
+                )
         model.train(was_training)
         if trainer.accelerator.is_main_process:
             with open(os.path.join(args.output_dir, "eval_samples.jsonl"), "a") as f:

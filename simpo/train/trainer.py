@@ -131,11 +131,14 @@ class SimPOTrainer(Trainer):
         # A NaN poisons every weight it touches: stop before a second optimizer step, without a host sync per step.
         phase, step = "training" if model.training else "evaluation", self.state.global_step + 1
         seen = loss.detach(), losses.detach(), batch["response_lengths"]
-        self.loss_guard.watch(loss, lambda: (
-            f"Non-finite SimPO loss ({seen[0].item()}) in {phase} at step {step}: per-pair losses {seen[1].tolist()},"
-            f" response lengths {seen[2].tolist()}. Lower the learning rate or check the data;"
-            f" {resume_advice(self.args.output_dir)}."
-        ))
+        self.loss_guard.watch(
+            loss,
+            lambda: (
+                f"Non-finite SimPO loss ({seen[0].item()}) in {phase} at step {step}: per-pair losses"
+                f" {seen[1].tolist()}, response lengths {seen[2].tolist()}. Lower the learning rate or check the data;"
+                f" {resume_advice(self.args.output_dir)}."
+            ),
+        )
 
         metrics = preference_metrics(chosen, rejected, args.beta, args.gamma)
         mean_logits = average_logps(token_logit_means, batch["score_seq"], num_seqs)

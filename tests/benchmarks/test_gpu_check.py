@@ -11,9 +11,23 @@ import gpu_check_run
 import pytest
 from conftest import REPO
 
-PLAIN = {"model": "m", "launcher": "single", "mode": "plain", "status": "ok", "expect_fused": False,
-         "expect_layout": "plain", "losses": [1.30, 1.2], "first_loss": 1.30, "tiled_calls": 0, "loss_calls": 2,
-         "layout": "plain", "num_processes": 1, "device": "NVIDIA H200", "params": 10**9, "tokens_per_s": 1000.0}
+PLAIN = {
+    "model": "m",
+    "launcher": "single",
+    "mode": "plain",
+    "status": "ok",
+    "expect_fused": False,
+    "expect_layout": "plain",
+    "losses": [1.30, 1.2],
+    "first_loss": 1.30,
+    "tiled_calls": 0,
+    "loss_calls": 2,
+    "layout": "plain",
+    "num_processes": 1,
+    "device": "NVIDIA H200",
+    "params": 10**9,
+    "tokens_per_s": 1000.0,
+}
 
 
 def write_runs(results: Path, runs: dict[str, list[dict]], statuses: dict[str, str] | None = None) -> None:
@@ -32,8 +46,15 @@ def verdicts(tmp_path, default: dict, statuses=None, allow_skipped=False) -> tup
 
 
 def default(**changes) -> dict:
-    return {**PLAIN, "mode": "default", "expect_fused": True, "expect_layout": "prefix sharing", "tiled_calls": 2,
-            "layout": "prefix sharing (FlexAttention block masks)", **changes}
+    return {
+        **PLAIN,
+        "mode": "default",
+        "expect_fused": True,
+        "expect_layout": "prefix sharing",
+        "tiled_calls": 2,
+        "layout": "prefix sharing (FlexAttention block masks)",
+        **changes,
+    }
 
 
 def test_a_run_that_matches_the_plain_path_without_falling_back_is_ok(tmp_path):
@@ -57,8 +78,9 @@ def test_what_fails_the_check(tmp_path):
 
 
 def test_a_launch_that_wrote_nothing_fails_with_its_log(tmp_path):
-    write_runs(tmp_path, {"m__single__plain": [PLAIN], "m__zero3__default": []},
-               {"m__zero3__default": "failed: exit 1"})
+    write_runs(
+        tmp_path, {"m__single__plain": [PLAIN], "m__zero3__default": []}, {"m__zero3__default": "failed: exit 1"}
+    )
     (tmp_path / "m__zero3__default.log").write_text("...\nRuntimeError: NCCL error\n")
     assert gpu_check_run.report(tmp_path, str(tmp_path / "report")) == 1
     zero3 = json.loads((tmp_path / "report.json").read_text())["runs"][-1]
@@ -66,8 +88,11 @@ def test_a_launch_that_wrote_nothing_fails_with_its_log(tmp_path):
 
 
 def test_skipped_runs_pass_only_in_the_rehearsal(tmp_path):
-    write_runs(tmp_path, {"m__single__plain": [PLAIN], "m__fsdp2__default": []},
-               {"m__fsdp2__default": "skipped: FSDP2 runs on GPUs only"})
+    write_runs(
+        tmp_path,
+        {"m__single__plain": [PLAIN], "m__fsdp2__default": []},
+        {"m__fsdp2__default": "skipped: FSDP2 runs on GPUs only"},
+    )
     assert gpu_check_run.report(tmp_path, str(tmp_path / "a")) == 1
     assert gpu_check_run.report(tmp_path, str(tmp_path / "b"), allow_skipped=True) == 0
 
@@ -78,6 +103,10 @@ def test_the_scripts_parse(script):
 
 
 def test_the_device_command_needs_the_folder_that_comes_back():
-    done = subprocess.run(["bash", str(Path(REPO) / "benchmarks" / "device_run.sh")], capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k != "OUT"})
+    done = subprocess.run(
+        ["bash", str(Path(REPO) / "benchmarks" / "device_run.sh")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "OUT"},
+    )
     assert done.returncode != 0 and "OUT must name the folder whose files come back" in done.stderr

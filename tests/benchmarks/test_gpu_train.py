@@ -61,8 +61,13 @@ def test_config_keys_that_would_do_nothing_are_errors(tmp_path):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_train")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "gpu_train.py"), "--smoke", "--out-dir",
-                           str(out)], capture_output=True, text=True, timeout=900, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "benchmarks", "gpu_train.py"), "--smoke", "--out-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [json_path] = out.glob("gpu_train_smoke-cpu_*.json")
     return json.loads(json_path.read_text()), json_path.with_suffix(".md").read_text()
@@ -98,7 +103,8 @@ def test_smoke_table_rows_and_what_they_ran(smoke):
         assert row["activation_checkpointing"] is not auto and row["attention"] == "sdpa"
         # what really ran, never "auto": the torch tiles on CPU, the plain path's full logits, or TRL's own
         expected = {"trl": "trl + liger" if system.keys.get("use_liger_kernel") else "trl"}.get(
-            system.trainer, "torch tiles" if system.keys.get("fused_logps", True) else "plain (full logits)")
+            system.trainer, "torch tiles" if system.keys.get("fused_logps", True) else "plain (full logits)"
+        )
         assert row["logps_kernel"] == expected, row
         assert row["first_step_s"] > 0 and row["graphs"] == 0 and row["tile_warmup_s"] == 0  # eager, torch tiles
     # Each row's keys reached the trainer: its batch layout and log-prob path.
@@ -120,7 +126,7 @@ def test_smoke_table_rows_and_what_they_ran(smoke):
 
     # Real tokens of the timed step (pairs batch .. 2 * batch - 1), from the tokenizer through simpo's tokenize_row.
     features, _ = first_pairs(s, 2 * s["batch"])
-    timed = features[s["warmup"] * s["batch"]:]
+    timed = features[s["warmup"] * s["batch"] :]
     tokens = sum(len(f["chosen_input_ids"]) + len(f["rejected_input_ids"]) for f in timed)
     assert {r["timed_tokens"] for r in rows.values() if r["status"] == "ok"} == {tokens}
 
@@ -192,8 +198,14 @@ def test_data_segment_limit_makes_an_allocation_fail():
 def test_budget_search_starts_from_the_table_runs_memory_and_time():
     s = gpu_train.SETTINGS["gpu"]
     # 10 GiB of weights and optimizer state, 26 GiB reserved at 8 pairs: 2 GiB a pair; 90% of 80 GiB holds 31 pairs.
-    row = {"status": "ok", "static_gib": 10.0, "peak_reserved_gib": 26.0, "wall_s": 40.0, "timed_seconds": 12.0,
-           "pairs_per_s": 8.0}
+    row = {
+        "status": "ok",
+        "static_gib": 10.0,
+        "peak_reserved_gib": 26.0,
+        "wall_s": 40.0,
+        "timed_seconds": 12.0,
+        "pairs_per_s": 8.0,
+    }
     assert gpu_train_budget.predicted_batch(row, 80.0, 8) == 31
     assert gpu_train_budget.predicted_batch({"status": "ok"}, 80.0, 8) == 8  # no GPU figures: the table's batch
     # 40 s of which 12 * 15 / 12 = 15 s were steps: 25 s outside them, then 3 steps of 32 pairs at 8 pairs/s
@@ -206,16 +218,49 @@ def test_report_of_gpu_runs(tmp_path):
 
     s = gpu_train.SETTINGS["gpu"]
     common = {"status": "ok", "params": 1_235_814_400, "device_name": "NVIDIA H200", "peak_reserved_gib": 50.0}
-    table = [{"system": "trl", "label": "TRL", "pairs_per_s": 10.0, "tokens_per_s": 10_000.0,
-              "peak_allocated_gib": 40.0, "first_loss": 1.3130, **common},
-             {"system": "simpo", "label": "simpo", "pairs_per_s": 15.0, "tokens_per_s": 15_000.0,
-              "peak_allocated_gib": 13.0, "first_loss": 1.3136, **common},
-             {"system": "simpo_plain", "label": "plain", "status": "failed: exit code -9 without a result"}]
-    budget = [{"system": "trl", "label": "TRL", "status": "ok", "largest": 16, "bound": "exact", "pairs_per_s": 12.0,
-               "tries": {"16": {"status": "ok"}, "24": {"status": "oom"}}},
-              {"system": "simpo", "label": "simpo", "status": "ok", "largest": 128, "bound": "cap",
-               "pairs_per_s": 30.0, "fastest_batch": 128, "fastest_pairs_per_s": 30.0,
-               "tries": {"88": {"status": "ok"}, "128": {"status": "ok"}}}]
+    table = [
+        {
+            "system": "trl",
+            "label": "TRL",
+            "pairs_per_s": 10.0,
+            "tokens_per_s": 10_000.0,
+            "peak_allocated_gib": 40.0,
+            "first_loss": 1.3130,
+            **common,
+        },
+        {
+            "system": "simpo",
+            "label": "simpo",
+            "pairs_per_s": 15.0,
+            "tokens_per_s": 15_000.0,
+            "peak_allocated_gib": 13.0,
+            "first_loss": 1.3136,
+            **common,
+        },
+        {"system": "simpo_plain", "label": "plain", "status": "failed: exit code -9 without a result"},
+    ]
+    budget = [
+        {
+            "system": "trl",
+            "label": "TRL",
+            "status": "ok",
+            "largest": 16,
+            "bound": "exact",
+            "pairs_per_s": 12.0,
+            "tries": {"16": {"status": "ok"}, "24": {"status": "oom"}},
+        },
+        {
+            "system": "simpo",
+            "label": "simpo",
+            "status": "ok",
+            "largest": 128,
+            "bound": "cap",
+            "pairs_per_s": 30.0,
+            "fastest_batch": 128,
+            "fastest_pairs_per_s": 30.0,
+            "tries": {"88": {"status": "ok"}, "128": {"status": "ok"}},
+        },
+    ]
     results = gpu_train_report.assemble(s, False, table, budget, 400.0, {"start_method": "forkserver", "startup_s": 20})
     assert results["device"] == "NVIDIA H200" and results["peak_tflops"] == 989
     assert table[1]["mfu"] == pytest.approx(6 * 1_235_814_400 * 15_000 / 989e12)

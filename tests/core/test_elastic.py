@@ -23,9 +23,14 @@ from simpo.core.elastic import (
 
 
 def launch_args(world_size=1, per_device=16, accumulation=1, allow=False):
-    return SimpleNamespace(world_size=world_size, per_device_train_batch_size=per_device,
-                           gradient_accumulation_steps=accumulation, allow_global_batch_change=allow, deepspeed=None,
-                           main_process_first=lambda **kwargs: contextlib.nullcontext())
+    return SimpleNamespace(
+        world_size=world_size,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        allow_global_batch_change=allow,
+        deepspeed=None,
+        main_process_first=lambda **kwargs: contextlib.nullcontext(),
+    )
 
 
 @pytest.fixture
@@ -39,7 +44,11 @@ def checkpoint(tmp_path):
 
 def test_the_record_is_written_and_read_back(checkpoint):
     assert json.loads((checkpoint / LAYOUT_FILE).read_text()) == {
-        "processes": 2, "per_device_train_batch_size": 16, "gradient_accumulation_steps": 3, "global_batch": 96}
+        "processes": 2,
+        "per_device_train_batch_size": 16,
+        "gradient_accumulation_steps": 3,
+        "global_batch": 96,
+    }
     assert checkpoint_layout(str(checkpoint)) == Layout(2, 16, 3)
 
 
@@ -111,8 +120,14 @@ def test_an_other_global_batch_is_refused_before_the_data_or_model_loads(tmp_pat
     save_file({"weight": torch.zeros(1)}, checkpoint / "model.safetensors")  # a checkpoint that verifies
     write_layout(str(checkpoint), Layout(2, 16, 1))
     with caplog.at_level(logging.INFO), pytest.raises(ValueError, match="this launch has 8 per device x 1 process"):
-        train_main([f"{REPO}/training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none",
-                    "--per_device_train_batch_size=8"])
+        train_main(
+            [
+                f"{REPO}/training_configs/tiny-simpo-cpu.yaml",
+                f"--output_dir={out}",
+                "--report_to=none",
+                "--per_device_train_batch_size=8",
+            ]
+        )
     assert "Using 600 rows" not in caplog.text
 
 

@@ -20,8 +20,9 @@ TINY = os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml")
 def simpo_train(cwd, *args, **env):
     inherited = {k: v for k, v in os.environ.items() if k != "SIMPO_TRACEBACK"}
     environ = {**inherited, "PYTHONPATH": REPO, "HF_HUB_OFFLINE": "1", **env}
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=environ, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_no_arguments_prints_usage_and_writes_nothing(tmp_path):
@@ -37,7 +38,8 @@ def test_a_refused_config_prints_the_message_alone_and_writes_nothing(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "simpo-train: error: gradient_accumulation_steps must be at least 1 (got 0).",
-        "(set SIMPO_TRACEBACK=1 for the traceback)"]
+        "(set SIMPO_TRACEBACK=1 for the traceback)",
+    ]
     assert not out.exists()
 
 
@@ -45,8 +47,15 @@ def test_refused_data_writes_no_output_dir_and_the_traceback_is_there_on_request
     bad = tmp_path / "prefs.csv"
     bad.write_text("prompt,chosen,rejected\n")
     out = tmp_path / "run"
-    args = (TINY, f"--output_dir={out}", f"--dataset_mixer={{{bad}: 1.0}}", "--dataset_splits=train",
-            "--do_eval=false", "--eval_strategy=no", "--eval_on_start=false")
+    args = (
+        TINY,
+        f"--output_dir={out}",
+        f"--dataset_mixer={{{bad}: 1.0}}",
+        "--dataset_splits=train",
+        "--do_eval=false",
+        "--eval_strategy=no",
+        "--eval_on_start=false",
+    )
     done = simpo_train(tmp_path, *args)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
@@ -75,21 +84,35 @@ def test_the_run_state_errors_print_as_their_message_and_keep_their_builtin_kind
     from simpo.core.run_lock import FolderInUseError
     from simpo.pipeline.rewards import RewardFunctionError
 
-    for error, kind in ((NonFiniteError, FloatingPointError), (DiskFullError, OSError),
-                        (FolderInUseError, RuntimeError), (StaleBuildLock, RuntimeError),
-                        (RewardFunctionError, ValueError)):
+    for error, kind in (
+        (NonFiniteError, FloatingPointError),
+        (DiskFullError, OSError),
+        (FolderInUseError, RuntimeError),
+        (StaleBuildLock, RuntimeError),
+        (RewardFunctionError, ValueError),
+    ):
         assert issubclass(error, SimpoError) and issubclass(error, kind), error
 
 
 def test_a_run_stopped_by_a_nan_ends_with_its_message_alone(tmp_path):
     out = tmp_path / "run"
-    done = simpo_train(REPO, TINY, f"--output_dir={out}", "--report_to=none", "--do_eval=false", "--eval_strategy=no",
-                       "--eval_on_start=false", "--max_steps=4", "--warmup_steps=0", "--save_strategy=steps",
-                       "--save_steps=1", "--learning_rate=1e30")
+    done = simpo_train(
+        REPO,
+        TINY,
+        f"--output_dir={out}",
+        "--report_to=none",
+        "--do_eval=false",
+        "--eval_strategy=no",
+        "--eval_on_start=false",
+        "--max_steps=4",
+        "--warmup_steps=0",
+        "--save_strategy=steps",
+        "--save_steps=1",
+        "--learning_rate=1e30",
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    assert ("simpo-train: error: Non-finite gradient norm at step 2: stopped before its optimizer update"
-            in done.stderr)
+    assert "simpo-train: error: Non-finite gradient norm at step 2: stopped before its optimizer update" in done.stderr
     assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-1"]
 
 

@@ -15,9 +15,18 @@ from simpo.core.finite import FiniteUpdates, NonFiniteError
 from simpo.train.config import SimPOConfig
 from simpo.train.trainer import SimPOTrainer
 
-SIMPO = ["training_configs/tiny-simpo-cpu.yaml", "--report_to=none", "--do_eval=false", "--eval_strategy=no",
-         "--eval_on_start=false", "--max_steps=6", "--warmup_steps=0", "--save_strategy=steps", "--save_steps=1",
-         "--logging_steps=1"]
+SIMPO = [
+    "training_configs/tiny-simpo-cpu.yaml",
+    "--report_to=none",
+    "--do_eval=false",
+    "--eval_strategy=no",
+    "--eval_on_start=false",
+    "--max_steps=6",
+    "--warmup_steps=0",
+    "--save_strategy=steps",
+    "--save_steps=1",
+    "--logging_steps=1",
+]
 
 
 def all_tensors_finite(checkpoint) -> bool:
@@ -49,9 +58,21 @@ def test_the_sft_recipe_has_the_same_guard(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "sft"
     with pytest.raises(NonFiniteError, match=r"Non-finite gradient norm at step \d+: stopped before its optimizer"):
-        sft_main(["training_configs/tiny-sft-cpu.yaml", "--report_to=none", "--do_eval=false", "--eval_strategy=no",
-                  "--eval_on_start=false", "--max_steps=6", "--save_strategy=steps", "--save_steps=1",
-                  "--warmup_steps=0", "--learning_rate=1e30", f"--output_dir={out}"])
+        sft_main(
+            [
+                "training_configs/tiny-sft-cpu.yaml",
+                "--report_to=none",
+                "--do_eval=false",
+                "--eval_strategy=no",
+                "--eval_on_start=false",
+                "--max_steps=6",
+                "--save_strategy=steps",
+                "--save_steps=1",
+                "--warmup_steps=0",
+                "--learning_rate=1e30",
+                f"--output_dir={out}",
+            ]
+        )
     checkpoints = [p for p in out.iterdir() if p.name.startswith("checkpoint-")]
     assert all(all_tensors_finite(p) for p in checkpoints)
 
@@ -67,14 +88,27 @@ class InfiniteWeightAtStep2(TrainerCallback):
 
 def test_weights_that_are_not_finite_are_never_saved(tmp_path):
     tokenizer, rows = tiny_rows(16)
-    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=4, logging_steps=10,
-                       per_device_train_batch_size=2, max_length=128, max_prompt_length=64, save_strategy="steps",
-                       save_steps=1)
-    trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer,
-                           callbacks=[InfiniteWeightAtStep2()])
+    args = SimPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        max_steps=4,
+        logging_steps=10,
+        per_device_train_batch_size=2,
+        max_length=128,
+        max_prompt_length=64,
+        save_strategy="steps",
+        save_steps=1,
+    )
+    trainer = SimPOTrainer(
+        TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[InfiniteWeightAtStep2()]
+    )
     name = next(trainer.model.named_parameters())[0]
-    with pytest.raises(NonFiniteError, match=rf"Not saving checkpoint-2: 1 weight tensors hold NaN or infinite values"
-                                             rf" \({name}\).*resumes from {tmp_path / 'checkpoint-1'}"):
+    with pytest.raises(
+        NonFiniteError,
+        match=rf"Not saving checkpoint-2: 1 weight tensors hold NaN or infinite values"
+        rf" \({name}\).*resumes from {tmp_path / 'checkpoint-1'}",
+    ):
         trainer.train()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-1"]
 

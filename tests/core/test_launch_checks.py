@@ -12,8 +12,10 @@ from conftest import REPO
 from simpo.core.launch_checks import check_build_locks, deepspeed_requested
 
 # torch's FileBaton: the lock is created with O_CREAT | O_EXCL and held open while the build runs.
-BUILD = ("import sys, time; from torch.utils.file_baton import FileBaton; b = FileBaton(sys.argv[1]);"
-         " assert b.try_acquire(); print('building', flush=True); time.sleep(600)")
+BUILD = (
+    "import sys, time; from torch.utils.file_baton import FileBaton; b = FileBaton(sys.argv[1]);"
+    " assert b.try_acquire(); print('building', flush=True); time.sleep(600)"
+)
 
 
 @pytest.fixture
@@ -34,8 +36,11 @@ def test_a_lock_left_by_a_killed_build_is_refused_before_anything_runs(extension
     assert extensions.exists()
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match=rf"A build lock is left over .*: {extensions}\. No process holds it.*"
-                                           rf"Delete it and launch again: rm {extensions}$"):
+    with pytest.raises(
+        RuntimeError,
+        match=rf"A build lock is left over .*: {extensions}\. No process holds it.*"
+        rf"Delete it and launch again: rm {extensions}$",
+    ):
         train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none"])
     assert not out.exists()
 
@@ -58,8 +63,12 @@ def test_the_default_build_folder_and_launches_without_deepspeed(tmp_path, monke
     monkeypatch.setenv("HOME", str(tmp_path))
     from torch.utils.cpp_extension import get_default_build_root
 
-    lock = os.path.join(get_default_build_root(), f"py{sys.version_info.major}{sys.version_info.minor}_cpu",
-                        "deepspeed_shm_comm", "lock")
+    lock = os.path.join(
+        get_default_build_root(),
+        f"py{sys.version_info.major}{sys.version_info.minor}_cpu",
+        "deepspeed_shm_comm",
+        "lock",
+    )
     os.makedirs(os.path.dirname(lock))
     open(lock, "w").close()
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)

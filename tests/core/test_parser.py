@@ -162,8 +162,11 @@ def test_bad_bool(run):
 
 
 def test_int_must_be_integral_and_not_bool(run, tmp_path):
-    with pytest.raises(ConfigError, match=r"Bad value '1\.5' for 'max_length' \(command line\): expected int; "
-                                          r"not a whole number"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Bad value '1\.5' for 'max_length' \(command line\): expected int; "
+        r"not a whole number",
+    ):
         run("--max_length=1.5")
     with pytest.raises(ConfigError, match="a boolean is not accepted as int"):
         run(yaml="max_length: true\n")

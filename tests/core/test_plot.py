@@ -24,9 +24,19 @@ def history_series(history: list[dict], key: str):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "run"
-    train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--max_steps=6", "--logging_steps=2",
-                "--eval_steps=3", "--eval_strategy=steps", "--per_device_train_batch_size=4",
-                "--per_device_eval_batch_size=50", "--report_to=tensorboard"])
+    train_main(
+        [
+            "training_configs/tiny-simpo-cpu.yaml",
+            f"--output_dir={out}",
+            "--max_steps=6",
+            "--logging_steps=2",
+            "--eval_steps=3",
+            "--eval_strategy=steps",
+            "--per_device_train_batch_size=4",
+            "--per_device_eval_batch_size=50",
+            "--report_to=tensorboard",
+        ]
+    )
     return out
 
 
@@ -61,8 +71,15 @@ def test_tiny_run_writes_tensorboard_events_and_throughput(run):
         accumulator = EventAccumulator(path)
         accumulator.Reload()
         tags |= set(accumulator.Tags()["scalars"])
-    assert {"train/loss", "train/rewards/margin_over_gamma", "train/lengths/chosen", "train/tokens/padding_share",
-            "train/tokens/per_second", "eval/rewards/margin_over_gamma", "eval/loss"} <= tags
+    assert {
+        "train/loss",
+        "train/rewards/margin_over_gamma",
+        "train/lengths/chosen",
+        "train/tokens/padding_share",
+        "train/tokens/per_second",
+        "eval/rewards/margin_over_gamma",
+        "eval/loss",
+    } <= tags
 
     results = json.loads((run / "train_results.json").read_text())
     assert results["train_tokens_per_second"] > 0
@@ -88,13 +105,15 @@ def test_simpo_plot_compares_the_eval_curves_of_several_runs(run, tmp_path, caps
 
 
 def test_simpo_plot_one_dir_and_errors(tmp_path, capsys):
-    state = {"log_history": [
-        {"step": 0, "eval_loss": 0.7, "eval_rewards/accuracies": 0.5},
-        {"step": 5, "loss": 0.69, "learning_rate": 1e-6, "rewards/accuracies": 0.4},
-        {"step": 10, "loss": 0.6, "learning_rate": 5e-7, "rewards/accuracies": 0.7},
-        {"step": 10, "eval_loss": 0.65, "eval_rewards/accuracies": 0.6},
-        {"step": 10, "train_loss": 0.65, "train_runtime": 3.0},
-    ]}
+    state = {
+        "log_history": [
+            {"step": 0, "eval_loss": 0.7, "eval_rewards/accuracies": 0.5},
+            {"step": 5, "loss": 0.69, "learning_rate": 1e-6, "rewards/accuracies": 0.4},
+            {"step": 10, "loss": 0.6, "learning_rate": 5e-7, "rewards/accuracies": 0.7},
+            {"step": 10, "eval_loss": 0.65, "eval_rewards/accuracies": 0.6},
+            {"step": 10, "train_loss": 0.65, "train_runtime": 3.0},
+        ]
+    }
     (tmp_path / "trainer_state.json").write_text(json.dumps(state))
     assert main([str(tmp_path)]) == 0
     assert (tmp_path / CURVES_FILE).is_file()
@@ -109,8 +128,9 @@ def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr("simpo.core.plot.plot_run", broken)
-    trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True),
-                              args=SimpleNamespace(output_dir=str(tmp_path)))
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(is_main_process=True), args=SimpleNamespace(output_dir=str(tmp_path))
+    )
     with caplog.at_level(logging.WARNING, logger="simpo.core.reporting"):
         assert plot_curves(trainer) is None
     assert "no fonts" in caplog.text and "simpo-plot" in caplog.text
@@ -119,10 +139,13 @@ def test_a_plotting_failure_only_warns(tmp_path, monkeypatch, caplog):
 def test_a_run_that_logged_nothing_says_how_to_get_curves(tmp_path, caplog):
     state = {"global_step": 4, "logging_steps": 10, "log_history": [{"step": 4, "train_runtime": 3.0}]}
     (tmp_path / "trainer_state.json").write_text(json.dumps(state))
-    trainer = SimpleNamespace(accelerator=SimpleNamespace(is_main_process=True),
-                              args=SimpleNamespace(output_dir=str(tmp_path)))
+    trainer = SimpleNamespace(
+        accelerator=SimpleNamespace(is_main_process=True), args=SimpleNamespace(output_dir=str(tmp_path))
+    )
     with caplog.at_level(logging.WARNING, logger="simpo.core.reporting"):
         assert plot_curves(trainer) is None
-    assert ("nothing was logged in its 4 steps (a log every 10 steps, no evaluation). Set logging_steps below the"
-            " number of steps") in caplog.text
+    assert (
+        "nothing was logged in its 4 steps (a log every 10 steps, no evaluation). Set logging_steps below the"
+        " number of steps"
+    ) in caplog.text
     assert "try simpo-plot" not in caplog.text  # it would fail the same way

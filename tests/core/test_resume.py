@@ -17,15 +17,26 @@ from safetensors.torch import load_file
 
 from simpo.core.resume import checkpoint_problem, last_complete_checkpoint
 
-RUN = [sys.executable, os.path.join(REPO, "scripts", "run_simpo.py"), "training_configs/tiny-simpo-cpu.yaml",
-       "--max_steps=12", "--save_strategy=steps", "--logging_steps=1", "--eval_strategy=no",
-       "--do_eval=false", "--eval_on_start=false", "--report_to=none", "--per_device_train_batch_size=8"]
+RUN = [
+    sys.executable,
+    os.path.join(REPO, "scripts", "run_simpo.py"),
+    "training_configs/tiny-simpo-cpu.yaml",
+    "--max_steps=12",
+    "--save_strategy=steps",
+    "--logging_steps=1",
+    "--eval_strategy=no",
+    "--do_eval=false",
+    "--eval_on_start=false",
+    "--report_to=none",
+    "--per_device_train_batch_size=8",
+]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
 def launch(output_dir, log):
-    return subprocess.Popen(RUN + [f"--output_dir={output_dir}", "--save_steps=3"], cwd=REPO, env=ENV, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        RUN + [f"--output_dir={output_dir}", "--save_steps=3"], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def wait_for_checkpoint(output_dir, proc, timeout=300):
@@ -78,8 +89,9 @@ def test_sigkill_then_relaunch_resumes_and_matches_an_uninterrupted_run(tmp_path
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     out, log_path = tmp_path / "run", tmp_path / "run.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(RUN + [f"--output_dir={out}", "--save_steps=1000"], cwd=REPO, env=ENV,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            RUN + [f"--output_dir={out}", "--save_steps=1000"], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
         while "'loss'" not in log_path.read_text():  # training has started; no scheduled save before step 1000
             assert proc.poll() is None, log_path.read_text()[-2000:]
             time.sleep(0.05)
@@ -162,8 +174,9 @@ def copy_checkpoints(source, target):
 
 
 @pytest.mark.parametrize("cut", ["model.safetensors", "optimizer.pt"])
-def test_a_cut_last_checkpoint_is_skipped_and_the_relaunch_resumes_from_the_one_before(two_checkpoints, tmp_path,
-                                                                                        caplog, cut):
+def test_a_cut_last_checkpoint_is_skipped_and_the_relaunch_resumes_from_the_one_before(
+    two_checkpoints, tmp_path, caplog, cut
+):
     from simpo.train.recipe import train_main
 
     source, args = two_checkpoints
@@ -203,13 +216,15 @@ def test_an_explicit_resume_from_a_cut_checkpoint_is_refused_with_the_reason(two
     out = tmp_path / "run"
     copy_checkpoints(source, out)
     (out / "checkpoint-2" / "scheduler.pt").write_bytes(b"PK\x03\x04")
-    with pytest.raises(ValueError, match=rf"resume_from_checkpoint={out / 'checkpoint-2'} cannot be resumed from:"
-                                         r" scheduler.pt is cut short"):
+    with pytest.raises(
+        ValueError,
+        match=rf"resume_from_checkpoint={out / 'checkpoint-2'} cannot be resumed from:"
+        r" scheduler.pt is cut short",
+    ):
         train_main([*args, f"--output_dir={out}", f"--resume_from_checkpoint={out / 'checkpoint-2'}"])
 
 
-def test_a_full_disk_while_saving_says_so_where_and_which_checkpoint_is_intact(two_checkpoints, tmp_path,
-                                                                              monkeypatch):
+def test_a_full_disk_while_saving_says_so_where_and_which_checkpoint_is_intact(two_checkpoints, tmp_path, monkeypatch):
     """torch.save on a full disk raises "basic_ios::clear: iostream error" from its C++ stream: the user reads that
     the disk is full, where, and what a relaunch resumes from."""
     from simpo.core.resume import DiskFullError
@@ -228,8 +243,9 @@ def test_a_full_disk_while_saving_says_so_where_and_which_checkpoint_is_intact(t
     with pytest.raises(DiskFullError) as raised:
         train_main([*args, f"--output_dir={out}"])
     message = str(raised.value)
-    assert message.startswith(f"The disk is full: writing {out / 'checkpoint-4'} failed (RuntimeError:"
-                              " basic_ios::clear: iostream error; ")
+    assert message.startswith(
+        f"The disk is full: writing {out / 'checkpoint-4'} failed (RuntimeError: basic_ios::clear: iostream error; "
+    )
     assert f"GiB free now on the disk holding {out})" in message
     assert f"{out / 'checkpoint-2'}, the last complete checkpoint, is intact" in message
     assert f"{out / 'checkpoint-4'} is incomplete: a relaunch skips it" in message

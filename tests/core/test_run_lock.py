@@ -13,14 +13,21 @@ from refusals import refused
 
 from simpo.core.run_lock import LOCK_FILE, FolderInUseError, lock_folder, unlock_folder
 
-HOLD = ("import sys, time; from simpo.core.run_lock import lock_folder; lock_folder(sys.argv[1], 'x');"
-        " print('held', flush=True); time.sleep(600)")
+HOLD = (
+    "import sys, time; from simpo.core.run_lock import lock_folder; lock_folder(sys.argv[1], 'x');"
+    " print('held', flush=True); time.sleep(600)"
+)
 
 
 def hold(folder, *args):
     """Another process that holds `folder` (as a live run does) until it is killed."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), *args], cwd=REPO, stdout=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": REPO})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder), *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -35,8 +42,15 @@ def test_a_second_training_launch_is_refused_and_writes_nothing_until_the_first_
     other = hold(out)
     try:
         with pytest.raises(FolderInUseError) as raised:
-            train_main(["training_configs/tiny-simpo-cpu.yaml", "--report_to=none", f"--output_dir={out}",
-                        "--learning_rate=5e-2", "--max_steps=1"])
+            train_main(
+                [
+                    "training_configs/tiny-simpo-cpu.yaml",
+                    "--report_to=none",
+                    f"--output_dir={out}",
+                    "--learning_rate=5e-2",
+                    "--max_steps=1",
+                ]
+            )
         assert f"{out} is in use by a run that is still going (pid {other.pid} on " in str(raised.value)
         assert f"-c {HOLD} {out})" in str(raised.value)  # the other process's command
         assert (out / "run_config.yaml").read_text() == "learning_rate: 1.0e-3\n"
@@ -57,8 +71,12 @@ def test_the_pipeline_commands_refuse_a_folder_in_use(tmp_path, capsys, command)
     other = hold(out)
     try:
         main = importlib.import_module(f"simpo.pipeline.{command}").main
-        refused(capsys, main, [os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"],
-                f"in use by a run that is still going \\(pid {other.pid} on .* or give simpo-{command} another folder")
+        refused(
+            capsys,
+            main,
+            [os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"],
+            f"in use by a run that is still going \\(pid {other.pid} on .* or give simpo-{command} another folder",
+        )
         assert sorted(os.listdir(out)) == [LOCK_FILE]
     finally:
         other.send_signal(signal.SIGKILL)
@@ -76,8 +94,12 @@ def test_simpo_answer_refuses_a_benchmark_folder_in_use(tmp_path, capsys):
     questions.write_text('{"question_id": 1, "turns": ["hi"]}\n')
     other = hold(run / "eval" / "mt_bench")
     try:
-        refused(capsys, main, [str(run), "--benchmark=mt_bench", f"--questions={questions}"],
-                "or give simpo-answer another folder")
+        refused(
+            capsys,
+            main,
+            [str(run), "--benchmark=mt_bench", f"--questions={questions}"],
+            "or give simpo-answer another folder",
+        )
     finally:
         other.send_signal(signal.SIGKILL)
         other.wait()
@@ -112,18 +134,24 @@ def test_push_to_hub_leaves_the_lock_file_out(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     uploads = []
-    monkeypatch.setattr(transformers.trainer, "hf_api",
-                        lambda: SimpleNamespace(upload_folder=lambda **asked: uploads.append(asked)))
+    monkeypatch.setattr(
+        transformers.trainer, "hf_api", lambda: SimpleNamespace(upload_folder=lambda **asked: uploads.append(asked))
+    )
     lock_folder(str(tmp_path), "simpo-train")
     try:
-        trainer = Trainer(model=AutoModelForCausalLM.from_pretrained(TINY_MODEL),
-                          args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True))
+        trainer = Trainer(
+            model=AutoModelForCausalLM.from_pretrained(TINY_MODEL),
+            args=TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True),
+        )
         trainer.hub_model_id = "me/tiny"  # as if its repository had been made
         trainer.push_to_hub()
     finally:
         unlock_folder(str(tmp_path))
     [asked] = uploads
-    files = [os.path.relpath(os.path.join(root, name), asked["folder_path"])
-             for root, _, names in os.walk(asked["folder_path"]) for name in names]
+    files = [
+        os.path.relpath(os.path.join(root, name), asked["folder_path"])
+        for root, _, names in os.walk(asked["folder_path"])
+        for name in names
+    ]
     uploaded = set(filter_repo_objects(files, ignore_patterns=asked["ignore_patterns"]))
     assert LOCK_FILE in files and "model.safetensors" in uploaded and LOCK_FILE not in uploaded

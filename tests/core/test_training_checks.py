@@ -40,12 +40,15 @@ def test_eval_steps_given_is_kept_and_fractions_still_work(tmp_path):
     assert parse_args([*base, "--eval_steps=0.25"], SIMPO_ARGUMENTS)[2].eval_steps == 0.25
 
 
-@pytest.mark.parametrize("arg,message", [
-    ("--beta=1e300", r"beta=1e\+300 is above 1e\+06, where the loss stops measuring preference"),
-    ("--beta=2e6", r"beta=2e\+06 is above 1e\+06"),
-    ("--gamma_beta_ratio=1e30", r"gamma_beta_ratio=1e\+30 asks .* above 87.3 \(-ln of fp32's smallest normal"),
-    ("--gamma_beta_ratio=-100", r"gamma_beta_ratio=-100 asks"),
-])
+@pytest.mark.parametrize(
+    "arg,message",
+    [
+        ("--beta=1e300", r"beta=1e\+300 is above 1e\+06, where the loss stops measuring preference"),
+        ("--beta=2e6", r"beta=2e\+06 is above 1e\+06"),
+        ("--gamma_beta_ratio=1e30", r"gamma_beta_ratio=1e\+30 asks .* above 87.3 \(-ln of fp32's smallest normal"),
+        ("--gamma_beta_ratio=-100", r"gamma_beta_ratio=-100 asks"),
+    ],
+)
 def test_beta_and_gamma_are_bounded_where_the_loss_stops_meaning_anything(tmp_path, arg, message):
     with pytest.raises(ConfigError, match=message):
         parse_args([arg, f"--output_dir={tmp_path}", "--use_cpu=true"], SIMPO_ARGUMENTS)
@@ -55,8 +58,9 @@ def test_the_bounds_follow_from_fp32():
     import torch
 
     # -ln(smallest normal fp32): a probability ratio below it is no normal fp32 number
-    assert GAMMA_BETA_RATIO_MAX == pytest.approx(-torch.log(torch.tensor(torch.finfo(torch.float32).tiny,
-                                                                          dtype=torch.float64)).item())
+    assert GAMMA_BETA_RATIO_MAX == pytest.approx(
+        -torch.log(torch.tensor(torch.finfo(torch.float32).tiny, dtype=torch.float64)).item()
+    )
     # beta times the rounding step of an fp32 average log-prob of size 10 is about 1 nat of margin at the bound
     rounding = torch.finfo(torch.float32).eps * 10 / 2
     assert 0.5 < BETA_MAX * rounding < 2

@@ -17,8 +17,9 @@ ROW = {
 
 
 def test_llama3_response_carries_the_header_and_loses_bos(make_tokenizer):
-    tok = make_tokenizer(["<|begin_of_text|>", "<|eot_id|>"], bos="<|begin_of_text|>", eos="<|eot_id|>",
-                         template=LLAMA3)
+    tok = make_tokenizer(
+        ["<|begin_of_text|>", "<|eot_id|>"], bos="<|begin_of_text|>", eos="<|eot_id|>", template=LLAMA3
+    )
     out = apply_chat_template(ROW, tok)
     # Llama-3's template never names "system", so (as in the reference) no empty system turn is inserted.
     assert out["prompt"] == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
@@ -29,14 +30,18 @@ def test_llama3_response_carries_the_header_and_loses_bos(make_tokenizer):
 
 def test_empty_system_turn_inserted_when_the_template_knows_system_turns(make_tokenizer):
     template = "{# system prompts supported #}" + LLAMA3
-    tok = make_tokenizer(["<|begin_of_text|>", "<|eot_id|>"], bos="<|begin_of_text|>", eos="<|eot_id|>",
-                         template=template)
+    tok = make_tokenizer(
+        ["<|begin_of_text|>", "<|eot_id|>"], bos="<|begin_of_text|>", eos="<|eot_id|>", template=template
+    )
     assert apply_chat_template(ROW, tok)["prompt"] == (
         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n<|eot_id|>"
         "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
     )
-    chatml = make_tokenizer(["</s>"], eos="</s>", template="{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-                            "{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    chatml = make_tokenizer(
+        ["</s>"],
+        eos="</s>",
+        template="{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    )
     assert apply_chat_template(ROW, chatml)["prompt"].startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user")
     assert "system" not in apply_chat_template(ROW, tok, auto_insert_empty_system_msg=False)["prompt"]
 
@@ -50,8 +55,11 @@ def test_zephyr_template_without_system(make_tokenizer):
 def test_explicit_message_list_prompt_is_used_as_given(make_tokenizer):
     tok = make_tokenizer(["</s>"], eos="</s>", template=ZEPHYR)
     row = {
-        "prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                   {"role": "user", "content": "bye"}],
+        "prompt": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "bye"},
+        ],
         "chosen": [{"role": "assistant", "content": "ciao"}],
         "rejected": [{"role": "assistant", "content": "no"}],
     }
@@ -63,8 +71,11 @@ def test_explicit_message_list_prompt_is_used_as_given(make_tokenizer):
 def test_multi_turn_prompt_is_all_chosen_turns_but_the_last(make_tokenizer):
     tok = make_tokenizer(["</s>"], eos="</s>", template=ZEPHYR)
     turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
-    row = {"prompt": "a", "chosen": turns + [{"role": "assistant", "content": "good"}],
-           "rejected": [{"role": "user", "content": "IGNORED"}, {"role": "assistant", "content": "bad"}]}
+    row = {
+        "prompt": "a",
+        "chosen": turns + [{"role": "assistant", "content": "good"}],
+        "rejected": [{"role": "user", "content": "IGNORED"}, {"role": "assistant", "content": "bad"}],
+    }
     out = apply_chat_template(row, tok)
     assert out["prompt"] == "<|user|>\na</s>\n<|assistant|>\nb</s>\n<|user|>\nc</s>\n"
     assert out["rejected"] == "<|assistant|>\nbad</s>\n"
@@ -91,13 +102,19 @@ def test_mistral_template_strips_each_turn_as_the_reference(make_tokenizer):
         "chosen": [{"role": "user", "content": " Hi there\n"}, {"role": "assistant", "content": " Sure.\n\n"}],
         "rejected": [{"role": "user", "content": " Hi there\n"}, {"role": "assistant", "content": "\tNo "}],
     }
-    assert apply_chat_template(row, tok) == {"prompt": "[INST] Hi there [/INST]", "chosen": " Sure. </s>",
-                                             "rejected": " No </s>"}
+    assert apply_chat_template(row, tok) == {
+        "prompt": "[INST] Hi there [/INST]",
+        "chosen": " Sure. </s>",
+        "rejected": " No </s>",
+    }
     with_system = dict(row, chosen=[{"role": "system", "content": " Be brief. "}] + row["chosen"])
     # Stripped as one string: the user text's leading space stays behind the folded system text.
     assert apply_chat_template(with_system, tok)["prompt"] == "[INST] Be brief.\n\n Hi there [/INST]"
-    later_turns = [{"role": "user", "content": "a "}, {"role": "assistant", "content": " b "},
-                   {"role": "user", "content": " c"}]
+    later_turns = [
+        {"role": "user", "content": "a "},
+        {"role": "assistant", "content": " b "},
+        {"role": "user", "content": " c"},
+    ]
     assert tok.apply_chat_template(later_turns, tokenize=False) == "[INST] a [/INST] b </s>[INST] c [/INST]"
 
 
@@ -131,9 +148,13 @@ def test_a_template_that_writes_into_a_lone_reply_is_refused(make_tokenizer, aut
     from simpo.data.chat_templates import TemplateError, render_pairs
 
     tok = make_tokenizer(["<|im_start|>", "<|im_end|>"], eos="<|im_end|>", template=DEFAULT_SYSTEM)
-    with pytest.raises(TemplateError, match="renders a reply differently alone than after its prompt, so the text it"
-                       " adds would be scored as part of every response"):
+    with pytest.raises(
+        TemplateError,
+        match="renders a reply differently alone than after its prompt, so the text it"
+        " adds would be scored as part of every response",
+    ):
         render_pairs({"train": Dataset.from_list([ROW])}, tok, auto_insert)
     tok.chat_template = ZEPHYR  # templates that render a reply alone as in context pass
     assert render_pairs({"train": Dataset.from_list([ROW])}, tok, auto_insert)["train"][0]["chosen"] == (
-        "<|assistant|>\n4<|im_end|>\n")
+        "<|assistant|>\n4<|im_end|>\n"
+    )

@@ -16,8 +16,14 @@ SYSTEM = {"role": "system", "content": "Be brief."}
 CONVERSATIONS = [  # (prompt turns, reply)
     ([{"role": "user", "content": "What is 2+2?"}], "Hello, it is 4."),
     ([SYSTEM, {"role": "user", "content": "Name a colour."}], "Blue."),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-      {"role": "user", "content": "and 3+3?"}], "6 of course"),
+    (
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and 3+3?"},
+        ],
+        "6 of course",
+    ),
 ]
 
 
@@ -37,14 +43,18 @@ def mistral(make_tokenizer, merges=()):
 
 
 def gemma(make_tokenizer):
-    return make_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>",
-                          template=gemma_template())
+    return make_tokenizer(
+        ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>", template=gemma_template()
+    )
 
 
 def training_ids(prompt_turns, reply, tok) -> list[int]:
     """What training feeds the model for this conversation (the recipe's own row path)."""
-    row = {"prompt": prompt_turns, "chosen": [{"role": "assistant", "content": reply}],
-           "rejected": [{"role": "assistant", "content": "x"}]}
+    row = {
+        "prompt": prompt_turns,
+        "chosen": [{"role": "assistant", "content": reply}],
+        "rejected": [{"role": "assistant", "content": "x"}],
+    }
     return tokenize_row(apply_chat_template(row, tok), tok, max_length=1024, max_prompt_length=512)["chosen_input_ids"]
 
 
@@ -64,7 +74,7 @@ def assert_parity(tok, prompt_turns, reply):
     assert gen == train[: len(gen)]
     assert gen.count(tok.bos_token_id) == 1 and gen[0] == tok.bos_token_id
     # What follows is the reply and the end of the turn, nothing of the prompt or header.
-    assert as_text(tok, train[len(gen):]).strip().startswith(reply)
+    assert as_text(tok, train[len(gen) :]).strip().startswith(reply)
     return gen
 
 

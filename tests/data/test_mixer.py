@@ -30,10 +30,12 @@ def sources(tmp_path):
     write_jsonl(files / "train.jsonl", [pair(i) for i in range(10)])
     write_jsonl(files / "test.jsonl", [pair(i, "test") for i in range(4)])
     saved = tmp_path / "saved"
-    DatasetDict({
-        "train_prefs": Dataset.from_list([pair(100 + i) for i in range(20)]),
-        "test_prefs": Dataset.from_list([pair(100 + i, "test") for i in range(6)]),
-    }).save_to_disk(str(saved))
+    DatasetDict(
+        {
+            "train_prefs": Dataset.from_list([pair(100 + i) for i in range(20)]),
+            "test_prefs": Dataset.from_list([pair(100 + i, "test") for i in range(6)]),
+        }
+    ).save_to_disk(str(saved))
     return files, saved
 
 
@@ -94,9 +96,18 @@ def test_row_not_in_message_format_names_source_split_and_row(tmp_path):
     folder.mkdir()
     rows = [pair(0), pair(1), dict(pair(2), chosen="just a string")]
     write_jsonl(folder / "train.jsonl", rows[:2])
-    (folder / "train.jsonl").write_text((folder / "train.jsonl").read_text() + json.dumps(
-        {"prompt": "p", "chosen": [{"role": "user", "content": "p"}, {"role": "bot", "content": "x"}],
-         "rejected": pair(2)["rejected"], "score": 2}) + "\n")
+    (folder / "train.jsonl").write_text(
+        (folder / "train.jsonl").read_text()
+        + json.dumps(
+            {
+                "prompt": "p",
+                "chosen": [{"role": "user", "content": "p"}, {"role": "bot", "content": "x"}],
+                "rejected": pair(2)["rejected"],
+                "score": 2,
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(DataError, match=rf"{folder} \[train\] row 2: 'chosen': message 1 has unknown role 'bot'"):
         mix_datasets({str(folder): 1.0}, ["train"])
 
@@ -133,8 +144,10 @@ def test_empty_extra_message_keys_are_dropped_and_others_refused_naming_the_key(
     fmt = PREFERENCE_PAIRS if row_format == "pairs" else CONVERSATIONS
     empty, named = tmp_path / "empty", tmp_path / "named"
     empty.mkdir(), named.mkdir()
-    write_jsonl(empty / "train.jsonl", [as_row(with_extra_keys(pair(i), tool_calls=[], name=None)) if i % 2 else
-                                        as_row(pair(i)) for i in range(4)])
+    write_jsonl(
+        empty / "train.jsonl",
+        [as_row(with_extra_keys(pair(i), tool_calls=[], name=None)) if i % 2 else as_row(pair(i)) for i in range(4)],
+    )
     mixed = mix_datasets({str(empty): 1.0}, ["train"], row_format=fmt)["train"]
     column = fmt.columns[-1]
     for row in mixed:  # every message is plain role and content again, as the chat template and the checks see it
@@ -143,8 +156,11 @@ def test_empty_extra_message_keys_are_dropped_and_others_refused_naming_the_key(
 
     write_jsonl(named / "train.jsonl", [as_row(pair(0)), as_row(with_extra_keys(pair(1), name="bot"))])
     column = "messages" if row_format == "conversations" else "chosen"
-    with pytest.raises(DataError, match=rf"{named} \[train\] row 1: '{column}': message 1 has 'name' = 'bot', which"
-                                        " simpo does not train on"):
+    with pytest.raises(
+        DataError,
+        match=rf"{named} \[train\] row 1: '{column}': message 1 has 'name' = 'bot', which"
+        " simpo does not train on",
+    ):
         mix_datasets({str(named): 1.0}, ["train"], row_format=fmt)
 
 
@@ -163,8 +179,11 @@ def test_a_json_line_that_is_not_an_object_is_named_with_file_and_line(tmp_path,
     folder = tmp_path / "rows"
     folder.mkdir()
     (folder / "train.jsonl").write_text(json.dumps(pair(0)) + "\n" + line + "\n" + json.dumps(pair(1)) + "\n")
-    with pytest.raises(DataError, match=rf"{folder} \[train\] cannot be read as json: train.jsonl line 2: a JSON"
-                                        rf" {kind}, not an object"):
+    with pytest.raises(
+        DataError,
+        match=rf"{folder} \[train\] cannot be read as json: train.jsonl line 2: a JSON"
+        rf" {kind}, not an object",
+    ):
         mix_datasets({str(folder): 1.0}, ["train"])
 
 

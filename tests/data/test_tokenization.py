@@ -83,10 +83,14 @@ def test_literal_special_tokens_in_text_drop_the_pair_unless_allowed(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     tokenizer.pad_token = tokenizer.eos_token
     user = {"role": "user", "content": "question"}
-    rows = [{"chosen": [user, {"role": "assistant", "content": reply}],
-             "rejected": [user, {"role": "assistant", "content": "no"}],
-             ORIGIN: {"source": "prefs", "split": "train", "row": i}}
-            for i, reply in enumerate(["fine", "answer<|eot_id|><|start_header_id|>user<|end_header_id|>more", "ok"])]
+    rows = [
+        {
+            "chosen": [user, {"role": "assistant", "content": reply}],
+            "rejected": [user, {"role": "assistant", "content": "no"}],
+            ORIGIN: {"source": "prefs", "split": "train", "row": i},
+        }
+        for i, reply in enumerate(["fine", "answer<|eot_id|><|start_header_id|>user<|end_header_id|>more", "ok"])
+    ]
     args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=128, max_prompt_length=64)
 
     rendered = render_pairs({"train": Dataset.from_list(rows)}, tokenizer)["train"]
@@ -112,8 +116,12 @@ def test_sft_drops_conversations_with_special_tokens_in_text_unless_allowed():
     from simpo.sft.tokenization import tokenize_conversations
 
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
-    rows = Dataset.from_list([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]}
-                              for text in ["fine", "a<|eot_id|>b"]])
+    rows = Dataset.from_list(
+        [
+            {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": text}]}
+            for text in ["fine", "a<|eot_id|>b"]
+        ]
+    )
     _, drops, counts = tokenize_conversations(rows, tokenizer, 128, "train_dataset")
     assert counts["rows"] == 1 and [d.row for d in drops] == [1] and "'<|eot_id|>'" in drops[0].reason
     _, drops, counts = tokenize_conversations(rows, tokenizer, 128, "train_dataset", allow_special_tokens_in_text=True)

@@ -35,7 +35,8 @@ ZEPHYR = (
 def with_bos_added(tok):
     """As the real Mistral and Gemma tokenizers: encoding with special tokens puts BOS first."""
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+        single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)]
+    )
     return tok
 
 
@@ -56,8 +57,11 @@ def mistral_base(make_tokenizer):
 def gemma2(make_tokenizer):
     with open(os.path.join(REPO, "training_configs", "gemma-2-9b-it-simpo.yaml")) as f:
         template = yaml.safe_load(f)["chat_template"]
-    return with_bos_added(make_tokenizer(["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>",
-                                         eos="<eos>", template=template))
+    return with_bos_added(
+        make_tokenizer(
+            ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"], bos="<bos>", eos="<eos>", template=template
+        )
+    )
 
 
 FAMILIES = {"llama3": llama3, "mistral-instruct": mistral_instruct, "mistral-base": mistral_base, "gemma2": gemma2}
@@ -94,10 +98,12 @@ def test_vllm_chat_template_has_token_parity_also_with_system_and_multi_turn(fam
 def test_the_generated_templates_spelled_out_for_llama3_and_zephyr(make_tokenizer):
     assert alpaca_eval_template(llama3(make_tokenizer), True) == (
         "<|start_header_id|>user<|end_header_id|>\n\n{instruction}<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     # Zephyr's template knows system turns, so training inserted an empty one: evaluation must too.
     assert alpaca_eval_template(mistral_base(make_tokenizer), True) == (
-        "<|system|>\n</s>\n<|user|>\n{instruction}</s>\n<|assistant|>\n")
+        "<|system|>\n</s>\n<|user|>\n{instruction}</s>\n<|assistant|>\n"
+    )
     # The Mistral space after [/INST] merges into the reply's first word in training: the model writes it.
     assert alpaca_eval_template(mistral_instruct(make_tokenizer), True) == "[INST] {instruction} [/INST]"
 
@@ -116,6 +122,9 @@ def test_a_template_with_a_doubled_bos_is_refused_naming_the_token(make_tokenize
 def test_a_chat_template_without_the_training_system_turn_is_refused(make_tokenizer):
     tok = mistral_base(make_tokenizer)
     own = "{{ bos_token }}" + ZEPHYR  # Zephyr's own template with BOS, as a server would use it: no empty system turn
-    with pytest.raises(ParityError, match=r"position 3 of check prompt 0 .*training fed token \d+ 's', vllm chat "
-                                          r"gives token \d+ 'u'"):
+    with pytest.raises(
+        ParityError,
+        match=r"position 3 of check prompt 0 .*training fed token \d+ 's', vllm chat "
+        r"gives token \d+ 'u'",
+    ):
         check_parity("vllm chat", lambda turns: vllm_chat_ids(own, turns, tok), PARITY_CONVERSATIONS, tok, True)

@@ -32,10 +32,20 @@ def workdir(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        train_main([os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"), f"--output_dir={RUN}",
-                    f"--model_name_or_path={TINY_MODEL}", f"--dataset_mixer={{{TINY_DATA}: 1.0}}", "--max_steps=2",
-                    "--report_to=none", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false",
-                    "--save_strategy=no"])
+        train_main(
+            [
+                os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
+                f"--output_dir={RUN}",
+                f"--model_name_or_path={TINY_MODEL}",
+                f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
+                "--max_steps=2",
+                "--report_to=none",
+                "--eval_strategy=no",
+                "--eval_on_start=false",
+                "--do_eval=false",
+                "--save_strategy=no",
+            ]
+        )
         yield folder
     finally:
         os.chdir(cwd)
@@ -92,8 +102,10 @@ def test_eval_setup_stops_at_the_template_turn_end_when_the_run_lists_another_eo
 
 def test_a_double_bos_template_is_refused_and_nothing_is_written(in_workdir, tmp_path, capsys):
     broken = tmp_path / "llama3.txt"
-    broken.write_text("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{instruction}<|eot_id|>"
-                      "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    broken.write_text(
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n{instruction}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     out = tmp_path / "eval"
     with pytest.raises(SystemExit) as exit_:
         eval_setup.main([RUN, f"--alpaca-prompt-template={broken}", f"--eval-dir={out}"])
@@ -108,8 +120,9 @@ def test_the_docs_evaluation_commands_are_the_ones_the_tool_writes(in_workdir):
     eval_setup.main([RUN])
     written = set(open(os.path.join(RUN, "eval", "EVAL.md")).read().splitlines())
     section = open(os.path.join(REPO, "docs", "evaluation.md")).read()
-    commands = [line for block in re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
-                for line in block.splitlines()]
+    commands = [
+        line for block in re.findall(r"```bash\n(.*?)\n```", section, flags=re.S) for line in block.splitlines()
+    ]
     assert commands[0] == f"simpo-eval-setup {RUN}"  # the command that writes the rest
     assert len(commands) > 15 and [c for c in commands[1:] if c not in written] == []
 
@@ -128,21 +141,39 @@ def greedy(model, ids, n):
             if token == 1:  # <|eot_id|>
                 break
             seq.append(token)
-    return seq[len(ids):]
+    return seq[len(ids) :]
 
 
 def test_simpo_answer_writes_each_benchmarks_answer_file(in_workdir, tmp_path):
-    alpaca = write_questions(tmp_path / "alpaca.json", [{"instruction": "Name a colour.", "dataset": "x"},
-                                                       {"instruction": "What is 2+2?", "dataset": "y"}], True)
+    alpaca = write_questions(
+        tmp_path / "alpaca.json",
+        [{"instruction": "Name a colour.", "dataset": "x"}, {"instruction": "What is 2+2?", "dataset": "y"}],
+        True,
+    )
     answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", alpaca, "--max-new-tokens", "6"])
     outputs = json.load(open(os.path.join(RUN, "eval", "alpaca_eval", "model_outputs.json")))
     assert [(o["instruction"], o["generator"], o["dataset"]) for o in outputs] == [
-        ("Name a colour.", "tiny-simpo-cpu", "x"), ("What is 2+2?", "tiny-simpo-cpu", "y")]
+        ("Name a colour.", "tiny-simpo-cpu", "x"),
+        ("What is 2+2?", "tiny-simpo-cpu", "y"),
+    ]
 
     arena = write_questions(tmp_path / "arena.jsonl", [{"question_id": "q1", "turns": [{"content": "Explain TCP."}]}])
     out = tmp_path / "arena" / "model_answer" / "tiny.jsonl"
-    answer_cli.main([RUN, "--benchmark", "arena_hard", "--questions", arena, "--out", str(out), "--name", "tiny",
-                     "--max-new-tokens", "6"])
+    answer_cli.main(
+        [
+            RUN,
+            "--benchmark",
+            "arena_hard",
+            "--questions",
+            arena,
+            "--out",
+            str(out),
+            "--name",
+            "tiny",
+            "--max-new-tokens",
+            "6",
+        ]
+    )
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["question_id"] == "q1" and record["model_id"] == "tiny"
     turn = record["choices"][0]["turns"][0]
@@ -150,8 +181,10 @@ def test_simpo_answer_writes_each_benchmarks_answer_file(in_workdir, tmp_path):
 
 
 def test_mt_bench_answers_greedy_categories_exactly_and_carries_the_first_answer(in_workdir, tmp_path):
-    questions = [{"question_id": 111, "category": "math", "turns": ["hi", "hi again"]},
-                 {"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter."]}]
+    questions = [
+        {"question_id": 111, "category": "math", "turns": ["hi", "hi again"]},
+        {"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter."]},
+    ]
     path = write_questions(tmp_path / "mt.jsonl", questions)
     out = tmp_path / "mt" / "tiny.jsonl"
     answer_cli.main([RUN, "--benchmark", "mt_bench", "--questions", path, "--out", str(out), "--max-new-tokens", "8"])
@@ -178,29 +211,51 @@ def test_unknown_benchmark_is_an_error(in_workdir):
 
 def test_simpo_answer_relaunched_resumes_and_refuses_another_batch_size(in_workdir, tmp_path, capsys):
     questions = write_questions(tmp_path / "alpaca.json", [{"instruction": f"Say {i}."} for i in range(3)], True)
-    command = [RUN, "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4",
-               "--out", str(tmp_path / "a.json"), "--batch-size", "1"]
+    command = [
+        RUN,
+        "--benchmark",
+        "alpaca_eval",
+        "--questions",
+        questions,
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(tmp_path / "a.json"),
+        "--batch-size",
+        "1",
+    ]
     answer_cli.main(command)
     first = json.loads((tmp_path / "a.json").read_text())
     answer_cli.main(command)  # the same command again: every unit is done, the answers are the same
     assert json.loads((tmp_path / "a.json").read_text()) == first and all(o["output"] is not None for o in first)
     # other units: resuming would mix two runs (or lose answers)
-    refused(capsys, answer_cli.main, [*command[:-1], "3"],
-            r"holds a run with other settings \(batch_size; e.g. batch_size: 1 then, 3")
+    refused(
+        capsys,
+        answer_cli.main,
+        [*command[:-1], "3"],
+        r"holds a run with other settings \(batch_size; e.g. batch_size: 1 then, 3",
+    )
 
 
 def test_simpo_answer_batch_size_below_one_is_refused(in_workdir, capsys):
-    refused(capsys, answer_cli.main, [RUN, "--benchmark", "alpaca_eval", "--questions", "q.json", "--batch-size", "0"],
-            re.escape("--batch-size must be at least 1 (got 0)"))
+    refused(
+        capsys,
+        answer_cli.main,
+        [RUN, "--benchmark", "alpaca_eval", "--questions", "q.json", "--batch-size", "0"],
+        re.escape("--batch-size must be at least 1 (got 0)"),
+    )
 
 
-@pytest.mark.parametrize("content,message", [
-    ("", "holds no questions"),
-    ("[]", "holds no questions"),
-    ('[{"instruction": "a"}, {"prompt": "b"}]', r"row 1: no question text in 'instruction' for alpaca_eval"),
-    ('[{"instruction": "a"}, "b"]', r"row 1: a question is a JSON object with 'instruction', not str"),
-    ('[{"instruction": "a"},\n {"instruction": ', r"line 2: not JSON"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("", "holds no questions"),
+        ("[]", "holds no questions"),
+        ('[{"instruction": "a"}, {"prompt": "b"}]', r"row 1: no question text in 'instruction' for alpaca_eval"),
+        ('[{"instruction": "a"}, "b"]', r"row 1: a question is a JSON object with 'instruction', not str"),
+        ('[{"instruction": "a"},\n {"instruction": ', r"line 2: not JSON"),
+    ],
+)
 def test_simpo_answer_names_what_is_wrong_with_a_question_file(in_workdir, tmp_path, capsys, content, message):
     path = tmp_path / "questions.json"
     path.write_text(content)
@@ -218,10 +273,15 @@ def test_jsonl_question_files_name_the_broken_line(tmp_path):
 def test_a_folder_that_is_not_a_finished_run_is_named(in_workdir, tmp_path, capsys, command):
     empty, missing = tmp_path / "empty", tmp_path / "missing"
     empty.mkdir()
-    main = eval_setup.main if command == "eval_setup" else lambda argv: answer_cli.main(
-        [*argv, "--benchmark", "alpaca_eval", "--questions", "q.json"])
-    for folder, message in ((empty, "holds no saved model (no config.json or adapter_config.json and no"
-                                    " tokenizer_config.json)"), (missing, "is not a folder")):
+    main = (
+        eval_setup.main
+        if command == "eval_setup"
+        else lambda argv: answer_cli.main([*argv, "--benchmark", "alpaca_eval", "--questions", "q.json"])
+    )
+    for folder, message in (
+        (empty, "holds no saved model (no config.json or adapter_config.json and no tokenizer_config.json)"),
+        (missing, "is not a folder"),
+    ):
         refused(capsys, main, [str(folder)], re.escape(f"{folder} {message}"))
 
 
@@ -257,17 +317,40 @@ def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_pat
     from simpo.core.model import load_for_generation
 
     run = tmp_path / "lora"
-    train_main([os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"), f"--output_dir={run}",
-                f"--model_name_or_path={TINY_MODEL}", f"--dataset_mixer={{{TINY_DATA}: 1.0}}", "--max_steps=2",
-                "--report_to=none", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false",
-                "--save_strategy=no", "--use_peft=true", "--lora_r=4"])
+    train_main(
+        [
+            os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
+            f"--output_dir={run}",
+            f"--model_name_or_path={TINY_MODEL}",
+            f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
+            "--max_steps=2",
+            "--report_to=none",
+            "--eval_strategy=no",
+            "--eval_on_start=false",
+            "--do_eval=false",
+            "--save_strategy=no",
+            "--use_peft=true",
+            "--lora_r=4",
+        ]
+    )
     assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
     merged, adapter = load_for_generation(str(run)), AutoPeftModelForCausalLM.from_pretrained(str(run))
     ids = torch.tensor([[1, 5, 9, 13]])
     torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, rtol=1e-5, atol=1e-5)
     questions = write_questions(tmp_path / "alpaca.json", [{"instruction": "Name a colour."}], True)
-    answer_cli.main([str(run), "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4",
-                     "--out", str(tmp_path / "answers.json")])
+    answer_cli.main(
+        [
+            str(run),
+            "--benchmark",
+            "alpaca_eval",
+            "--questions",
+            questions,
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(tmp_path / "answers.json"),
+        ]
+    )
     assert isinstance(json.loads((tmp_path / "answers.json").read_text())[0]["output"], str)
 
 
@@ -278,8 +361,11 @@ def test_a_relaunch_with_other_settings_says_what_changed(tmp_path, caplog):
     save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))
     save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))
     assert "held other settings" not in caplog.text  # the same launch again: nothing to say
-    save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=5.0,
-                                                                   learning_rate=1e-6))
+    save_run_config(
+        ModelArguments(),
+        DataArguments(),
+        SimPOConfig(output_dir=str(tmp_path), use_cpu=True, beta=5.0, learning_rate=1e-6),
+    )
     assert "held other settings than this launch's (learning_rate: 5e-05 -> 1e-06, beta: 2.0 -> 5.0)" in caplog.text
 
 
@@ -297,8 +383,10 @@ def test_simpo_answer_caps_new_tokens_at_the_context_the_prompt_leaves(in_workdi
             return ["ok"] * len(prompts)
 
     monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Recorder())
-    questions = [{"instruction": "Name a colour, please.", "dataset": "x"},
-                 {"instruction": "Hi " * 100, "dataset": "y"}]
+    questions = [
+        {"instruction": "Name a colour, please.", "dataset": "x"},
+        {"instruction": "Hi " * 100, "dataset": "y"},
+    ]
     path = write_questions(tmp_path / "long.json", questions, True)
     with caplog.at_level("INFO", logger="simpo"):
         answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", path, "--out", str(tmp_path / "a.json")])

@@ -10,8 +10,10 @@ from transformers import TrainingArguments
 # Every module of the package by its path under simpo/ (e.g. "train/loss.py"); readers: all but the two that declare
 # the shared and the SimPO fields.
 DECLARING = {"core/arguments.py", "train/config.py"}
-SOURCES = {str(path.relative_to(Path(REPO) / "simpo")): path.read_text()
-           for path in sorted((Path(REPO) / "simpo").rglob("*.py"))}
+SOURCES = {
+    str(path.relative_to(Path(REPO) / "simpo")): path.read_text()
+    for path in sorted((Path(REPO) / "simpo").rglob("*.py"))
+}
 READERS = {name: text for name, text in SOURCES.items() if name not in DECLARING}
 INHERITED = {f.name for f in dataclasses.fields(TrainingArguments)}  # read by transformers' Trainer itself
 
@@ -19,7 +21,8 @@ INHERITED = {f.name for f in dataclasses.fields(TrainingArguments)}  # read by t
 def unread_fields(cls) -> list[str]:
     """Fields of ours that no code outside the config modules reads (as args.NAME, model_args.NAME, ...)."""
     return [
-        f.name for f in dataclasses.fields(cls)
+        f.name
+        for f in dataclasses.fields(cls)
         if f.name not in INHERITED
         and not any(re.search(rf"\b\w*args\.{f.name}\b", source) for source in READERS.values())
     ]

@@ -25,8 +25,15 @@ from simpo.train.logps import fused_token_logps, plain_token_logps
 from simpo.train.loss import average_logps, simpo_loss
 
 V = 53
-SMALL = dict(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=1, head_dim=8)
+SMALL = dict(
+    vocab_size=V,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=8,
+)
 
 
 def build(tied: bool) -> LlamaForCausalLM:
@@ -41,8 +48,14 @@ def micro_batches() -> list[dict]:
         rows = []
         for p, c, r in lengths:
             prompt, chosen, rejected = (torch.randint(3, V, (k,)).tolist() for k in (p, c, r))
-            rows.append({"chosen_input_ids": prompt + chosen, "chosen_labels": [-100] * p + chosen,
-                         "rejected_input_ids": prompt + rejected, "rejected_labels": [-100] * p + rejected})
+            rows.append(
+                {
+                    "chosen_input_ids": prompt + chosen,
+                    "chosen_labels": [-100] * p + chosen,
+                    "rejected_input_ids": prompt + rejected,
+                    "rejected_labels": [-100] * p + rejected,
+                }
+            )
         batches.append(PlainLayout(pad_token_id=0)(rows))
     return batches
 
@@ -82,8 +95,12 @@ def run_case(tied: bool, bf16: bool, batches: list[dict]) -> dict:
         for _ in range(2):  # the second round starts from resharded parameters and zeroed gradients
             model.zero_grad()
             head_between_steps = type(model.lm_head.weight).__name__
-            losses, logps = accumulate(token_logps, model, batches,
-                                       lambda i, model=model: model.set_requires_gradient_sync(i == len(batches) - 1))
+            losses, logps = accumulate(
+                token_logps,
+                model,
+                batches,
+                lambda i, model=model: model.set_requires_gradient_sync(i == len(batches) - 1),
+            )
         grads = {name: p.grad.full_tensor() for name, p in model.named_parameters()}
         out[path] = {
             "losses": losses,
@@ -98,8 +115,11 @@ def run_case(tied: bool, bf16: bool, batches: list[dict]) -> dict:
 if __name__ == "__main__":
     dist.init_process_group("gloo")
     batches = micro_batches()
-    results = {f"{'tied' if tied else 'untied'}-{'bf16' if bf16 else 'fp32'}": run_case(tied, bf16, batches)
-               for tied in (False, True) for bf16 in (False, True)}
+    results = {
+        f"{'tied' if tied else 'untied'}-{'bf16' if bf16 else 'fp32'}": run_case(tied, bf16, batches)
+        for tied in (False, True)
+        for bf16 in (False, True)
+    }
     if dist.get_rank() == 0:
         with open(sys.argv[1], "w") as f:
             json.dump(results, f, indent=1)

@@ -9,8 +9,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 # Operations that make the host wait for the device: reading a value (.item(), .tolist(), bool()), or ops whose
 # output size depends on values (nonzero, boolean indexing, bincount without a known size).
-SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.bincount.default",
-           "aten.masked_select.default", "aten.index.Tensor_bool"}
+SYNCING = {
+    "aten._local_scalar_dense.default",
+    "aten.nonzero.default",
+    "aten.bincount.default",
+    "aten.masked_select.default",
+    "aten.index.Tensor_bool",
+}
 SIMPO = os.path.join(REPO, "simpo")
 
 
@@ -27,8 +32,10 @@ class SimpoHostReads(TorchDispatchMode):
         self.reads = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if str(func) in SYNCING or (str(func) == "aten.index.Tensor" and any(
-                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or []))):
+        if str(func) in SYNCING or (
+            str(func) == "aten.index.Tensor"
+            and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or []))
+        ):
             frames = [f for f in traceback.extract_stack() if library_frame(f.filename)]
             # FiniteLossGuard.check reads the previous micro-batch's verdict: on a GPU a pinned host copy whose
             # event has passed, so no wait; here, on a CPU, the same read of a host tensor.

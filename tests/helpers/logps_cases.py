@@ -13,8 +13,15 @@ from simpo.train.loss import average_logps, sft_nll, simpo_loss
 V, H = 53, 16
 
 
-SMALL = dict(vocab_size=V, hidden_size=H, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=1, head_dim=8)
+SMALL = dict(
+    vocab_size=V,
+    hidden_size=H,
+    intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=8,
+)
 
 
 FP32 = dict(rtol=0, atol=1e-5)
@@ -54,8 +61,13 @@ def run_head(fn, dtype, tied, bias, scale, softcap):
 
 
 HEADS = [  # tied, bias, scale, softcap
-    (False, False, 1.0, None), (True, False, 1.0, None), (False, True, 1.0, None), (False, False, 1.0, 3.0),
-    (True, True, 0.25, None), (False, True, 0.5, 2.0), (True, False, 4.0, 30.0),
+    (False, False, 1.0, None),
+    (True, False, 1.0, None),
+    (False, True, 1.0, None),
+    (False, False, 1.0, 3.0),
+    (True, True, 0.25, None),
+    (False, True, 0.5, 2.0),
+    (True, False, 4.0, 30.0),
 ]
 
 
@@ -73,8 +85,14 @@ def features(label_pad=-100):
     rows = []
     for prompt, chosen, rejected in [(3, 4, 2), (5, 0, 6), (2, 3, 3), (4, 5, 1)]:
         p, c, r = (torch.randint(3, V, (k,)).tolist() for k in (prompt, chosen, rejected))
-        rows.append({"chosen_input_ids": p + c, "chosen_labels": [label_pad] * prompt + c,
-                     "rejected_input_ids": p + r, "rejected_labels": [label_pad] * prompt + r})
+        rows.append(
+            {
+                "chosen_input_ids": p + c,
+                "chosen_labels": [label_pad] * prompt + c,
+                "rejected_input_ids": p + r,
+                "rejected_labels": [label_pad] * prompt + r,
+            }
+        )
     return rows
 
 

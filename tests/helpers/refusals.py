@@ -5,8 +5,11 @@ import re
 
 import pytest
 
-ERROR_LINE = re.compile(r"^(?P<prog>[\w-]+)(?: \[rank \d+\])?: error: (?P<message>.*?)"
-                        r"(?:\n\(set SIMPO_TRACEBACK=1 for the traceback\))?\n\Z", re.DOTALL | re.MULTILINE)
+ERROR_LINE = re.compile(
+    r"^(?P<prog>[\w-]+)(?: \[rank \d+\])?: error: (?P<message>.*?)"
+    r"(?:\n\(set SIMPO_TRACEBACK=1 for the traceback\))?\n\Z",
+    re.DOTALL | re.MULTILINE,
+)
 
 
 def refused(capsys, main, argv: list[str], pattern: str) -> str:

@@ -1,7 +1,5 @@
 """Shared by several test modules (moved from test_chat_templates.py)."""
 
-
-
 LLAMA3 = (
     "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
     "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"

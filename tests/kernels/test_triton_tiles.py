@@ -199,8 +199,7 @@ def test_a_training_micro_step_on_it_does_not_wait_for_the_device(tmp_path, monk
     """As tests/train/test_metrics.py checks for the torch tiles: no value read, no value-sized op, in simpo's code."""
     monkeypatch.setenv("SIMPO_LOGPS_KERNEL", "triton")
     tokenizer, rows = tiny_rows(6)
-    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=128,
-                       max_prompt_length=64)
+    args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=128, max_prompt_length=64)
     trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
     batch = trainer.layout([trainer.train_dataset[i] for i in range(6)])
     trainer.compute_loss(trainer.model, batch)  # the first step checks the head once; that may read
@@ -240,8 +239,9 @@ print(compiled)
 
 def test_the_kernels_compile_for_a_gpu():
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", COMPILE_FOR_SM90], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split()[-1] == "14"  # 4 + 3 block shapes, each with and without bias and softcap
 

@@ -71,6 +71,10 @@ def test_a_cut_generations_file_names_its_file_line_and_the_command_to_rerun(tmp
     (tmp_path / "generations").mkdir()
     path = tmp_path / "generations" / "train.jsonl"
     path.write_text('{"prompt": "q", "messages": [], "responses": ["a"]}\n{"prompt": "q2", "mess')
-    refused(capsys, main, [os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={tmp_path}"],
-            rf"^{path} line 2 is not a whole JSON row \(.*; was the file cut short\?\)\. Rerun simpo-generate with the"
-            " same config")
+    refused(
+        capsys,
+        main,
+        [os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={tmp_path}"],
+        rf"^{path} line 2 is not a whole JSON row \(.*; was the file cut short\?\)\. Rerun simpo-generate with the"
+        " same config",
+    )

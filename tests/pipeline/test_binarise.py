@@ -39,9 +39,13 @@ def test_min_score_gap_and_counts():
     pairs, drops, gaps = binarise(rows, min_score_gap=0.5)
     assert len(pairs) == 1 and dict(drops) == {"score gap below min_score_gap": 1, "tied scores": 1}
     assert gaps == [1.0, 0.2 - 0.1]
-    assert pairs[0] == {"prompt": "q", "chosen": USER + [{"role": "assistant", "content": "a"}],
-                        "rejected": USER + [{"role": "assistant", "content": "b"}],
-                        "score_chosen": 1.0, "score_rejected": 0.0}
+    assert pairs[0] == {
+        "prompt": "q",
+        "chosen": USER + [{"role": "assistant", "content": "a"}],
+        "rejected": USER + [{"role": "assistant", "content": "b"}],
+        "score_chosen": 1.0,
+        "score_rejected": 0.0,
+    }
 
 
 def test_a_message_list_prompt_stays_the_prompt():
@@ -78,8 +82,13 @@ def test_the_console_command_exits_0_after_a_run(tmp_path):
     out = tmp_path / "run"
     write_jsonl(str(out / "annotations" / "train.jsonl"), [row(["good", "bad"], [0.9, -0.5])])
     command = os.path.join(os.path.dirname(sys.executable), "simpo-binarise")
-    done = subprocess.run([command, os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    done = subprocess.run(
+        [command, os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert (out / "dataset" / "train.jsonl").exists()
 
@@ -88,10 +97,14 @@ def test_a_side_left_without_pairs_stops_before_anything_is_written(tmp_path):
     out = tmp_path / "run"
     write_jsonl(str(out / "annotations" / "train.jsonl"), [row(["good", "bad"], [0.9, -0.5])])
     write_jsonl(str(out / "annotations" / "test.jsonl"), [row(["a", "b"], [0.2, 0.1])])
-    with pytest.raises(ValueError, match=r"no test pair is left from 1 prompts \(dropped: \{'score gap below "
-                       r"min_score_gap': 1\}\), .* Lower min_score_gap \(0.5\)"):
-        binarise_main([os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}",
-                       "--min_score_gap=0.5"])
+    with pytest.raises(
+        ValueError,
+        match=r"no test pair is left from 1 prompts \(dropped: \{'score gap below "
+        r"min_score_gap': 1\}\), .* Lower min_score_gap \(0.5\)",
+    ):
+        binarise_main(
+            [os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml"), f"--output_dir={out}", "--min_score_gap=0.5"]
+        )
     assert not (out / "dataset").exists()
 
 
@@ -111,8 +124,11 @@ def test_a_row_without_scores_names_the_file_and_line(tmp_path):
     good = json.dumps(row(["a", "b"], [1.0, 0.0]))
     path.write_text(good + "\n\n" + json.dumps({"prompt": "q", "messages": USER, "responses": ["a", "b"]}) + "\n")
     config = os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml")
-    with pytest.raises(ValueError, match=rf"^{path} line 3: a row needs 'responses' and 'scores' .* this one has no"
-                                         r" 'scores'\. Give simpo-annotate's output: rerun simpo-annotate"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{path} line 3: a row needs 'responses' and 'scores' .* this one has no"
+        r" 'scores'\. Give simpo-annotate's output: rerun simpo-annotate",
+    ):
         binarise_main([config, f"--output_dir={out}"])
     path.write_text(good + "\n" + good[: len(good) // 2])
     with pytest.raises(ValueError, match=rf"^{path} line 2 is not a whole JSON row .* Rerun simpo-annotate"):

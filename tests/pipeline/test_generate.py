@@ -15,8 +15,13 @@ from simpo.pipeline.backends import TransformersBackend
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.generate import plan_units
 
-MODEL_ARGS = SimpleNamespace(model_name_or_path=TINY_MODEL, model_revision="main", trust_remote_code=False,
-                             torch_dtype="float32", attn_implementation="sdpa")
+MODEL_ARGS = SimpleNamespace(
+    model_name_or_path=TINY_MODEL,
+    model_revision="main",
+    trust_remote_code=False,
+    torch_dtype="float32",
+    attn_implementation="sdpa",
+)
 PROMPTS = ["tell me about the river", "hi", "compare the old kettle and the noisy guitar please", "why"]
 
 
@@ -28,8 +33,10 @@ def tokenizer():
 
 
 def prompt_ids(tokenizer):
-    return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                          tokenize=False) for p in PROMPTS]
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+        for p in PROMPTS
+    ]
 
 
 def test_plan_covers_every_prompt_and_seed_once_in_length_ordered_batches():
@@ -54,7 +61,7 @@ def test_greedy_batched_left_padded_generation_equals_one_prompt_at_a_time(token
                 if token == tokenizer.eos_token_id:
                     break
                 seq.append(token)
-        assert reply == tokenizer.decode(seq[len(prompt):], skip_special_tokens=True).strip()
+        assert reply == tokenizer.decode(seq[len(prompt) :], skip_special_tokens=True).strip()
 
 
 def test_sampling_is_fixed_by_the_batch_seed(tokenizer):
@@ -73,8 +80,9 @@ def test_a_reply_is_cut_at_its_first_end_of_turn(tokenizer):
 
 
 def test_the_v02_pipeline_config_carries_the_reference_settings(tmp_path):
-    model, data, args = parse_pipeline_args([os.path.join(REPO, "onpolicy_configs", "llama-3-8b-instruct-v2.yaml")],
-                                            "simpo-generate", "")
+    model, data, args = parse_pipeline_args(
+        [os.path.join(REPO, "onpolicy_configs", "llama-3-8b-instruct-v2.yaml")], "simpo-generate", ""
+    )
     assert model.model_name_or_path == "meta-llama/Meta-Llama-3-8B-Instruct"
     assert data.dataset_mixer == {"HuggingFaceH4/ultrafeedback_binarized": 1.0}
     assert data.dataset_splits == ["train_prefs", "test_prefs"]
@@ -104,18 +112,21 @@ def test_every_pipeline_key_is_read():
 
 GEMMA_SPECIALS = ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"]
 # Gemma's own template, in short: it names "system" only to refuse it.
-GEMMA_OWN = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
-             "{% endif %}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}"
-             "\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
-             "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+GEMMA_OWN = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}"
+    "\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
 
 
 def test_the_gemma2_pipeline_config_samples_from_the_ids_training_feeds(make_tokenizer):
     from simpo.data.chat_templates import apply_chat_template, set_chat_template
     from simpo.data.tokenization import generation_prompt_ids, tokenize_row
 
-    model, data, args = parse_pipeline_args([os.path.join(REPO, "onpolicy_configs", "gemma-2-9b-it.yaml")],
-                                            "simpo-generate", "")
+    model, data, args = parse_pipeline_args(
+        [os.path.join(REPO, "onpolicy_configs", "gemma-2-9b-it.yaml")], "simpo-generate", ""
+    )
     assert model.model_name_or_path == "google/gemma-2-9b-it" and data.auto_insert_empty_system_msg
     assert data.dataset_mixer == {"HuggingFaceH4/ultrafeedback_binarized": 1.0}
     assert data.dataset_splits == ["train_prefs", "test_prefs"]
@@ -132,13 +143,19 @@ def test_the_gemma2_pipeline_config_samples_from_the_ids_training_feeds(make_tok
 
     pipeline_tok = gemma_tokenizer(data.chat_template, model.model_name_or_path)
     training_tok = gemma_tokenizer(training["chat_template"], training["model_name_or_path"])
-    for turns in ([{"role": "user", "content": "Name a colour."}],
-                  [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]):
+    for turns in (
+        [{"role": "user", "content": "Name a colour."}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+    ):
         sampled_from = generation_prompt_ids(turns, pipeline_tok, data.auto_insert_empty_system_msg)
-        row = {"prompt": turns, "chosen": [{"role": "assistant", "content": "Blue."}],
-               "rejected": [{"role": "assistant", "content": "x"}]}
-        trained = tokenize_row(apply_chat_template(row, training_tok), training_tok, max_length=1024,
-                               max_prompt_length=512)["chosen_input_ids"]
+        row = {
+            "prompt": turns,
+            "chosen": [{"role": "assistant", "content": "Blue."}],
+            "rejected": [{"role": "assistant", "content": "x"}],
+        }
+        trained = tokenize_row(
+            apply_chat_template(row, training_tok), training_tok, max_length=1024, max_prompt_length=512
+        )["chosen_input_ids"]
         assert sampled_from == trained[: len(sampled_from)]
         assert pipeline_tok.convert_ids_to_tokens(sampled_from)[:2] == ["<bos>", "<start_of_turn>"]
         assert pipeline_tok.convert_ids_to_tokens(sampled_from)[-7:] == ["<start_of_turn>", *"model", "\n"]

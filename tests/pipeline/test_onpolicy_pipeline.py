@@ -47,14 +47,19 @@ def prompts(tmp_path_factory):
 
 
 def pipeline_args(prompts, out) -> list[str]:
-    return [PIPELINE, f"--dataset_mixer={{{prompts}: 1.0}}", f"--output_dir={out}", "--max_tokens=12",
-            "--generation_batch_size=4", "--reward_batch_size=2"]
+    return [
+        PIPELINE,
+        f"--dataset_mixer={{{prompts}: 1.0}}",
+        f"--output_dir={out}",
+        "--max_tokens=12",
+        "--generation_batch_size=4",
+        "--reward_batch_size=2",
+    ]
 
 
 def run(module, argv, log) -> str:
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=ENV, stdout=f, stderr=f,
-                              timeout=600)
+        proc = subprocess.run([sys.executable, "-m", module, *argv], cwd=REPO, env=ENV, stdout=f, stderr=f, timeout=600)
     output = open(log).read()
     assert proc.returncode == 0, output[-5000:]
     return output
@@ -103,13 +108,17 @@ def test_pipeline_end_to_end_then_simpo_trains_on_the_result(uninterrupted, prom
 
     # Scores: the reward model on each conversation alone, unpadded.
     annotations = read_rows(out / "annotations" / "test.jsonl")
-    tok, model = AutoTokenizer.from_pretrained(TINY_REWARD), AutoModelForSequenceClassification.from_pretrained(
-        TINY_REWARD).eval()
+    tok, model = (
+        AutoTokenizer.from_pretrained(TINY_REWARD),
+        AutoModelForSequenceClassification.from_pretrained(TINY_REWARD).eval(),
+    )
     for row in annotations[:2]:
         assert {k: v for k, v in row.items() if k != "scores"} == generations["test"][annotations.index(row)]
         with torch.no_grad():
-            alone = [model(torch.tensor([conversation_ids(row, reply, tok)])).logits[0, 0].item()
-                     for reply in row["responses"]]
+            alone = [
+                model(torch.tensor([conversation_ids(row, reply, tok)])).logits[0, 0].item()
+                for reply in row["responses"]
+            ]
         assert row["scores"] == pytest.approx(alone, abs=1e-5)
 
     # Pairs: best vs worst; every prompt is a pair or a counted drop.
@@ -126,17 +135,32 @@ def test_pipeline_end_to_end_then_simpo_trains_on_the_result(uninterrupted, prom
     mixed = mix_datasets({str(out / "dataset"): 1.0}, ["train", "test"])
     assert len(mixed["train"]) == summary["train"]["pairs"] and len(mixed["test"]) == summary["test"]["pairs"]
     run_dir = tmp_path / "simpo"
-    train_main(["training_configs/tiny-simpo-cpu.yaml", f"--dataset_mixer={{{out / 'dataset'}: 1.0}}",
-                f"--output_dir={run_dir}", "--max_steps=3", "--per_device_train_batch_size=4", "--report_to=none",
-                "--eval_on_start=false", "--eval_strategy=no", "--save_strategy=no"])
+    train_main(
+        [
+            "training_configs/tiny-simpo-cpu.yaml",
+            f"--dataset_mixer={{{out / 'dataset'}: 1.0}}",
+            f"--output_dir={run_dir}",
+            "--max_steps=3",
+            "--per_device_train_batch_size=4",
+            "--report_to=none",
+            "--eval_on_start=false",
+            "--eval_strategy=no",
+            "--save_strategy=no",
+        ]
+    )
     results = json.loads((run_dir / "train_results.json").read_text())
     assert math.isfinite(results["train_loss"]) and results["train_samples"] == summary["train"]["pairs"]
     trained = AutoModelForCausalLM.from_pretrained(run_dir).model.norm.weight
     assert not torch.equal(trained, AutoModelForCausalLM.from_pretrained(TINY_MODEL).model.norm.weight)
 
 
-@pytest.mark.parametrize(("step", "folder", "units"), [("simpo.pipeline.generate", "generations", GENERATION_UNITS),
-                                                      ("simpo.pipeline.annotate", "annotations", SCORING_UNITS)])
+@pytest.mark.parametrize(
+    ("step", "folder", "units"),
+    [
+        ("simpo.pipeline.generate", "generations", GENERATION_UNITS),
+        ("simpo.pipeline.annotate", "annotations", SCORING_UNITS),
+    ],
+)
 def test_a_step_killed_midway_resumes_to_the_same_output(uninterrupted, prompts, tmp_path, step, folder, units):
     baseline = uninterrupted[0]
     out = tmp_path / "killed"
@@ -154,14 +178,28 @@ def test_a_step_killed_midway_resumes_to_the_same_output(uninterrupted, prompts,
 def test_a_relaunch_with_other_sampling_settings_is_refused(uninterrupted, prompts, tmp_path, capsys):
     out = tmp_path / "changed"
     shutil.copytree(uninterrupted[0] / "generations", out / "generations")
-    refused(capsys, generate.main, [*pipeline_args(prompts, out), "--temperature=1.0"],
-            r"holds a run with other settings \(temperature; e.g. temperature: 0.8 then")
+    refused(
+        capsys,
+        generate.main,
+        [*pipeline_args(prompts, out), "--temperature=1.0"],
+        r"holds a run with other settings \(temperature; e.g. temperature: 0.8 then",
+    )
 
 
 def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrupted, prompts, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/ddp_cpu.yaml",
-           "--main_process_port", "0", "-m", "simpo.pipeline.generate", *pipeline_args(prompts, out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "accelerate_configs/ddp_cpu.yaml",
+        "--main_process_port",
+        "0",
+        "-m",
+        "simpo.pipeline.generate",
+        *pipeline_args(prompts, out),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     assert "2 process(es)" in proc.stdout + proc.stderr
@@ -179,8 +217,9 @@ def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrup
         assert (out / name).read_bytes() == (uninterrupted[0] / name).read_bytes()
 
 
-def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it(uninterrupted, prompts, tmp_path,
-                                                                                 capsys):
+def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it(
+    uninterrupted, prompts, tmp_path, capsys
+):
     from simpo.core.run_lock import unlock_folder
     from simpo.pipeline.annotate import main as annotate_main
 
@@ -190,9 +229,13 @@ def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it
     whole = path.read_bytes()
     lines = whole.count(b"\n")
     path.write_bytes(whole[: whole.rindex(b"\n", 0, len(whole) - 1) + 20])  # the last row cut after 19 bytes
-    refused(capsys, annotate_main, pipeline_args(prompts, out),
-            rf"^{path} line {lines} is not a whole JSON row .* Rerun simpo-generate with the same config: it keeps its"
-            " finished units and rewrites this file")
+    refused(
+        capsys,
+        annotate_main,
+        pipeline_args(prompts, out),
+        rf"^{path} line {lines} is not a whole JSON row .* Rerun simpo-generate with the same config: it keeps its"
+        " finished units and rewrites this file",
+    )
     assert not (out / "annotations").exists()
     unlock_folder(str(out))  # held by this (test) process until it ends, as by a command's process
     run("simpo.pipeline.generate", pipeline_args(prompts, out), tmp_path / "generate.log")  # every unit is done

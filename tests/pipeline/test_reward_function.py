@@ -74,14 +74,29 @@ def generations(folder, rows_per_side: dict[str, list[list[str]]]) -> str:
         with open(os.path.join(source, f"{side}.jsonl"), "w") as f:
             for i, responses in enumerate(rows):
                 prompt = f"question {side} {i}"
-                f.write(json.dumps({"prompt": prompt, "messages": [{"role": "user", "content": prompt}],
-                                    "prompt_id": f"p{i}", "responses": responses}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "prompt": prompt,
+                            "messages": [{"role": "user", "content": prompt}],
+                            "prompt_id": f"p{i}",
+                            "responses": responses,
+                        }
+                    )
+                    + "\n"
+                )
     return source
 
 
 def annotate_args(tmp_path, function, seeds="[1, 2]") -> list[str]:
-    return ["onpolicy_configs/tiny-cpu.yaml", "--reward_model=", f"--reward_function={function}",
-            f"--output_dir={tmp_path}", f"--seeds={seeds}", "--reward_batch_size=3"]
+    return [
+        "onpolicy_configs/tiny-cpu.yaml",
+        "--reward_model=",
+        f"--reward_function={function}",
+        f"--output_dir={tmp_path}",
+        f"--seeds={seeds}",
+        "--reward_batch_size=3",
+    ]
 
 
 def read(path) -> list[dict]:
@@ -120,8 +135,12 @@ def test_an_exception_names_the_file_line_prompt_id_and_response(tmp_path, monke
 @pytest.mark.parametrize("function, kind", [("nan_score", "NaN or infinite"), ("text_score", "a str")])
 def test_nan_and_non_numbers_are_errors_naming_the_row(tmp_path, capsys, function, kind):
     generations(tmp_path, {"train": [["a", "b"]]})
-    refused(capsys, annotate.main, annotate_args(tmp_path, f"{HERE}:{function}"),
-            rf"\({kind}\) for .*line 1 \(prompt_id p0\), response 1 of 2")
+    refused(
+        capsys,
+        annotate.main,
+        annotate_args(tmp_path, f"{HERE}:{function}"),
+        rf"\({kind}\) for .*line 1 \(prompt_id p0\), response 1 of 2",
+    )
     assert not (tmp_path / "annotations" / "train.jsonl").exists()
 
 
@@ -131,20 +150,32 @@ def test_a_batched_function_gets_lists_of_reward_batch_size(tmp_path):
     annotate.main(annotate_args(tmp_path, f"{HERE}:batched_length"))
     assert CALLS == [3, 3, 2]  # 8 replies, 3 at a time, in file order
     assert [row["scores"] for row in read(tmp_path / "annotations" / "train.jsonl")] == [
-        [1.0, 2.0], [3.0, 1.0], [2.0, 3.0], [1.0, 2.0]]
+        [1.0, 2.0],
+        [3.0, 1.0],
+        [2.0, 3.0],
+        [1.0, 2.0],
+    ]
 
 
 def test_a_batched_function_returning_too_few_scores_names_the_batch(tmp_path, capsys):
     generations(tmp_path, {"train": [["a", "b"], ["c", "d"]]})
-    refused(capsys, annotate.main, annotate_args(tmp_path, f"{HERE}:batched_short"),
-            r"one score per reply \(3\).*the batch .*line 1 .*line 2")
+    refused(
+        capsys,
+        annotate.main,
+        annotate_args(tmp_path, f"{HERE}:batched_short"),
+        r"one score per reply \(3\).*the batch .*line 1 .*line 2",
+    )
 
 
 def test_a_relaunch_with_another_function_is_refused(tmp_path, capsys):
     generations(tmp_path, {"train": [["a", "bb"]]})
     annotate.main(annotate_args(tmp_path, f"{HERE}:length_score"))
-    refused(capsys, annotate.main, annotate_args(tmp_path, f"{HERE}:batched_length"),
-            r"holds a run with other settings \(reward_function;")
+    refused(
+        capsys,
+        annotate.main,
+        annotate_args(tmp_path, f"{HERE}:batched_length"),
+        r"holds a run with other settings \(reward_function;",
+    )
 
 
 def test_exactly_one_of_reward_model_and_reward_function():
@@ -154,13 +185,23 @@ def test_exactly_one_of_reward_model_and_reward_function():
     with pytest.raises(ConfigError, match="exactly one of reward_model"):
         parse_pipeline_args(["onpolicy_configs/tiny-cpu.yaml", "--reward_model="], "simpo-annotate")
     with pytest.raises(ConfigError, match="package.module:function"):
-        parse_pipeline_args(["onpolicy_configs/tiny-cpu.yaml", "--reward_model=", "--reward_function=nocolon"],
-                            "simpo-annotate")
+        parse_pipeline_args(
+            ["onpolicy_configs/tiny-cpu.yaml", "--reward_model=", "--reward_function=nocolon"], "simpo-annotate"
+        )
     with pytest.raises(ConfigError, match="reward_dtype' has no effect with reward_function"):
-        parse_pipeline_args(["onpolicy_configs/tiny-cpu.yaml", "--reward_model=", "--reward_dtype=float32",
-                             "--reward_function=simpo.pipeline.rewards:exact_match"], "simpo-annotate")
-    _, _, args = parse_pipeline_args(["onpolicy_configs/tiny-cpu.yaml", "--reward_model=",
-                                      "--reward_function=simpo.pipeline.rewards:exact_match"], "simpo-annotate")
+        parse_pipeline_args(
+            [
+                "onpolicy_configs/tiny-cpu.yaml",
+                "--reward_model=",
+                "--reward_dtype=float32",
+                "--reward_function=simpo.pipeline.rewards:exact_match",
+            ],
+            "simpo-annotate",
+        )
+    _, _, args = parse_pipeline_args(
+        ["onpolicy_configs/tiny-cpu.yaml", "--reward_model=", "--reward_function=simpo.pipeline.rewards:exact_match"],
+        "simpo-annotate",
+    )
     assert load_reward_function(args.reward_function) is exact_match
 
 
@@ -178,15 +219,19 @@ def test_the_yaml_key_end_to_end_generate_keep_columns_annotate_binarise(tmp_pat
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     for side, count in (("train", 6), ("test", 2)):
-        rows = [{"prompt": f"say something {side} {i}", "prompt_id": f"{side}{i}", "answer": "the kettle"}
-                for i in range(count)]
+        rows = [
+            {"prompt": f"say something {side} {i}", "prompt_id": f"{side}{i}", "answer": "the kettle"}
+            for i in range(count)
+        ]
         (prompts / f"{side}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "pipeline.yaml"
-    config.write_text(f"model_name_or_path: {TINY_MODEL}\ntorch_dtype: float32\ndataset_mixer:\n  {prompts}: 1.0\n"
-                      "dataset_splits: [train, test]\n"
-                      f"output_dir: {tmp_path / 'out'}\nseeds: [1, 2, 3]\ntemperature: 1.0\nmax_tokens: 6\n"
-                      "generation_batch_size: 4\nkeep_columns: [answer, prompt_id]\n"
-                      "reward_function: simpo.pipeline.rewards:exact_match\n")
+    config.write_text(
+        f"model_name_or_path: {TINY_MODEL}\ntorch_dtype: float32\ndataset_mixer:\n  {prompts}: 1.0\n"
+        "dataset_splits: [train, test]\n"
+        f"output_dir: {tmp_path / 'out'}\nseeds: [1, 2, 3]\ntemperature: 1.0\nmax_tokens: 6\n"
+        "generation_batch_size: 4\nkeep_columns: [answer, prompt_id]\n"
+        "reward_function: simpo.pipeline.rewards:exact_match\n"
+    )
     generate.main([str(config)])
     rows = read(tmp_path / "out" / "generations" / "train.jsonl")
     assert [(r["answer"], r["prompt_id"]) for r in rows] == [("the kettle", f"train{i}") for i in range(6)]
@@ -206,9 +251,13 @@ def test_the_yaml_key_end_to_end_generate_keep_columns_annotate_binarise(tmp_pat
     assert all(len(p["chosen"][-1]["content"]) > len(p["rejected"][-1]["content"]) for p in pairs)
 
     # what users see: the message alone, exit status 2
-    for bad, message in [([f"--output_dir={tmp_path / 'x'}", "--keep_columns=[reference]"],
-                          r"has no column \['reference'\] for keep_columns"),
-                         (["--keep_columns=[messages]"], r"^keep_columns \['messages'\]")]:
+    for bad, message in [
+        (
+            [f"--output_dir={tmp_path / 'x'}", "--keep_columns=[reference]"],
+            r"has no column \['reference'\] for keep_columns",
+        ),
+        (["--keep_columns=[messages]"], r"^keep_columns \['messages'\]"),
+    ]:
         refused(capsys, generate.main, [str(config), *bad], message)
 
 
@@ -223,8 +272,12 @@ def test_the_examples(monkeypatch):
         math_answer([], "3", {"answer": "none"})
     assert code_tests.batched is True
     tests = "assert add(2, 3) == 5"
-    replies = ["```python\ndef add(a, b):\n    return a + b\n```", "def add(a, b):\n    return a - b",
-               "```py\nimport sys\nsys.exit(0)\n```", "while True: pass"]
+    replies = [
+        "```python\ndef add(a, b):\n    return a + b\n```",
+        "def add(a, b):\n    return a - b",
+        "```py\nimport sys\nsys.exit(0)\n```",
+        "while True: pass",
+    ]
     monkeypatch.setattr(reward_functions, "CODE_TIMEOUT_S", 1)
     scores = code_tests([[]] * len(replies), replies, [{"tests": tests}] * len(replies))
     assert scores == [1.0, 0.0, 1.0, 0.0]  # a program that exits 0 before its tests passes: sandbox and review

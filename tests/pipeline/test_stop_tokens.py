@@ -30,8 +30,12 @@ def names(tokenizer, ids) -> list[str]:
 
 def llama3_base_sft(make_tokenizer):
     """Meta-Llama-3-8B's special tokens (EOS <|end_of_text|>) with the SFT config's Llama-3 template."""
-    return make_tokenizer(LLAMA3_SPECIALS, bos="<|begin_of_text|>", eos="<|end_of_text|>",
-                          template=config_template("llama-3-8b-base-sft.yaml"))
+    return make_tokenizer(
+        LLAMA3_SPECIALS,
+        bos="<|begin_of_text|>",
+        eos="<|end_of_text|>",
+        template=config_template("llama-3-8b-base-sft.yaml"),
+    )
 
 
 def test_llama3_base_sft_output_stops_at_end_of_text_and_at_eot_id(make_tokenizer):
@@ -62,7 +66,7 @@ def test_gemma2_stops_at_end_of_turn_even_when_only_eos_is_listed(make_tokenizer
 
 
 def test_chatml_stops_at_im_end_and_plain_text_or_no_template_adds_nothing(make_tokenizer):
-    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+    chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     tok = make_tokenizer(["<|im_start|>", "<|im_end|>", "<|endoftext|>"], eos="<|endoftext|>", template=chatml)
     assert names(tok, stop_ids(GenerationConfig(), tok)) == ["<|endoftext|>", "<|im_end|>"]
     plain = make_tokenizer(["</s>"], eos="</s>", template="{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
@@ -89,7 +93,12 @@ def test_the_backends_stop_at_the_template_turn_end_too(base_like_model):
     tok = AutoTokenizer.from_pretrained(base_like_model)
     tok.pad_token = tok.eos_token
     assert model_stop_ids(base_like_model, tok) == [2, 1]
-    args = SimpleNamespace(model_name_or_path=base_like_model, model_revision="main", trust_remote_code=False,
-                           torch_dtype="float32", attn_implementation="sdpa")
+    args = SimpleNamespace(
+        model_name_or_path=base_like_model,
+        model_revision="main",
+        trust_remote_code=False,
+        torch_dtype="float32",
+        attn_implementation="sdpa",
+    )
     backend = TransformersBackend(args, tok, temperature=0.0, top_p=1.0, max_tokens=4)
     assert backend.stop_ids == [2, 1] and backend.config.eos_token_id == [2, 1]

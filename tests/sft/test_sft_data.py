@@ -16,8 +16,10 @@ from simpo.sft.data import CONVERSATIONS
 from simpo.sft.tokenization import TemplateError, render_conversation, tokenize_conversation, tokenize_conversations
 
 # One token per special marker, one per character otherwise (conftest.char_tokenizer).
-TAGGED = ("{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}"
-          "<|end|>{% endfor %}")
+TAGGED = (
+    "{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}<|{{ m['role'] }}|>{{ m['content'] }}"
+    "<|end|>{% endfor %}"
+)
 TAGGED_SPECIALS = ["<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 
@@ -25,8 +27,13 @@ def msg(role, content):
     return {"role": role, "content": content}
 
 
-MULTI = [msg("system", "be nice"), msg("user", "hi"), msg("assistant", "hello"), msg("user", "bye"),
-         msg("assistant", "see you")]
+MULTI = [
+    msg("system", "be nice"),
+    msg("user", "hi"),
+    msg("assistant", "hello"),
+    msg("user", "bye"),
+    msg("assistant", "see you"),
+]
 
 
 def expected(tokenizer, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
@@ -43,12 +50,15 @@ def expected(tokenizer, pieces: list[tuple[str, bool]]) -> tuple[list[int], list
 def test_every_assistant_turn_and_nothing_else_is_labelled(make_tokenizer):
     tok = make_tokenizer(TAGGED_SPECIALS, bos="<s>", eos="</s>", template=TAGGED)
     out = tokenize_conversation(MULTI, tok, max_length=256)
-    ids, labels = expected(tok, [
-        ("<s><|system|>be nice<|end|><|user|>hi<|end|>", False),
-        ("<|assistant|>hello<|end|>", True),
-        ("<|user|>bye<|end|>", False),
-        ("<|assistant|>see you<|end|></s>", True),  # EOS appended once, as the end of the last reply
-    ])
+    ids, labels = expected(
+        tok,
+        [
+            ("<s><|system|>be nice<|end|><|user|>hi<|end|>", False),
+            ("<|assistant|>hello<|end|>", True),
+            ("<|user|>bye<|end|>", False),
+            ("<|assistant|>see you<|end|></s>", True),  # EOS appended once, as the end of the last reply
+        ],
+    )
     assert out["input_ids"] == ids and out["labels"] == labels and out["drop_reason"] == ""
     assert out["input_ids"].count(tok.bos_token_id) == 1 and out["input_ids"].count(tok.eos_token_id) == 1
 
@@ -78,8 +88,18 @@ def test_turn_boundaries_inside_merged_tokens_follow_the_offsets(make_tokenizer)
 
 @pytest.mark.parametrize("name", ["llama3", "mistral", "gemma"])
 def test_tokens_are_what_simpo_training_feeds_for_the_same_conversation(make_tokenizer, name):
-    specials = ["<s>", "</s>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
-                "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]"]
+    specials = [
+        "<s>",
+        "</s>",
+        "<|begin_of_text|>",
+        "<|eot_id|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<start_of_turn>",
+        "<end_of_turn>",
+        "[INST]",
+        "[/INST]",
+    ]
     bos = {"llama3": "<|begin_of_text|>", "mistral": "<s>", "gemma": "<s>"}[name]
     tok = make_tokenizer(specials, bos=bos, eos="</s>")
     set_chat_template(tok, {"llama3": LLAMA3, "mistral": None, "gemma": GEMMA}[name], f"org/{name}-7b")
@@ -103,10 +123,15 @@ def test_tokens_are_what_simpo_training_feeds_for_the_same_conversation(make_tok
 def test_mistral_template_folds_the_system_turn_and_labels_each_reply(make_tokenizer):
     tok = make_tokenizer(["<s>", "</s>", "[INST]", "[/INST]"], bos="<s>", eos="</s>", template=MISTRAL_CHAT_TEMPLATE)
     out = tokenize_conversation(MULTI, tok, max_length=256)
-    ids, labels = expected(tok, [
-        ("<s>[INST] be nice\n\nhi [/INST]", False), (" hello </s>", True), ("[INST] bye [/INST]", False),
-        (" see you </s>", True),  # the template's EOS ends the reply: none added
-    ])
+    ids, labels = expected(
+        tok,
+        [
+            ("<s>[INST] be nice\n\nhi [/INST]", False),
+            (" hello </s>", True),
+            ("[INST] bye [/INST]", False),
+            (" see you </s>", True),  # the template's EOS ends the reply: none added
+        ],
+    )
     assert out["input_ids"] == ids and out["labels"] == labels
 
 
@@ -133,8 +158,12 @@ def test_truncation_keeps_the_start_and_a_row_with_no_reply_left_is_dropped(make
     assert len(dataset) == 1 and dataset.column_names == ["input_ids", "labels"]
     assert [d.row for d in drops] == [0, 2] and {(d.source, d.split) for d in drops} == {("train_dataset",) * 2}
     kept = dataset[0]
-    assert counts == {"rows": 1, "tokens": len(kept["input_ids"]), "longest": len(kept["input_ids"]),
-                      "labelled": sum(t != -100 for t in kept["labels"])}
+    assert counts == {
+        "rows": 1,
+        "tokens": len(kept["input_ids"]),
+        "longest": len(kept["input_ids"]),
+        "labelled": sum(t != -100 for t in kept["labels"]),
+    }
 
 
 def test_a_template_that_renders_beginnings_differently_is_refused(make_tokenizer):
@@ -147,14 +176,22 @@ def write(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.mark.parametrize("row,problem", [
-    ({"prompt": "x"}, "'messages': missing (null)"),
-    ({"messages": "hi"}, "'messages': expected a non-empty list"),
-    ({"messages": [msg("user", "hi"), msg("bot", "yo")]}, "'messages': message 1 has unknown role 'bot'"),
-    ({"messages": [msg("user", "hi"), {"role": "assistant", "content": 3}]}, "'messages': message 1 content is int"),
-    ({"messages": [msg("user", "hi"), msg("assistant", "yo"), msg("user", "and?")]},
-     "'messages': the last message must be the assistant's reply, not 'user'"),
-])
+@pytest.mark.parametrize(
+    "row,problem",
+    [
+        ({"prompt": "x"}, "'messages': missing (null)"),
+        ({"messages": "hi"}, "'messages': expected a non-empty list"),
+        ({"messages": [msg("user", "hi"), msg("bot", "yo")]}, "'messages': message 1 has unknown role 'bot'"),
+        (
+            {"messages": [msg("user", "hi"), {"role": "assistant", "content": 3}]},
+            "'messages': message 1 content is int",
+        ),
+        (
+            {"messages": [msg("user", "hi"), msg("assistant", "yo"), msg("user", "and?")]},
+            "'messages': the last message must be the assistant's reply, not 'user'",
+        ),
+    ],
+)
 def test_a_malformed_row_stops_the_run_naming_source_split_row_and_fix(tmp_path, row, problem):
     good = {"messages": MULTI[1:3]}
     write(tmp_path / "train_sft.jsonl", [good, good, row])
@@ -198,8 +235,13 @@ def test_cached_tokenisation_is_reused_only_by_the_same_code(tmp_path, make_toke
 
 
 def test_a_template_that_writes_into_a_lone_last_reply_is_refused(make_tokenizer):
-    tok = make_tokenizer(["<|im_start|>", "<|im_end|>"], eos="<|im_end|>", template=(
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"))
+    tok = make_tokenizer(
+        ["<|im_start|>", "<|im_end|>"],
+        eos="<|im_end|>",
+        template=(
+            "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
+            "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        ),
+    )
     with pytest.raises(TemplateError, match="renders the last turn differently alone than inside the conversation"):
         render_conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}], tok)

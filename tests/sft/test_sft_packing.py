@@ -52,10 +52,16 @@ def test_bfd_split_carries_long_conversations_on_keeps_labels_and_attends_within
     dataset, drops, counts = tokenize_conversations(conversations("test", 12), tokenizer, None, "eval")
     assert drops == [] and counts["longest"] > size  # some conversations are longer than a row: they get split
     # One evaluation batch: the trainer's eval_loss averages batch means, the reference is one token-weighted mean.
-    args = SFTRunConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_eval_batch_size=64,
-                        max_length=size, packing=True, packing_strategy="bfd_split")
-    trainer = SFTTrainer(TINY_MODEL, args=args, train_dataset=dataset, eval_dataset=dataset,
-                         processing_class=tokenizer)
+    args = SFTRunConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_eval_batch_size=64,
+        max_length=size,
+        packing=True,
+        packing_strategy="bfd_split",
+    )
+    trainer = SFTTrainer(TINY_MODEL, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
     pieces = [piece for row in dataset for piece in fragments(row, size)]
     packed = trainer.eval_dataset
     assert len(packed) < len(pieces) and all(len(row["input_ids"]) <= size for row in packed)
@@ -64,8 +70,10 @@ def test_bfd_split_carries_long_conversations_on_keeps_labels_and_attends_within
     assert sum(label != IGNORE for _, labels in pieces for label in labels) == counts["labelled"]
     # The loss is each piece's NLL on its own: no piece attends to another in its row (a piece's first token has
     # nothing before it to be predicted from, in the reference too).
-    expected = reference_nll(AutoModelForCausalLM.from_pretrained(TINY_MODEL).eval(),
-                             [{"input_ids": ids, "labels": labels} for ids, labels in pieces])
+    expected = reference_nll(
+        AutoModelForCausalLM.from_pretrained(TINY_MODEL).eval(),
+        [{"input_ids": ids, "labels": labels} for ids, labels in pieces],
+    )
     assert trainer.evaluate()["eval_loss"] == pytest.approx(expected, rel=1e-5)
 
 
@@ -81,8 +89,18 @@ class Steps(TrainerCallback):
 
 def planned(tmp_path, *overrides) -> Steps:
     probe = Steps()
-    sft_main([TINY_SFT, f"--output_dir={tmp_path}", "--eval_strategy=no", "--do_eval=false", "--eval_on_start=false",
-              *QUIET, *overrides], callbacks=[probe])
+    sft_main(
+        [
+            TINY_SFT,
+            f"--output_dir={tmp_path}",
+            "--eval_strategy=no",
+            "--do_eval=false",
+            "--eval_on_start=false",
+            *QUIET,
+            *overrides,
+        ],
+        callbacks=[probe],
+    )
     return probe
 
 

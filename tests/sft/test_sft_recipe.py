@@ -55,10 +55,15 @@ def reference_nll(model, dataset) -> float:
 @pytest.mark.parametrize("packing", [False, True])
 def test_eval_loss_is_the_nll_of_assistant_tokens_packed_or_not(tmp_path, tiny, packing):
     tokenizer, dataset = tiny
-    args = SFTRunConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_eval_batch_size=16,
-                        max_length=128, packing=packing)
-    trainer = SFTTrainer(TINY_MODEL, args=args, train_dataset=dataset, eval_dataset=dataset,
-                         processing_class=tokenizer)
+    args = SFTRunConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_eval_batch_size=16,
+        max_length=128,
+        packing=packing,
+    )
+    trainer = SFTTrainer(TINY_MODEL, args=args, train_dataset=dataset, eval_dataset=dataset, processing_class=tokenizer)
     if packing:  # several conversations per row, each with its own positions (so its own attention)
         assert len(trainer.eval_dataset) < len(dataset)
         assert sum(len(r["seq_lengths"]) for r in trainer.eval_dataset) == len(dataset)
@@ -72,10 +77,18 @@ def parse_sft(*args):
 
 @pytest.mark.parametrize("key", sorted(REFUSED))
 def test_sft_config_keys_simpo_does_not_use_are_refused(key):
-    value = {"assistant_only_loss": "true", "completion_only_loss": "true",
-             "dataset_kwargs": "{skip_prepare_dataset: true}", "truncation_mode": "keep_end",
-             "packing_strategy": "wrapped", "model_init_kwargs": "{dtype: bfloat16}", "eos_token": "<|eot_id|>",
-             "pad_token": "<|eot_id|>", "chat_template_path": "x.jinja", "dataset_text_field": "content"}[key]
+    value = {
+        "assistant_only_loss": "true",
+        "completion_only_loss": "true",
+        "dataset_kwargs": "{skip_prepare_dataset: true}",
+        "truncation_mode": "keep_end",
+        "packing_strategy": "wrapped",
+        "model_init_kwargs": "{dtype: bfloat16}",
+        "eos_token": "<|eot_id|>",
+        "pad_token": "<|eot_id|>",
+        "chat_template_path": "x.jinja",
+        "dataset_text_field": "content",
+    }[key]
     with pytest.raises(ValueError, match=rf"^{key}=.* is not supported by simpo-sft \(only "):
         parse_sft(f"--{key}={value}")
 
@@ -109,18 +122,41 @@ def test_disable_dropout_reaches_the_model_and_lora(tmp_path):
     assert get_peft_config(model_args, SFTRunConfig(output_dir=str(tmp_path))).lora_dropout == 0.3
     for disable in (True, False):
         probe = Probe()
-        sft_main([TINY_SFT, f"--output_dir={tmp_path / str(disable)}", "--use_peft=true", "--lora_dropout=0.3",
-                  f"--disable_dropout={disable}", "--max_steps=1", "--eval_strategy=no", "--do_eval=false",
-                  "--eval_on_start=false", *QUIET], callbacks=[probe])
+        sft_main(
+            [
+                TINY_SFT,
+                f"--output_dir={tmp_path / str(disable)}",
+                "--use_peft=true",
+                "--lora_dropout=0.3",
+                f"--disable_dropout={disable}",
+                "--max_steps=1",
+                "--eval_strategy=no",
+                "--do_eval=false",
+                "--eval_on_start=false",
+                *QUIET,
+            ],
+            callbacks=[probe],
+        )
         # LoRA builds its dropout as an nn.Dropout(0.3), or as an identity when it is 0.
         assert set(probe.dropouts) <= {0.0} if disable else set(probe.dropouts) == {0.3}
 
 
 def test_packing_key_packs_the_training_rows(tmp_path):
     probe = Probe()
-    sft_main([TINY_SFT, f"--output_dir={tmp_path}", "--packing=true", "--per_device_train_batch_size=2",
-              "--max_steps=1", "--eval_strategy=no", "--do_eval=false", "--eval_on_start=false", *QUIET],
-             callbacks=[probe])
+    sft_main(
+        [
+            TINY_SFT,
+            f"--output_dir={tmp_path}",
+            "--packing=true",
+            "--per_device_train_batch_size=2",
+            "--max_steps=1",
+            "--eval_strategy=no",
+            "--do_eval=false",
+            "--eval_on_start=false",
+            *QUIET,
+        ],
+        callbacks=[probe],
+    )
     batch = probe.batch  # padding-free: one row of the two packed rows' conversations, positions restarting at 0
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
     starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
@@ -136,8 +172,16 @@ def test_degenerate_rows_are_dropped_and_listed_or_stop_the_run(tmp_path):
     rows = [json.loads(line) for line in open(os.path.join(TINY_CHAT, "train.jsonl"))][:40]
     rows[3]["messages"][-1]["content"] = ""
     (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = [TINY_SFT, f"--dataset_mixer={{{data}: 1.0}}", "--dataset_splits=[train]", "--eval_strategy=no",
-              "--do_eval=false", "--eval_on_start=false", "--max_steps=1", *QUIET]
+    common = [
+        TINY_SFT,
+        f"--dataset_mixer={{{data}: 1.0}}",
+        "--dataset_splits=[train]",
+        "--eval_strategy=no",
+        "--do_eval=false",
+        "--eval_on_start=false",
+        "--max_steps=1",
+        *QUIET,
+    ]
     with pytest.raises(DataError, match=rf"{data} \[train\] row 3: empty assistant reply .*on_degenerate_rows"):
         sft_main([*common, f"--output_dir={tmp_path / 'error'}", "--on_degenerate_rows=error"])
     sft_main([*common, f"--output_dir={tmp_path / 'drop'}"])
@@ -174,11 +218,20 @@ def test_tiny_sft_learns_then_tiny_simpo_starts_from_it(tmp_path, capsys):
     assert (args.output_dir, data_args.dataset_mixer) == (str(sft_out), {"data/tiny-chat": 1.0})
     assert run_settings(str(sft_out))[1] == data_args
 
-    train_main(["training_configs/tiny-simpo-cpu.yaml", f"--model_name_or_path={sft_out}",
-                f"--output_dir={simpo_out}", "--report_to=none", "--max_steps=4", "--eval_steps=4"])
+    train_main(
+        [
+            "training_configs/tiny-simpo-cpu.yaml",
+            f"--model_name_or_path={sft_out}",
+            f"--output_dir={simpo_out}",
+            "--report_to=none",
+            "--max_steps=4",
+            "--eval_steps=4",
+        ]
+    )
     assert f"model           {sft_out} (llama)" in capsys.readouterr().out
-    simpo_evals = [h for h in json.loads((simpo_out / "trainer_state.json").read_text())["log_history"]
-                   if "eval_sft_loss" in h]
+    simpo_evals = [
+        h for h in json.loads((simpo_out / "trainer_state.json").read_text())["log_history"] if "eval_sft_loss" in h
+    ]
     # Its held-out NLL of the chosen replies starts where SFT left it, far below the untrained model's.
     assert simpo_evals[0]["eval_sft_loss"] == pytest.approx(evals[-1], rel=0.1)
     assert (simpo_out / "model.safetensors").exists()
@@ -189,8 +242,13 @@ def test_model_keys_reach_from_pretrained_as_in_the_simpo_recipe(tmp_path):
 
     model_args, _, args = parse_sft("--torch_dtype=bfloat16", "--attn_implementation=eager")
     assert sft_model_init_kwargs(model_args, args) == {
-        "dtype": "bfloat16", "device_map": None, "revision": "main", "trust_remote_code": False,
-        "attn_implementation": "eager", "use_cache": True}
+        "dtype": "bfloat16",
+        "device_map": None,
+        "revision": "main",
+        "trust_remote_code": False,
+        "attn_implementation": "eager",
+        "use_cache": True,
+    }
     assert sft_model_init_kwargs(ModelArguments(), args)["dtype"] == "auto"  # from_pretrained's own default
     assert isinstance(parse_sft()[1], DataArguments)
 
@@ -217,6 +275,9 @@ def test_do_train_false_evaluates_the_model_as_loaded(tmp_path):
 
 
 def test_conversations_all_cut_to_nothing_stop_the_run_naming_why(tmp_path):
-    with pytest.raises(DataError, match=r"All 433 rows of train were dropped \(433 assistant turns truncated away"
-                       r" \(max_length\)\), .* raise max_length"):
+    with pytest.raises(
+        DataError,
+        match=r"All 433 rows of train were dropped \(433 assistant turns truncated away"
+        r" \(max_length\)\), .* raise max_length",
+    ):
         sft_main([TINY_SFT, f"--output_dir={tmp_path}", "--max_length=2", *QUIET])

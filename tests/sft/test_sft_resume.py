@@ -14,29 +14,53 @@ from safetensors.torch import load_file
 
 from simpo.core.resume import last_complete_checkpoint
 
-RUN = [sys.executable, os.path.join(REPO, "scripts", "run_sft.py"), "training_configs/tiny-sft-cpu.yaml",
-       "--max_steps=16", "--save_strategy=steps", "--save_steps=1000", "--logging_steps=1", "--eval_strategy=no",
-       "--do_eval=false", "--eval_on_start=false", "--report_to=none", "--per_device_train_batch_size=8"]
+RUN = [
+    sys.executable,
+    os.path.join(REPO, "scripts", "run_sft.py"),
+    "training_configs/tiny-sft-cpu.yaml",
+    "--max_steps=16",
+    "--save_strategy=steps",
+    "--save_steps=1000",
+    "--logging_steps=1",
+    "--eval_strategy=no",
+    "--do_eval=false",
+    "--eval_on_start=false",
+    "--report_to=none",
+    "--per_device_train_batch_size=8",
+]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
 
 
 def final_step(output_dir):
     history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
     # Timings differ, and TRL's num_tokens counts from the launch (num_input_tokens_seen, in the state, does not).
-    return {k: v for k, v in [h for h in history if "loss" in h][-1].items()
-            if "per_second" not in k and k not in ("train_runtime", "num_tokens")}
+    return {
+        k: v
+        for k, v in [h for h in history if "loss" in h][-1].items()
+        if "per_second" not in k and k not in ("train_runtime", "num_tokens")
+    }
 
 
 def test_sigterm_checkpoints_then_the_relaunch_resumes_and_matches_an_uninterrupted_run(tmp_path):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     with open(tmp_path / "reference.log", "w") as log:
-        assert subprocess.run(RUN + [f"--output_dir={reference}"], cwd=REPO, env=ENV, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=600).returncode == 0
+        assert (
+            subprocess.run(
+                RUN + [f"--output_dir={reference}"],
+                cwd=REPO,
+                env=ENV,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=600,
+            ).returncode
+            == 0
+        )
 
     log_path = tmp_path / "stopped.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(RUN + [f"--output_dir={stopped}"], cwd=REPO, env=ENV, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            RUN + [f"--output_dir={stopped}"], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT
+        )
         while "'loss'" not in log_path.read_text():  # training has started; no scheduled save before step 1000
             assert proc.poll() is None, log_path.read_text()[-2000:]
             time.sleep(0.02)
@@ -51,10 +75,16 @@ def test_sigterm_checkpoints_then_the_relaunch_resumes_and_matches_an_uninterrup
     assert not (stopped / "model.safetensors").exists()  # no final save after a stop
 
     with open(tmp_path / "resumed.log", "w") as log:
-        assert subprocess.run(RUN + [f"--output_dir={stopped}"], cwd=REPO, env=ENV, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=600).returncode == 0
-    assert f"Resuming from the last complete checkpoint in output_dir: {checkpoint}" in (
-        tmp_path / "resumed.log").read_text()
+        assert (
+            subprocess.run(
+                RUN + [f"--output_dir={stopped}"], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT, timeout=600
+            ).returncode
+            == 0
+        )
+    assert (
+        f"Resuming from the last complete checkpoint in output_dir: {checkpoint}"
+        in (tmp_path / "resumed.log").read_text()
+    )
     assert final_step(stopped) == final_step(reference) and final_step(stopped)["step"] == 16
     expected, got = load_file(reference / "model.safetensors"), load_file(stopped / "model.safetensors")
     assert expected.keys() == got.keys()

@@ -40,14 +40,29 @@ class ModelConfigProbe(TrainerCallback):
 
 def test_model_init_kwargs_from_the_yaml_reach_from_pretrained(tmp_path):
     probe = ModelConfigProbe()
-    train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={tmp_path}", "--report_to=none",
-                "--max_steps=1", "--eval_strategy=no", "--do_eval=false", "--eval_on_start=false",
-                "--model_init_kwargs={max_position_embeddings: 4096}"], callbacks=[probe])
+    train_main(
+        [
+            "training_configs/tiny-simpo-cpu.yaml",
+            f"--output_dir={tmp_path}",
+            "--report_to=none",
+            "--max_steps=1",
+            "--eval_strategy=no",
+            "--do_eval=false",
+            "--eval_on_start=false",
+            "--model_init_kwargs={max_position_embeddings: 4096}",
+        ],
+        callbacks=[probe],
+    )
     assert probe.config.max_position_embeddings == 4096
     assert json.loads((tmp_path / "config.json").read_text())["max_position_embeddings"] == 4096
 
 
 def test_model_init_kwargs_that_a_key_sets_are_refused_naming_the_key(tmp_path):
     with pytest.raises(ValueError, match="model_init_kwargs sets 'dtype', which the config key torch_dtype sets: use"):
-        train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={tmp_path}",
-                    "--model_init_kwargs={dtype: bfloat16}"])
+        train_main(
+            [
+                "training_configs/tiny-simpo-cpu.yaml",
+                f"--output_dir={tmp_path}",
+                "--model_init_kwargs={dtype: bfloat16}",
+            ]
+        )

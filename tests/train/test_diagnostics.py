@@ -45,9 +45,19 @@ def one_logged_step(tmp_path, rows, **overrides):
     """lr 0, one step whose batch is the whole dataset: the logged values are those of that one batch."""
     tokenizer, data = rows
     args = SimPOConfig(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=1, logging_steps=1, learning_rate=0.0,
-        per_device_train_batch_size=PAIRS, beta=BETA, gamma_beta_ratio=RATIO, max_length=128, max_prompt_length=64,
-        save_strategy="no", **overrides,
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        max_steps=1,
+        logging_steps=1,
+        learning_rate=0.0,
+        per_device_train_batch_size=PAIRS,
+        beta=BETA,
+        gamma_beta_ratio=RATIO,
+        max_length=128,
+        max_prompt_length=64,
+        save_strategy="no",
+        **overrides,
     )
     trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=data, processing_class=tokenizer)
     result = trainer.train()
@@ -109,8 +119,16 @@ def test_prefix_sharing_reports_the_same_pairs_and_its_own_padding(tmp_path, row
 def test_start_summary_names_what_a_user_checks_first(plain):
     trainer, _, _ = plain
     text = start_summary(trainer, trainer.state)
-    for expected in ("assets/tiny-llama", "trainable", f"{PAIRS} train pairs", "global batch    8 pairs",
-                     "precision", "sdpa", "distributed", "gamma 0.0625"):
+    for expected in (
+        "assets/tiny-llama",
+        "trainable",
+        f"{PAIRS} train pairs",
+        "global batch    8 pairs",
+        "precision",
+        "sdpa",
+        "distributed",
+        "gamma 0.0625",
+    ):
         assert expected in text, expected
     assert len(text.splitlines()) <= 25  # one screen
 

@@ -29,43 +29,67 @@ TINY_CONFIG = "training_configs/tiny-simpo-cpu.yaml"
 TINY_SFT_CONFIG = "training_configs/tiny-sft-cpu.yaml"
 # 4 optimizer steps of 2 x 16 pairs, nothing else: no evaluation, checkpoint or logger.
 SHORT_RUN = [
-    "--max_steps=4", "--eval_strategy=no", "--eval_on_start=false", "--do_eval=false", "--report_to=none",
-    "--save_strategy=no", "--logging_steps=1",
+    "--max_steps=4",
+    "--eval_strategy=no",
+    "--eval_on_start=false",
+    "--do_eval=false",
+    "--report_to=none",
+    "--save_strategy=no",
+    "--logging_steps=1",
 ]
 TIMEOUT_S = 900  # generous: the machine may be busy, and the first ZeRO-3 launch compiles
 
 
-def launch_command(config: str, probe, out, *launch_args: str, train_args: tuple = (), port: int = 0,
-                   recipe: tuple = (TINY_CONFIG,)) -> list[str]:
+def launch_command(
+    config: str, probe, out, *launch_args: str, train_args: tuple = (), port: int = 0, recipe: tuple = (TINY_CONFIG,)
+) -> list[str]:
     """accelerate launch tests/helpers/dist_train.py on the tiny config (recipe: ("sft", TINY_SFT_CONFIG) for the SFT
     recipe; port 0: a free one, other runs may share the machine)."""
     overridden = {arg.split("=")[0] for arg in train_args}  # a key given twice is refused
     short_run = [arg for arg in SHORT_RUN if arg.split("=")[0] not in overridden]
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", str(port),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        config,
+        "--main_process_port",
+        str(port),
         *launch_args,
-        "tests/helpers/dist_train.py", str(probe), *recipe, f"--output_dir={out}", *short_run, *train_args,
+        "tests/helpers/dist_train.py",
+        str(probe),
+        *recipe,
+        f"--output_dir={out}",
+        *short_run,
+        *train_args,
     ]
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def launch(tmp_path, config: str, *launch_args: str, train_args: tuple = (), recipe: tuple = (TINY_CONFIG,),
-           probe_name: str = "probe", env: dict | None = None) -> SimpleNamespace:
+def launch(
+    tmp_path,
+    config: str,
+    *launch_args: str,
+    train_args: tuple = (),
+    recipe: tuple = (TINY_CONFIG,),
+    probe_name: str = "probe",
+    env: dict | None = None,
+) -> SimpleNamespace:
     """Launch and wait; returns the process, the probe records and dirs."""
     probe, out = tmp_path / probe_name, tmp_path / "out"
     cmd = launch_command(config, probe, out, *launch_args, train_args=train_args, recipe=recipe)
-    proc = subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
+    proc = subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=TIMEOUT_S)
     return probed(proc.returncode, proc.stdout + proc.stderr, probe, out)
 
 
 def probed(returncode: int, output: str, probe, out) -> SimpleNamespace:
     records = sorted((json.loads(p.read_text()) for p in probe.glob("rank*.json")), key=lambda r: r["rank"])
     params = [load_file(probe / f"rank{r['rank']}.safetensors") for r in records]
-    return SimpleNamespace(proc=SimpleNamespace(returncode=returncode), output=output, records=records,
-                           params=params, out=out)
+    return SimpleNamespace(
+        proc=SimpleNamespace(returncode=returncode), output=output, records=records, params=params, out=out
+    )
 
 
 def finished(run) -> SimpleNamespace:
@@ -147,9 +171,17 @@ def stop_and_resume_on(tmp_path, config: str, legs: tuple) -> list[SimpleNamespa
     the SIGTERM path (checkpoint, exit 143), i.e. a preemption, and each relaunch is the same command."""
     runs = []
     for n, (processes, stop_at) in enumerate(legs):
-        runs.append(launch(tmp_path, config, "--num_processes", str(processes), probe_name=f"probe{n}",
-                           train_args=("--save_strategy=steps", "--save_steps=100"),
-                           env={"PROBE_STOP_AT_STEP": str(stop_at or "")}))
+        runs.append(
+            launch(
+                tmp_path,
+                config,
+                "--num_processes",
+                str(processes),
+                probe_name=f"probe{n}",
+                train_args=("--save_strategy=steps", "--save_steps=100"),
+                env={"PROBE_STOP_AT_STEP": str(stop_at or "")},
+            )
+        )
         assert [r["global_step"] for r in runs[-1].records] == [stop_at or 4] * processes, runs[-1].output[-5000:]
         assert runs[-1].proc.returncode == (0 if stop_at is None else 1), runs[-1].output[-5000:]
     return runs
@@ -200,8 +232,9 @@ def test_zero3_resumes_on_another_process_count_through_a_universal_checkpoint(t
 
 def test_ddp_in_bf16_mixed_precision_as_the_gpu_configs_run(tmp_path):
     """accelerate's bf16 autocast with fp32 outputs, in 2 gloo processes: where the first GPU run crashed at step 1."""
-    run = finished(launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", "--mixed_precision", "bf16",
-                          train_args=("--bf16=true",)))
+    run = finished(
+        launch(tmp_path, "accelerate_configs/ddp_cpu.yaml", "--mixed_precision", "bf16", train_args=("--bf16=true",))
+    )
     assert_really_distributed(run, "torch.nn.parallel.distributed.DistributedDataParallel")
 
 
@@ -227,10 +260,25 @@ def test_two_machines_on_localhost_split_the_data_and_save_whole_weights(tmp_pat
     probe, out, port = tmp_path / "probe", tmp_path / "out", free_port()
     machines = [
         subprocess.Popen(
-            launch_command("accelerate_configs/deepspeed_zero3_cpu.yaml", probe, out, "--num_machines", "2",
-                           "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                           port=port),
-            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            launch_command(
+                "accelerate_configs/deepspeed_zero3_cpu.yaml",
+                probe,
+                out,
+                "--num_machines",
+                "2",
+                "--num_processes",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                port=port,
+            ),
+            cwd=REPO,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for rank in (0, 1)
     ]
@@ -244,10 +292,13 @@ def test_two_machines_on_localhost_split_the_data_and_save_whole_weights(tmp_pat
     assert_saved_model_is(run, run.params[0])  # gathered from both machines' shards into one whole checkpoint
 
 
-@pytest.mark.parametrize(("config", "wrapper"), [
-    ("accelerate_configs/ddp_cpu.yaml", "torch.nn.parallel.distributed.DistributedDataParallel"),
-    ("accelerate_configs/deepspeed_zero3_cpu.yaml", "deepspeed.runtime.engine.DeepSpeedEngine"),
-])
+@pytest.mark.parametrize(
+    ("config", "wrapper"),
+    [
+        ("accelerate_configs/ddp_cpu.yaml", "torch.nn.parallel.distributed.DistributedDataParallel"),
+        ("accelerate_configs/deepspeed_zero3_cpu.yaml", "deepspeed.runtime.engine.DeepSpeedEngine"),
+    ],
+)
 def test_sft_trains_two_gloo_processes_in_sync(tmp_path, config, wrapper):
     """The SFT recipe (TRL's SFTTrainer) under the SimPO recipe's launchers: 433 conversations / 16 per batch = 28
     batches, 14 per rank; under ZeRO-3 each rank holds half of each parameter and the saved model is whole."""
@@ -329,8 +380,16 @@ def test_check_refuses_launched_processes_that_each_run_alone(monkeypatch):
 def test_a_finished_process_exits_with_the_recipes_code_and_its_output_flushed(world_size):
     """exit_process: a distributed process leaves without the interpreter teardown (where finished gloo work freed
     by a worker thread aborts it), its printed output and logs flushed; a single one exits as usual."""
-    code = ("import logging, sys; from simpo.core.launch_checks import exit_process; print('all written');"
-            " logging.basicConfig(stream=sys.stderr); logging.getLogger('x').warning('logged'); exit_process(7)")
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**ENV, "WORLD_SIZE": world_size},
-                         capture_output=True, text=True, timeout=120)
+    code = (
+        "import logging, sys; from simpo.core.launch_checks import exit_process; print('all written');"
+        " logging.basicConfig(stream=sys.stderr); logging.getLogger('x').warning('logged'); exit_process(7)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**ENV, "WORLD_SIZE": world_size},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 7 and run.stdout == "all written\n" and "logged" in run.stderr

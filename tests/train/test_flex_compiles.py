@@ -20,8 +20,12 @@ MAX_GRAPHS = 3  # the widths 128 and 256 this data reaches, plus one spare
 def pair(rng: random.Random, prompt: int, chosen: int, rejected: int) -> dict:
     tokens = lambda n: [rng.randrange(1, 64) for _ in range(n)]
     p = tokens(prompt)
-    return {"chosen_input_ids": p + tokens(chosen), "chosen_labels": [-100] * prompt + tokens(chosen),
-            "rejected_input_ids": p + tokens(rejected), "rejected_labels": [-100] * prompt + tokens(rejected)}
+    return {
+        "chosen_input_ids": p + tokens(chosen),
+        "chosen_labels": [-100] * prompt + tokens(chosen),
+        "rejected_input_ids": p + tokens(rejected),
+        "rejected_labels": [-100] * prompt + tokens(rejected),
+    }
 
 
 @pytest.fixture
@@ -39,8 +43,14 @@ def static_flex_compile(monkeypatch):
 
 @pytest.mark.parametrize("padding_free", [False])  # padding-free rows take the same width rule
 def test_twenty_batch_lengths_compile_flex_a_few_times(static_flex_compile, padding_free):
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="flex_attention")
     layout = SharedPrefixLayout(0, config=model.config, padding_free=padding_free)

@@ -83,9 +83,21 @@ def recipe_losses(tmp_path, monkeypatch, *overrides) -> tuple[list[float], int]:
     calls = []
     monkeypatch.setattr(simpo.train.logps, "tiled_logps", lambda *a: calls.append(1) or tiled(*a))
     out = tmp_path / "_".join(o.strip("-").replace("=", "") for o in overrides)
-    train_main(["training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--report_to=none", "--max_steps=6",
-                "--logging_steps=1", "--eval_strategy=no", "--do_eval=false", "--eval_on_start=false",
-                "--activation_checkpointing=true", *overrides], callbacks=[SplitKHead()])
+    train_main(
+        [
+            "training_configs/tiny-simpo-cpu.yaml",
+            f"--output_dir={out}",
+            "--report_to=none",
+            "--max_steps=6",
+            "--logging_steps=1",
+            "--eval_strategy=no",
+            "--do_eval=false",
+            "--eval_on_start=false",
+            "--activation_checkpointing=true",
+            *overrides,
+        ],
+        callbacks=[SplitKHead()],
+    )
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return [h["loss"] for h in history if "loss" in h], len(calls)
 
@@ -113,8 +125,15 @@ def test_fused_path_under_fsdp2_in_two_processes(tmp_path):
     """FSDP2 shards the head's weight outside the root's forward; the fused path unshards it instead of falling back
     to full logits, and its gradient is reduce-scattered like any FSDP gradient (tests/helpers/fsdp2_probe.py)."""
     result = tmp_path / "fsdp2.json"
-    run = launch("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                 "tests/helpers/fsdp2_probe.py", str(result))
+    run = launch(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "tests/helpers/fsdp2_probe.py",
+        str(result),
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     cases = json.loads(result.read_text())
     assert set(cases) == {"untied-fp32", "untied-bf16", "tied-fp32", "tied-bf16"}

@@ -13,10 +13,20 @@ from transformers import AutoModelForCausalLM, Gemma2Config, GPT2Config, LlamaCo
 from simpo.train import liger
 from simpo.train.config import SimPOConfig
 
-SIZES = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-             num_key_value_heads=1)
-CONFIGS = {"llama": LlamaConfig(**SIZES), "mistral": MistralConfig(**SIZES), "qwen2": Qwen2Config(**SIZES),
-           "gemma2": Gemma2Config(**SIZES, head_dim=8)}
+SIZES = dict(
+    vocab_size=64,
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+)
+CONFIGS = {
+    "llama": LlamaConfig(**SIZES),
+    "mistral": MistralConfig(**SIZES),
+    "qwen2": Qwen2Config(**SIZES),
+    "gemma2": Gemma2Config(**SIZES, head_dim=8),
+}
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 
@@ -43,8 +53,14 @@ def test_each_family_is_patched_without_liger_loss(calls, model_type, setting):
     text = liger.apply_liger(model, args(setting))
     [(patched, kwargs)] = calls
     assert patched is model
-    assert kwargs == {"rope": True, "rms_norm": True, "swiglu": True, "geglu": True, "cross_entropy": False,
-                      "fused_linear_cross_entropy": False}
+    assert kwargs == {
+        "rope": True,
+        "rms_norm": True,
+        "swiglu": True,
+        "geglu": True,
+        "cross_entropy": False,
+        "fused_linear_cross_entropy": False,
+    }
     mlp = "GeGLU" if model_type == "gemma2" else "SwiGLU"
     assert text == f"on (Liger RMSNorm, RoPE, {mlp}; the loss stays simpo's)"
 
@@ -58,10 +74,13 @@ def test_a_peft_models_base_is_patched(calls):
     assert calls[0][0] is model.get_base_model()
 
 
-@pytest.mark.parametrize("setting,device,expected", [
-    (False, CUDA, "off (liger_kernels: false)"),
-    ("auto", CPU, "off (auto: no CUDA device; Liger's kernels run on GPUs)"),
-])
+@pytest.mark.parametrize(
+    "setting,device,expected",
+    [
+        (False, CUDA, "off (liger_kernels: false)"),
+        ("auto", CPU, "off (auto: no CUDA device; Liger's kernels run on GPUs)"),
+    ],
+)
 def test_off_when_false_or_auto_without_a_gpu(calls, setting, device, expected):
     assert liger.apply_liger(AutoModelForCausalLM.from_config(CONFIGS["llama"]), args(setting, device)) == expected
     assert calls == []
@@ -96,7 +115,10 @@ def test_true_without_liger_kernel_is_refused_before_anything_loads(tmp_path, ca
 
     out = tmp_path / "run"
     monkeypatch.setattr("simpo.train.config.liger_installed", lambda: False)
-    monkeypatch.setattr(sys, "argv", ["simpo-train", f"{REPO}/training_configs/tiny-simpo-cpu.yaml",
-                                      f"--output_dir={out}", "--liger_kernels=true"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["simpo-train", f"{REPO}/training_configs/tiny-simpo-cpu.yaml", f"--output_dir={out}", "--liger_kernels=true"],
+    )
     refused(capsys, lambda _: main(), [], r"^liger_kernels: true needs liger-kernel \(pip install liger-kernel\)")
     assert not out.exists()

@@ -81,17 +81,6 @@ def test_no_scored_token_gives_empty_logps_and_zero_gradients():
 # End to end: fused_token_logps against plain_token_logps on a model, for a layout's batch.
 
 
-
-
-
-
-
-
-
-
-
-
-
 @pytest.mark.parametrize("tied", [False, True])
 def test_llama(tied):
     assert_fused_equals_plain(tiny_llama(tie_word_embeddings=tied))
@@ -104,10 +93,13 @@ def test_gemma2_with_its_final_logit_softcapping():
     assert_fused_equals_plain(model)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: CohereForCausalLM(CohereConfig(**SMALL, logit_scale=0.5, eos_token_id=1)),  # logits * logit_scale
-    lambda: GraniteForCausalLM(GraniteConfig(**SMALL, logits_scaling=4.0)),  # logits / logits_scaling
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CohereForCausalLM(CohereConfig(**SMALL, logit_scale=0.5, eos_token_id=1)),  # logits * logit_scale
+        lambda: GraniteForCausalLM(GraniteConfig(**SMALL, logits_scaling=4.0)),  # logits / logits_scaling
+    ],
+)
 def test_models_that_scale_their_logits(make):
     torch.manual_seed(0)
     assert_fused_equals_plain(make())
@@ -169,9 +161,17 @@ def test_trainer_loss_and_metrics_are_the_same_on_either_path():
     model, batch = tiny_llama(), PLAIN(features())
     args = SimpleNamespace(beta=2.0, gamma=1.0, loss_type="sigmoid", label_smoothing=0.0, sft_weight=0.3)
     (loss, metrics), (plain_loss, plain_metrics) = (
-        SimPOTrainer.batch_loss_and_metrics(SimpleNamespace(args=args, layout=PLAIN, token_logps=fn,
-                                                            loss_guard=FiniteLossGuard(),
-                                                            state=SimpleNamespace(global_step=0)), model, batch)
+        SimPOTrainer.batch_loss_and_metrics(
+            SimpleNamespace(
+                args=args,
+                layout=PLAIN,
+                token_logps=fn,
+                loss_guard=FiniteLossGuard(),
+                state=SimpleNamespace(global_step=0),
+            ),
+            model,
+            batch,
+        )
         for fn in (fused_token_logps, plain_token_logps)
     )
     torch.testing.assert_close(loss, plain_loss, **FP32)

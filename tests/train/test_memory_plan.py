@@ -21,8 +21,15 @@ def model():
 
 
 def config(tmp_path, **keys) -> SimPOConfig:
-    return SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4,
-                       max_length=128, max_prompt_length=64, **keys)
+    return SimPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=4,
+        max_length=128,
+        max_prompt_length=64,
+        **keys,
+    )
 
 
 def independent_estimate(model, fused: bool) -> int:
@@ -109,9 +116,18 @@ def test_the_paper_setups_keep_checkpointing_and_a_1b_model_drops_it(world, batc
         max_length, free = 2048, 79 * GIB
     with torch.device("meta"):
         model = LlamaForCausalLM(LlamaConfig(vocab_size=128256, num_key_value_heads=8, **shape)).to(torch.bfloat16)
-    args = SimpleNamespace(activation_checkpointing="auto", world_size=world, fsdp=None, hf_deepspeed_config=None,
-                           deepspeed="zero3" if world > 1 else None, bf16=True, fp16=False, fused_logps=True,
-                           per_device_train_batch_size=batch, max_length=max_length)
+    args = SimpleNamespace(
+        activation_checkpointing="auto",
+        world_size=world,
+        fsdp=None,
+        hf_deepspeed_config=None,
+        deepspeed="zero3" if world > 1 else None,
+        bf16=True,
+        fp16=False,
+        fused_logps=True,
+        per_device_train_batch_size=batch,
+        max_length=max_length,
+    )
     env = {"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"} if world > 1 else {}
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():

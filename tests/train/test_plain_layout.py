@@ -5,10 +5,18 @@ from simpo.train.layouts.plain import PlainLayout
 
 def test_plain_layout_scores_each_response_token_from_the_position_before_it():
     rows = [
-        {"chosen_input_ids": [1, 5, 6, 7], "chosen_labels": [-100, -100, 6, 7],
-         "rejected_input_ids": [1, 5, 9], "rejected_labels": [-100, -100, 9]},
-        {"chosen_input_ids": [1, 8, 2], "chosen_labels": [-100, 8, 2],
-         "rejected_input_ids": [1, 4, 4, 4, 2], "rejected_labels": [-100, 4, 4, 4, 2]},
+        {
+            "chosen_input_ids": [1, 5, 6, 7],
+            "chosen_labels": [-100, -100, 6, 7],
+            "rejected_input_ids": [1, 5, 9],
+            "rejected_labels": [-100, -100, 9],
+        },
+        {
+            "chosen_input_ids": [1, 8, 2],
+            "chosen_labels": [-100, 8, 2],
+            "rejected_input_ids": [1, 4, 4, 4, 2],
+            "rejected_labels": [-100, 4, 4, 4, 2],
+        },
     ]
     layout = PlainLayout(pad_token_id=0)
     batch = layout(rows)
@@ -22,6 +30,9 @@ def test_plain_layout_scores_each_response_token_from_the_position_before_it():
     assert batch["score_seq"].tolist() == [0, 0, 1, 1, 2, 3, 3, 3, 3]
     assert batch["response_lengths"].tolist() == [2, 2, 1, 4]
     assert all(t.dtype == torch.long for t in batch.values())
-    assert layout.model_inputs(batch) == {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                                          "use_cache": False}
+    assert layout.model_inputs(batch) == {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "use_cache": False,
+    }
     assert layout.real_tokens(batch).item() == 4 + 3 + 3 + 5

@@ -30,14 +30,25 @@ from simpo.train.loss import average_logps, simpo_loss
 
 PAD, IGNORE, VOCAB, WINDOW = 0, -100, 128, 8
 TOL = 1e-5
-SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, initializer_range=0.2)  # a wide init makes attention far from uniform
+SIZES = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    initializer_range=0.2,
+)  # a wide init makes attention far from uniform
 CONFIGS = {
     "llama-sdpa": (LlamaConfig(**SIZES), "sdpa"),
     "llama-eager": (LlamaConfig(**SIZES), "eager"),
     "mistral": (MistralConfig(**SIZES, sliding_window=WINDOW), "sdpa"),
-    "gemma2": (Gemma2Config(**SIZES, head_dim=8, sliding_window=WINDOW, attn_logit_softcapping=5.0,
-                            final_logit_softcapping=3.0), "eager"),
+    "gemma2": (
+        Gemma2Config(
+            **SIZES, head_dim=8, sliding_window=WINDOW, attn_logit_softcapping=5.0, final_logit_softcapping=3.0
+        ),
+        "eager",
+    ),
     "qwen2": (Qwen2Config(**SIZES, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1), "sdpa"),
 }
 
@@ -52,8 +63,10 @@ def pair(prompt: list[int], chosen: list[int], rejected: list[int], chosen_promp
     """A tokenised row; chosen_prompt differs from prompt when a merge moved the boundary on the chosen side."""
     chosen_prompt = prompt if chosen_prompt is None else chosen_prompt
     return {
-        "chosen_input_ids": chosen_prompt + chosen, "chosen_labels": [IGNORE] * len(chosen_prompt) + chosen,
-        "rejected_input_ids": prompt + rejected, "rejected_labels": [IGNORE] * len(prompt) + rejected,
+        "chosen_input_ids": chosen_prompt + chosen,
+        "chosen_labels": [IGNORE] * len(chosen_prompt) + chosen,
+        "rejected_input_ids": prompt + rejected,
+        "rejected_labels": [IGNORE] * len(prompt) + rejected,
         "prompt_length": len(chosen_prompt),
     }
 
@@ -77,8 +90,11 @@ def tokenized_pairs(make_tokenizer) -> list[dict]:
     tokenizer = make_tokenizer(["<s>", "</s>"], merges=[("e", "x")], bos="<s>", eos="</s>")
     rows = [
         {"prompt": "Tell me more", "chosen": "xylophones are great", "rejected": "no"},
-        {"prompt": "A long prompt that will be cut at its start " * 2, "chosen": "sure, here it is",
-         "rejected": "a response that is much too long to fit in max_length"},
+        {
+            "prompt": "A long prompt that will be cut at its start " * 2,
+            "chosen": "sure, here it is",
+            "rejected": "a response that is much too long to fit in max_length",
+        },
     ]
     return [tokenize_row(r, tokenizer, max_length=48, max_prompt_length=20) for r in rows]
 
@@ -230,8 +246,9 @@ def test_peft_model_is_unwrapped_for_its_config():
     model = get_peft_model(tiny_model("mistral"), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     features = mixed_pairs()
     plain = layout_results(model, PlainLayout(PAD), features)[0]
-    shared_ = layout_results(model, choose_layout(model, SimPOConfig(output_dir="/tmp/x", report_to=[]), PAD),
-                             features)[0]
+    shared_ = layout_results(
+        model, choose_layout(model, SimPOConfig(output_dir="/tmp/x", report_to=[]), PAD), features
+    )[0]
     assert (shared_ - plain).abs().max() < TOL
 
 
@@ -239,8 +256,11 @@ def test_peft_model_is_unwrapped_for_its_config():
     "config, implementation, message",
     [
         (LlamaConfig(**SIZES), "flash_attention_2", "attn_implementation"),
-        (GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2), "eager",
-         "model types"),
+        (
+            GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=2),
+            "eager",
+            "model types",
+        ),
         (Qwen2Config(**SIZES, layer_types=["full_attention", "chunked_attention"]), "sdpa", "layer types"),
     ],
 )

@@ -43,19 +43,29 @@ def choose_layout(model: torch.nn.Module, args: SimPOConfig, pad_token_id: int) 
             return PlainLayout(pad_token_id, args.label_pad_token_id)
         raise ValueError(problem)
     if kernel != lm.config._attn_implementation:
-        logger.info("Prefix sharing with FlexAttention block masks: attention switched from %s to flex_attention.",
-                    lm.config._attn_implementation)
+        logger.info(
+            "Prefix sharing with FlexAttention block masks: attention switched from %s to flex_attention.",
+            lm.config._attn_implementation,
+        )
         lm.set_attn_implementation(kernel)
     # The attention scores come out in the autocast dtype under mixed precision, else in the weights' dtype.
     scores_dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else lm.dtype
-    return SharedPrefixLayout(pad_token_id, args.label_pad_token_id, padding_free=padding_free(args),
-                              max_tokens_per_row=args.max_tokens_per_row, config=lm.config, mask_dtype=scores_dtype)
+    return SharedPrefixLayout(
+        pad_token_id,
+        args.label_pad_token_id,
+        padding_free=padding_free(args),
+        max_tokens_per_row=args.max_tokens_per_row,
+        config=lm.config,
+        mask_dtype=scores_dtype,
+    )
 
 
 def uses_flex(args: SimPOConfig) -> bool:
     """flex_attention true, or auto on a GPU; refused on a CPU, where FlexAttention runs forward only."""
     on_gpu = args.device.type == "cuda"
     if args.flex_attention is True and not on_gpu:
-        raise ValueError("flex_attention: true needs a GPU: FlexAttention has no backward on CPU. Use"
-                         " flex_attention: auto (dense masks with eager/sdpa on CPU).")
+        raise ValueError(
+            "flex_attention: true needs a GPU: FlexAttention has no backward on CPU. Use"
+            " flex_attention: auto (dense masks with eager/sdpa on CPU)."
+        )
     return args.flex_attention is True or (args.flex_attention == "auto" and on_gpu)

@@ -43,8 +43,10 @@ def shared_prefix_length(feature: dict, label_pad_token_id: int) -> int:
     one side; the differing tokens then go to their branch, unlabelled, just as the plain layout leaves them unscored.
     """
     chosen, rejected = feature["chosen_input_ids"], feature["rejected_input_ids"]
-    limit = min(first_label(feature["chosen_labels"], label_pad_token_id),
-                first_label(feature["rejected_labels"], label_pad_token_id))
+    limit = min(
+        first_label(feature["chosen_labels"], label_pad_token_id),
+        first_label(feature["rejected_labels"], label_pad_token_id),
+    )
     length = 0
     while length < limit and chosen[length] == rejected[length]:
         length += 1
@@ -161,8 +163,10 @@ class SharedPrefixLayout:
         layer_types = getattr(self.config, "layer_types", None)
         rule = lambda window: attention_rule(segments, branches, positions, window)
         if layer_types:
-            mask = {t: self.kernel_mask(rule(window if t == "sliding_attention" else None), segments)
-                    for t in sorted(set(layer_types))}
+            mask = {
+                t: self.kernel_mask(rule(window if t == "sliding_attention" else None), segments)
+                for t in sorted(set(layer_types))
+            }
         else:
             mask = self.kernel_mask(rule(window), segments)
         return {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": positions, "use_cache": False}
@@ -177,8 +181,10 @@ class SharedPrefixLayout:
 
             # Compiled, the block mask is built without ever materialising [R, L, L]; flex itself only runs on GPUs.
             return create_block_mask(rule, rows, None, length, length, device=device, _compile=device.type == "cuda")
-        b, q, kv = (torch.arange(n, device=device).view(shape) for n, shape in
-                    ((rows, (-1, 1, 1)), (length, (1, -1, 1)), (length, (1, 1, -1))))
+        b, q, kv = (
+            torch.arange(n, device=device).view(shape)
+            for n, shape in ((rows, (-1, 1, 1)), (length, (1, -1, 1)), (length, (1, 1, -1)))
+        )
         keep = rule(b, None, q, kv)
         if self.config._attn_implementation == "sdpa":
             return keep[:, None]
