@@ -40,7 +40,7 @@ setup(
         "console_scripts": [
             "simpo-train=simpo.train.recipe:main",
             "simpo-sft=simpo.sft.recipe:main",
-            "simpo-plot=simpo.core.plot:main",
+            "simpo-plot=simpo.evaluation.curves:main",
             "simpo-generate=simpo.pipeline.generate:main",
             "simpo-annotate=simpo.pipeline.annotate:main",
             "simpo-binarise=simpo.pipeline.binarise:main",

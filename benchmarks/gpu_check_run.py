@@ -24,7 +24,6 @@ import platform
 import random
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,6 +165,7 @@ class Probe:
         def counting_compute_loss(trainer, *args, **kwargs):
             self.loss_calls += 1
             self.layout, self.attention = trainer.layout.name, trainer.model.config._attn_implementation
+            self.kernel_calls = trainer.kernels.calls  # the run's KernelLedger: which kernels ran
             return compute_loss(trainer, *args, **kwargs)
 
         simpo.train.logps.tiled_logps, SimPOTrainer.compute_loss = counting_tiled, counting_compute_loss
@@ -173,6 +173,7 @@ class Probe:
     def reset(self):
         self.tiled_calls = self.loss_calls = 0
         self.layout = self.attention = None
+        self.kernel_calls = {}
 
 
 def compile_counts() -> dict:
@@ -191,7 +192,6 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
     from accelerate.state import PartialState
     from transformers import TrainerCallback
 
-    from simpo.kernels.dispatch import KERNELS_RUN
     from simpo.train.recipe import train_main
 
     cuda = torch.cuda.is_available()
@@ -211,7 +211,7 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
         meter, out = Meter(), results / "out" / name
         probe.reset()
         os.environ["SIMPO_LOGPS_KERNEL"] = "torch" if mode == "torch_tiles" else "auto"
-        kernels_before, compile_before = Counter(KERNELS_RUN), compile_counts()
+        compile_before = compile_counts()
         started = time.perf_counter()
         try:
             code = train_main([*argv, *keys, f"--output_dir={out}"], callbacks=[meter])
@@ -234,7 +234,7 @@ def run(results: Path, model: str, launcher: str, modes: list[str], argv: list[s
                 attention=probe.attention,
                 seconds=round(time.perf_counter() - started, 1),
                 # what really ran (never "auto"), and what compiling cost this mode
-                kernel=", ".join(sorted(Counter(KERNELS_RUN) - kernels_before)) or "plain (full logits)",
+                kernel=", ".join(sorted(probe.kernel_calls)) or "plain (full logits)",
                 **{k: v - compile_before[k] for k, v in compile_counts().items()},
                 tokens_per_s=sum(timed) / len(timed) if timed else None,
                 params=meter.params,

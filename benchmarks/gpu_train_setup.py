@@ -64,8 +64,8 @@ def parse_config(keys: dict, workdir: Path):
     and so are keys this benchmark would ignore (data keys, and model keys a model built from a config cannot take)."""
     import yaml
 
-    from simpo.core.arguments import DataArguments, ModelArguments
-    from simpo.core.parser import parse_args
+    from simpo.config.arguments import DataArguments, ModelArguments
+    from simpo.config.parser import parse_args
     from simpo.train.config import SIMPO_ARGUMENTS
 
     path = workdir / "config.yaml"
@@ -100,7 +100,7 @@ def data_stats(pairs: list[dict]) -> dict:
 
 def build_model(shape: dict, tokenizer, model_args, training_args, device: str):
     """Random-init Llama of the given shape, seeded (every process builds the same weights), built on the device."""
-    from simpo.core.model import model_init_kwargs, resolve_dtype
+    from simpo.models.loading import model_init_kwargs, resolve_dtype
 
     kwargs = model_init_kwargs(model_args, training_args)
     config = LlamaConfig(

@@ -95,9 +95,7 @@ def kernels_that_ran(trainer, spec: dict) -> str:
         return "trl + liger" if spec["keys"].get("use_liger_kernel") else "trl"
     if not trainer.args.fused_logps:
         return "plain (full logits)"
-    from simpo.kernels.dispatch import KERNELS_RUN
-
-    return ", ".join(f"{name} tiles" for name in sorted(KERNELS_RUN)) or "none"
+    return ", ".join(f"{name} tiles" for name in sorted(trainer.kernels.calls)) or "none"
 
 
 def compile_stats() -> dict:
@@ -116,10 +114,10 @@ def compile_stats() -> dict:
     }
 
 
-def warmup_seconds() -> float:
-    from simpo.kernels.tile_cache import WARMUP
-
-    return WARMUP["seconds"]
+def warmup_seconds(trainer) -> float:
+    """Seconds the run's Triton tile choice spent measuring (its KernelLedger); 0 for TRL's trainer."""
+    ledger = getattr(trainer, "kernels", None)
+    return ledger.warmup_seconds if ledger is not None else 0.0
 
 
 def data_segment_bytes() -> int:
@@ -221,7 +219,7 @@ def run(spec: dict) -> dict:
         if spec["keys"].get("use_liger_kernel")
         else "off",
         "first_step_s": meter.first_step_s,
-        "tile_warmup_s": warmup_seconds(),
+        "tile_warmup_s": warmup_seconds(trainer),
         **compile_stats(),
         "activation_checkpointing": getattr(model, "is_activation_checkpointing", None),
         # simpo's batch layout; for a peer, its collator

@@ -1,6 +1,7 @@
 import math
 import os
 import string
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # here, before all of them. tests/kernels/test_triton_tiles.py checks that it took effect.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("SIMPO_TILE_CACHE", "off")  # no test writes the user's ~/.cache/simpo/tiles.json
+# As every command does first (simpo/environment.py): in-process runs compared bit for bit need it before MKL's
+# first call.
+os.environ.setdefault("MKL_CBWR", "AUTO")
+# DeepSpeed builds its ops on first use into torch's extensions folder, by default ~/.cache/torch_extensions, which
+# every environment on the machine shares (and where a killed build leaves its lock). The suite builds into a folder
+# of its own environment instead, so that neither another venv's builds nor a stale lock there can touch it.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = os.path.join(REPO, "assets", "tiny-llama")
@@ -64,3 +72,13 @@ def reference_avg_logp(model, input_ids: list[int], labels: list[int]) -> float:
         logits = model(torch.tensor([input_ids])).logits[0].double()
     logps = [logits[t - 1].log_softmax(-1)[input_ids[t]].item() for t in range(1, len(labels)) if labels[t] != -100]
     return sum(logps) / len(logps)
+
+
+def pytest_sessionstart(session):
+    """A build lock no process holds, left in the suite's own extensions folder by a killed run of it, would make
+    every DeepSpeed test refuse to start (simpo/run/launch.py): it is removed here, the folder being the suite's."""
+    from simpo.run.launch import extension_build_locks, unheld
+
+    for path in unheld(extension_build_locks()):
+        if path.startswith(os.environ["TORCH_EXTENSIONS_DIR"]):
+            os.remove(path)

@@ -9,8 +9,8 @@ import pytest
 import transformers.training_args
 from conftest import REPO
 
-from simpo.core.arguments import DataArguments, ModelArguments
-from simpo.core.parser import parse_args
+from simpo.config.arguments import DataArguments, ModelArguments
+from simpo.config.parser import parse_args
 from simpo.data.chat_templates import MISTRAL_CHAT_TEMPLATE, apply_chat_template, set_chat_template
 from simpo.sft.recipe import SFT_ARGUMENTS
 from simpo.train.config import SimPOConfig
@@ -261,7 +261,7 @@ def test_the_base_simpo_config_takes_the_sft_output_folder_and_renders_as_sft_di
     renders conversations with the template SFT trained on (saved with the tokenizer in the SFT output)."""
     import yaml
 
-    from simpo.core.model import get_tokenizer
+    from simpo.models.loading import get_tokenizer
 
     model_args, data_args, _ = parse(os.path.join(CONFIG_DIR, name))
     with open(os.path.join(CONFIG_DIR, name)) as f:

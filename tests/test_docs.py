@@ -104,3 +104,63 @@ def test_readme_table_of_contents_lists_every_section():
     toc = text.split(f"\n## {toc_title}\n")[1].split("\n## ")[0]
     listed = [target[1:] for line in prose_lines(toc) for target in LINK.findall(line) if target.startswith("#")]
     assert listed == [slug(title) for title in sections if title != toc_title]
+
+
+def test_docs_name_no_path_that_does_not_exist():
+    """Every `simpo/...`, `tests/...`, `scripts/...`, `benchmarks/...` or `docs/...` path the README and docs name is in
+    the repository (a module moved or renamed leaves no stale pointer behind)."""
+    missing = []
+    for path in markdown_files():
+        for line in read(path).splitlines():
+            for named in re.findall(r"`((?:simpo|tests|scripts|benchmarks|docs|training_configs)/[\w./-]+?)`", line):
+                target = named.split("::")[0].rstrip("/")
+                if not os.path.exists(os.path.join(REPO, target)) and "*" not in target and "<" not in target:
+                    missing.append(f"{os.path.relpath(path, REPO)}: {named}")
+    assert missing == []
+
+
+def test_architecture_page_names_every_module():
+    """Each room (`simpo/<room>/`) and, in its row, each of its modules (`name.py`) is on docs/architecture.md."""
+    text = read(os.path.join(DOCS, "architecture.md"))
+    simpo = os.path.join(REPO, "simpo")
+    unnamed = []
+    for root, _, names in os.walk(simpo):
+        room = os.path.relpath(root, simpo).split(os.sep)[0]
+        if room == "__pycache__" or "__pycache__" in root:
+            continue
+        rows = [row for row in text.splitlines() if f"`simpo/{room}/`" in row or root == simpo]
+        for name in sorted(n for n in names if n.endswith(".py") and n != "__init__.py"):
+            if not any(f"`{name}`" in row for row in rows):
+                unnamed.append(os.path.relpath(os.path.join(root, name), simpo))
+    assert unnamed == []
+
+
+def test_the_key_reference_is_what_the_config_dataclasses_say():
+    """docs/configuration.md's key reference is written from the dataclasses (scripts/config_reference.py): a field
+    added, removed or re-documented without rewriting it fails here."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "scripts/config_reference.py", "--check"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_key_reference_lists_every_field_of_every_command():
+    import dataclasses
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "config_reference", os.path.join(REPO, "scripts", "config_reference.py")
+    )
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    text = reference.reference()
+    from simpo.config.arguments import DataArguments, ModelArguments
+    from simpo.pipeline.config import OnPolicyArguments
+
+    expected = [f.name for cls in (ModelArguments, DataArguments, OnPolicyArguments) for f in dataclasses.fields(cls)]
+    expected += sorted(reference.declared_by(reference.SimPOConfig, reference.TrainingArguments))
+    expected += ["activation_checkpointing", "liger_kernels", "allow_global_batch_change"]  # once missing from the docs
+    assert [key for key in expected if f"| `{key}` |" not in text] == []

@@ -8,9 +8,11 @@ import importlib.util
 import json
 import os
 
+import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_simpo_on_its_own_verified_samples_beats_sft_on_held_out_prompts(tmp_path):
     spec = importlib.util.spec_from_file_location("run_tiny_paper", os.path.join(REPO, "scripts", "run_tiny_paper.py"))
     script = importlib.util.module_from_spec(spec)

@@ -2,8 +2,8 @@
 
 import re
 
-from simpo.data.errors import SimpoError
 from simpo.data.mixer import map_fingerprint
+from simpo.errors import TemplateError
 
 # Mistral's own template rejects system messages, so (like the reference) we fold the system message into the first
 # user turn. As in the reference, each turn's text is stripped (the system text folded in first), so whitespace
@@ -18,11 +18,6 @@ MISTRAL_CHAT_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %}{{ ' ' + content + ' ' + eos_token }}"
     "{% endif %}{% endfor %}"
 )
-
-
-class TemplateError(SimpoError, ValueError):
-    """A chat template simpo cannot train with: none at all, or one that renders part of a conversation differently
-    alone than inside the whole conversation."""
 
 
 def set_chat_template(tokenizer, chat_template: str | None, model_name_or_path: str | None) -> None:

@@ -11,7 +11,8 @@ from typing import NamedTuple
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
-from simpo.data.validation import MESSAGE_KEYS, DataError, role_and_content, validate_rows
+from simpo.data.validation import MESSAGE_KEYS, role_and_content, validate_rows
+from simpo.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """Token ids and labels of one preference row (prompt, chosen, rejected strings), as the reference builds them, and
 the ids a model is prompted with for generation, derived from the same rendering and tokenisation."""
 
-from simpo.data.chat_templates import SPECIAL_TEXT, TemplateError, render_prompt, render_response
+from simpo.data.chat_templates import SPECIAL_TEXT, render_prompt, render_response
 from simpo.data.mixer import ORIGIN, map_fingerprint
 from simpo.data.validation import DroppedRow, degenerate_reason, handle_drops
+from simpo.errors import ConfigError, TemplateError
 
 # Stands for the assistant's content when the response header is read off the template.
 CONTENT_MARK = "<<simpo-content>>"
@@ -103,7 +104,7 @@ def truncate_prompt(prompt_ids: list[int], max_prompt_length: int, truncation_mo
     if truncation_mode == "keep_start":
         return prompt_ids[:max_prompt_length]
     if truncation_mode != "keep_end":
-        raise ValueError(f"Unknown truncation_mode {truncation_mode!r}: use 'keep_end' or 'keep_start'.")
+        raise ConfigError(f"Unknown truncation_mode {truncation_mode!r}: use 'keep_end' or 'keep_start'.")
     # Keep BOS first: the reference cut it off with the prompt's start (docs/differences.md).
     if bos is not None and prompt_ids and prompt_ids[0] == bos:
         return [bos] + prompt_ids[1:][-(max_prompt_length - 1) :] if max_prompt_length > 1 else [bos]

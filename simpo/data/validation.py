@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from simpo.data.errors import SimpoError
+from simpo.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +26,6 @@ def role_and_content(messages):
     if not isinstance(messages, list):
         return messages
     return [{key: message[key] for key in MESSAGE_KEYS} for message in messages]
-
-
-class DataError(SimpoError, ValueError):
-    """A problem with the training data, named by source, split and row."""
 
 
 @dataclass(frozen=True)

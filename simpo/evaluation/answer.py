@@ -13,18 +13,19 @@ import logging
 import os
 import time
 
-from simpo.core.arguments import ModelArguments
-from simpo.core.errors import report_input_errors
-from simpo.core.logs import setup_logging
-from simpo.core.parser import CommandParser
-from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
-from simpo.core.run_lock import lock_folder
+from simpo.config.arguments import ModelArguments
+from simpo.config.parser import CommandParser
+from simpo.config.run_record import run_folder_problem, run_settings
 from simpo.data.tokenization import generation_prompt_ids
-from simpo.data.validation import DataError
+from simpo.errors import DataError
 from simpo.evaluation.families import decoding, family_of
+from simpo.models.loading import training_tokenizer
 from simpo.pipeline.backends import backend_name, make_backend
 from simpo.pipeline.generate import sample_units
 from simpo.pipeline.work_units import file_fingerprint, process_rank, weights_fingerprint, write_atomic
+from simpo.reporting.logs import setup_logging
+from simpo.run.commands import report_input_errors
+from simpo.run.folder_lock import lock_folder
 
 logger = logging.getLogger("simpo")
 

@@ -22,23 +22,24 @@ import sys
 
 import yaml
 
-from simpo.core.errors import report_input_errors
-from simpo.core.parser import CommandParser
-from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
+from simpo.config.parser import CommandParser
+from simpo.config.run_record import run_folder_problem, run_settings
+from simpo.errors import ParityError
 from simpo.evaluation.families import decoding, family_of
 from simpo.evaluation.instructions import eval_md
 from simpo.evaluation.templates import (
     ALPACA_EVAL_CONVERSATIONS,
     PARITY_CONVERSATIONS,
-    ParityError,
     alpaca_eval_ids,
     alpaca_eval_template,
     check_parity,
     vllm_chat_ids,
     vllm_chat_template,
 )
+from simpo.models.loading import training_tokenizer
 from simpo.pipeline.backends import model_stop_ids
 from simpo.pipeline.work_units import write_atomic
+from simpo.run.commands import report_input_errors
 
 BENCHMARKS = ("alpaca_eval", "arena_hard", "mt_bench")
 SERVER = {"api_base": "http://localhost:8000/v1", "api_key": "token-abc123"}

@@ -21,6 +21,7 @@ import json
 
 from simpo.data.chat_templates import maybe_insert_system_message, render_prompt, strip_bos
 from simpo.data.tokenization import bos_once, generation_prompt_ids, response_header
+from simpo.errors import ParityError
 
 INSTRUCTION = "{instruction}"  # AlpacaEval's slot
 USER = lambda text: {"role": "user", "content": text}
@@ -37,10 +38,6 @@ PARITY_CONVERSATIONS = [[USER(p)] for p in PARITY_PROMPTS] + [
     [USER("Name a colour."), {"role": "assistant", "content": "Blue."}, USER("And another one?")],
 ]
 ALPACA_EVAL_CONVERSATIONS = [[USER(p.strip())] for p in PARITY_PROMPTS]
-
-
-class ParityError(ValueError):
-    """An evaluation template would feed the model other tokens than training did."""
 
 
 def adds_bos(tokenizer) -> bool:

@@ -9,13 +9,13 @@ compute, without holding the [N, V] logits,
 
 import importlib.util
 import os
-from collections import Counter
 
+from simpo.errors import ConfigError
 from simpo.kernels.common import DEFAULT_TILES, operand_dtype
+from simpo.kernels.ledger import KernelLedger
 from simpo.kernels.torch_tiles import TiledLogProbs
 
 KERNELS = ("auto", "triton", "torch")
-KERNELS_RUN = Counter()  # calls per kernel that actually ran in this process: what a benchmark row reports
 
 
 def tiled_logps(
@@ -29,6 +29,7 @@ def tiled_logps(
     token_tile=None,
     vocab_tile=None,
     kernel=None,
+    ledger: KernelLedger | None = None,
 ):
     """log p(label) [N] fp32 and mean logit [N] (detached) for hidden [N, H] through a head weight [V, H] (+ bias).
 
@@ -37,18 +38,22 @@ def tiled_logps(
     kernel: "triton" (simpo/kernels/triton_tiles.py), "torch" (TiledLogProbs, the reference) or "auto": Triton for CUDA
     tensors when triton is importable, else torch. None reads the environment variable SIMPO_LOGPS_KERNEL (default
     "auto").
+    ledger: the run's KernelLedger, which counts the call and remembers the Triton path's tile choice.
     """
     kernel = kernel or os.environ.get("SIMPO_LOGPS_KERNEL") or "auto"
     if kernel not in KERNELS:
-        raise ValueError(f"tiled_logps: kernel (or SIMPO_LOGPS_KERNEL) is {kernel!r}; use 'auto', 'triton' or 'torch'.")
+        raise ConfigError(
+            f"tiled_logps: kernel (or SIMPO_LOGPS_KERNEL) is {kernel!r}; use 'auto', 'triton' or 'torch'."
+        )
     if kernel == "auto":
         kernel = "triton" if hidden.device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
     dtype = operand_dtype(compute_dtype or weight.dtype)
-    KERNELS_RUN[kernel] += 1
+    ledger = ledger if ledger is not None else KernelLedger()
+    ledger.calls[kernel] += 1
     if kernel == "triton":
         from simpo.kernels.triton_tiles import triton_logps  # imports triton: only when asked for
 
-        return triton_logps(hidden, weight, bias, labels, scale, softcap, dtype, token_tile, vocab_tile)
+        return triton_logps(hidden, weight, bias, labels, scale, softcap, dtype, token_tile, vocab_tile, ledger)
     tiles = DEFAULT_TILES.get(hidden.device.type, DEFAULT_TILES["cuda"])
     token_tile, vocab_tile = token_tile or tiles[0], vocab_tile or tiles[1]
     return TiledLogProbs.apply(hidden, weight, bias, labels, float(scale), softcap, dtype, token_tile, vocab_tile)

@@ -6,7 +6,7 @@ it off) maps a key (GPU name, dtype, hidden, vocabulary, bias, softcap, token bu
 (token tile, vocabulary tile). Processes that start together (the ranks of a launch) take an exclusive lock beside
 the file around look-up, measurement and write, so one measures and the others read its choice: every rank trains
 with the same tiles. Writes are atomic (a temporary file renamed over the old one); a corrupt file is measured over.
-WARMUP counts what this process measured, reused and spent measuring, for the run's summary.
+The run's KernelLedger (simpo/kernels/ledger.py) counts what it measured, reused and spent measuring, for its summary.
 """
 
 import contextlib
@@ -17,14 +17,15 @@ import os
 import tempfile
 import time
 
+from simpo.environment import switched_off
+
 logger = logging.getLogger(__name__)
-WARMUP = {"seconds": 0.0, "measured": 0, "reused": 0}
 
 
 def cache_path() -> str | None:
     path = os.environ.get("SIMPO_TILE_CACHE")
     if path is not None:
-        return None if path.lower() in ("", "off", "0", "false") else path
+        return None if switched_off(path) else path
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "simpo", "tiles.json")
 
@@ -66,20 +67,21 @@ def _locked(path: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def cached_tiles(key: str, measure) -> tuple[int, int]:
-    """The tiles stored for key, else measure() (returns them), stored; WARMUP counts which and how long."""
+def cached_tiles(key: str, measure, ledger) -> tuple[int, int]:
+    """The tiles stored for key, else measure() (returns them), stored; `ledger` (a KernelLedger) counts which and
+    how long."""
     path = cache_path()
     start = time.perf_counter()
     with _locked(path) if path else contextlib.nullcontext():
         stored = _read(path).get(key) if path else None
         if isinstance(stored, list) and len(stored) == 2 and all(isinstance(t, int) and t > 0 for t in stored):
-            WARMUP["reused"] += 1
+            ledger.reused += 1
             return stored[0], stored[1]
         tiles = tuple(measure())
         if path:
             _write(path, {**_read(path), key: list(tiles)})
-    WARMUP["measured"] += 1
-    WARMUP["seconds"] += time.perf_counter() - start
+    ledger.measured += 1
+    ledger.warmup_seconds += time.perf_counter() - start
     logger.info(
         "Log-prob tiles for %s measured in %.1f s: %s (kept in %s)",
         key,

@@ -32,7 +32,9 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
+from simpo.errors import ConfigError, FastPathError
 from simpo.kernels.common import DEFAULT_TILES, addmm_fp32, no_autocast, operand_dtype, transform
+from simpo.kernels.ledger import KernelLedger
 from simpo.kernels.tile_cache import cache_key, cached_tiles
 from simpo.kernels.torch_tiles import TiledLogProbs  # the reference the first call per shape is checked against
 
@@ -281,10 +283,12 @@ class TritonLogProbs(torch.autograd.Function):
     """TiledLogProbs' contract through forward_stats and backward_grads: (log p(label) [N] fp32, mean logit [N])."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, scale, softcap, dtype, tiles):
+    def forward(ctx, hidden, weight, bias, labels, scale, softcap, dtype, tiles, ledger):
         with no_autocast(hidden):
             h, labels = hidden.to(dtype).contiguous(), labels.contiguous()
-            tiles = choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, h.is_cuda and not INTERPRET)
+            tiles = choose_tiles(
+                h, weight, bias, labels, scale, softcap, dtype, tiles, h.is_cuda and not INTERPRET, ledger
+            )
             lse, label_z, logit_sum = forward_stats(h, weight, bias, labels, scale, softcap, dtype, tiles)
             if logit_sum is None:  # without a softcap the mean logit is linear in W: one [N, H] product
                 mean_u = hidden.float() @ weight.mean(0, dtype=torch.float32)
@@ -305,17 +309,14 @@ class TritonLogProbs(torch.autograd.Function):
                 h, weight, bias, labels, *ctx.args, lse, grad_logps.float().contiguous(), ctx.needs_input_grad[:3]
             )
         grad_h = None if grad_h is None else grad_h.to(hidden.dtype)
-        return grad_h, grad_w, None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None
+        return grad_h, grad_w, None if grad_b is None else grad_b.to(bias.dtype), None, None, None, None, None, None
 
 
-_CHOSEN_TILES = {}
-
-
-def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure: bool) -> tuple[int, int]:
+def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure: bool, ledger) -> tuple[int, int]:
     """The caller's tiles where given. Else, when `measure` (on a GPU), the fastest forward + backward among tiles of
     up to TILE_ELEMENTS, timed on the first call per (device, dtype, H, V, bias, softcap, N rounded up to a power of
     2) unless tile_cache.py has it from an earlier process: the best tile depends on the GPU's GEMM kernels, which
-    only a measurement knows. Else the defaults."""
+    only a measurement knows; `ledger` (the run's KernelLedger) remembers the choice. Else the defaults."""
     if tiles[0] and tiles[1]:
         return tiles
     n, vocab = h.shape[0], weight.shape[0]
@@ -327,7 +328,7 @@ def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure:
         key = cache_key(
             device, dtype, h.shape[1], vocab, bias is not None, softcap is not None, bucket, triton.__version__
         )
-        if key not in _CHOSEN_TILES:
+        if key not in ledger.tiles:
             widths = (2048, 4096, 8192, 16384, 32768)
             candidates = sorted({(min(bucket, TILE_ELEMENTS // v), min(v, vocab)) for v in widths})
             g, needs = torch.ones(n, device=h.device), (True, True, bias is not None)
@@ -341,9 +342,9 @@ def choose_tiles(h, weight, bias, labels, scale, softcap, dtype, tiles, measure:
                 return min(timings, key=timings.get)
 
             # on disk per GPU name, dtype and shape: one process measures, the others and later launches reuse it
-            _CHOSEN_TILES[key] = cached_tiles(key, measure)
-            check_against_torch(h, weight, bias, labels, scale, softcap, dtype, _CHOSEN_TILES[key])
-        chosen = _CHOSEN_TILES[key]
+            ledger.tiles[key] = cached_tiles(key, measure, ledger)
+            check_against_torch(h, weight, bias, labels, scale, softcap, dtype, ledger.tiles[key])
+        chosen = ledger.tiles[key]
     return tiles[0] or chosen[0], tiles[1] or chosen[1]
 
 
@@ -359,20 +360,24 @@ def check_against_torch(h, weight, bias, labels, scale, softcap, dtype, tiles) -
     reference = TiledLogProbs.apply(h[rows], weight, bias, labels[rows], scale, softcap, dtype, *tiles)[0]
     error = (ours - reference).abs().max().item() if ours.numel() else 0.0
     if error > 1e-2:
-        raise RuntimeError(
+        raise FastPathError(
             f"triton_logps: the Triton kernels' log-probs differ by {error:.3g} from the torch tiles' on this GPU"
             f" ({torch.cuda.get_device_name(h.device) if h.is_cuda else h.device}). Set SIMPO_LOGPS_KERNEL=torch"
             " to train with the torch tiles, and report it."
         )
 
 
-def triton_logps(hidden, weight, bias, labels, scale=1.0, softcap=None, dtype=None, token_tile=None, vocab_tile=None):
+def triton_logps(
+    hidden, weight, bias, labels, scale=1.0, softcap=None, dtype=None, token_tile=None, vocab_tile=None, ledger=None
+):
     """tiled_logps' contract on CUDA tensors (or any tensors under TRITON_INTERPRET=1); dtype: the GEMM operands'
-    (default: operand_dtype of the weight's)."""
+    (default: operand_dtype of the weight's); ledger: the run's KernelLedger (remembers the tile choice)."""
     if hidden.device.type != "cuda" and not INTERPRET:
-        raise ValueError(
+        raise ConfigError(
             f"triton_logps: {hidden.device.type} tensors need a CUDA device, or TRITON_INTERPRET=1 set before triton "
             "is first imported (the Triton interpreter, for tests). Use the torch path instead: kernel='torch'."
         )
     dtype = dtype or operand_dtype(weight.dtype)
-    return TritonLogProbs.apply(hidden, weight, bias, labels, float(scale), softcap, dtype, (token_tile, vocab_tile))
+    ledger = ledger if ledger is not None else KernelLedger()
+    tiles = (token_tile, vocab_tile)
+    return TritonLogProbs.apply(hidden, weight, bias, labels, float(scale), softcap, dtype, tiles, ledger)

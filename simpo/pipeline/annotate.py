@@ -20,10 +20,8 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from simpo.core.errors import report_input_errors
-from simpo.core.logs import setup_logging
-from simpo.core.model import from_pretrained, resolve_dtype
-from simpo.core.run_lock import lock_folder
+from simpo.errors import ConfigError, DataError, TemplateError
+from simpo.models.loading import from_pretrained, resolve_dtype
 from simpo.pipeline.backends import process_device
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.rewards import function_scores
@@ -37,6 +35,9 @@ from simpo.pipeline.work_units import (
     run_units,
     write_jsonl,
 )
+from simpo.reporting.logs import setup_logging
+from simpo.run.commands import report_input_errors
+from simpo.run.folder_lock import lock_folder
 
 logger = logging.getLogger("simpo")
 DESCRIPTION = (
@@ -73,7 +74,7 @@ def unused_token_id(sequences, vocab_size: int, preferred: int | None) -> int:
         return preferred
     free = next((t for t in range(vocab_size - 1, -1, -1) if t not in used), None)
     if free is None:
-        raise ValueError(
+        raise DataError(
             f"Every id below the reward model's vocab_size ({vocab_size}) occurs in the conversations:"
             " none is left to pad with."
         )
@@ -110,7 +111,7 @@ def scores_of(output, n: int) -> list[float]:
     values = getattr(output, "score", None)
     values = (output.logits if values is None else values).float().reshape(n, -1)
     if values.shape[1] != 1:
-        raise ValueError(
+        raise ConfigError(
             f"The reward model gives {values.shape[1]} values per response and no `score`: use a model with one"
             " output (num_labels=1) or one whose forward returns `score` (ArmoRM, with reward_trust_remote_code)."
         )
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.path.exists(os.path.join(source, f"{side}.jsonl"))
     }
     if not sides:
-        raise FileNotFoundError(f"No generations in {source}: run simpo-generate with this config first.")
+        raise DataError(f"No generations in {source}: run simpo-generate with this config first.")
     folder = os.path.join(args.output_dir, "annotations")
     if args.reward_function:
         scores = function_scores(args, sides, source, folder)
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         trust_remote_code=args.reward_trust_remote_code,
     )
     if not tokenizer.chat_template:
-        raise ValueError(
+        raise TemplateError(
             f"The reward model's tokenizer ({args.reward_model}) has no chat template to render the conversations with."
         )
     config = AutoConfig.from_pretrained(

@@ -14,8 +14,9 @@ import jinja2
 import torch
 from transformers import GenerationConfig
 
-from simpo.core.model import attn_implementation, load_for_generation, resolve_dtype
 from simpo.data.chat_templates import maybe_insert_system_message
+from simpo.errors import ConfigError
+from simpo.models.loading import attn_implementation, load_for_generation, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def backend_name(name: str) -> str:
     """What `auto` resolves to here (recorded with a run: the two backends sample differently)."""
     has_vllm = importlib.util.find_spec("vllm") is not None
     if name == "vllm" and not has_vllm:
-        raise ValueError('backend: vllm, but vLLM is not installed: pip install -e ".[vllm]" (GPU machines).')
+        raise ConfigError('backend: vllm, but vLLM is not installed: pip install -e ".[vllm]" (GPU machines).')
     if name == "auto":
         return "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
     return name

@@ -22,13 +22,13 @@ from collections import Counter
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from simpo.core.errors import report_input_errors
-from simpo.core.logs import setup_logging
-from simpo.core.model import get_tokenizer
-from simpo.core.run_lock import lock_folder
-from simpo.data.validation import DataError
+from simpo.errors import DataError
+from simpo.models.loading import get_tokenizer
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.work_units import numbered_jsonl, write_atomic, write_jsonl
+from simpo.reporting.logs import setup_logging
+from simpo.run.commands import report_input_errors
+from simpo.run.folder_lock import lock_folder
 
 logger = logging.getLogger("simpo")
 DESCRIPTION = "Turn scored replies into preference pairs, best against worst per prompt (on-policy data, step 3 of 3)."
@@ -167,7 +167,7 @@ def binarise_main(argv: list[str] | None = None) -> dict:
     source, folder = os.path.join(args.output_dir, "annotations"), os.path.join(args.output_dir, "dataset")
     sides = [side for side in ("train", "test") if os.path.exists(os.path.join(source, f"{side}.jsonl"))]
     if not sides:
-        raise FileNotFoundError(f"No annotations in {source}: run simpo-annotate with this config first.")
+        raise DataError(f"No annotations in {source}: run simpo-annotate with this config first.")
     tokenizer = get_tokenizer(model_args)
     summary, all_gaps, binarised = {"min_score_gap": args.min_score_gap}, {}, {}
     for side in sides:  # every side is checked before anything is written

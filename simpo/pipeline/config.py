@@ -9,8 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from simpo.core.arguments import DataArguments, ModelArguments
-from simpo.core.parser import ConfigError, parse_args
+from simpo.config.arguments import DataArguments, ModelArguments
+from simpo.config.parser import parse_args
+from simpo.errors import ConfigError
 
 
 @dataclass

@@ -10,12 +10,9 @@ continues from there.
 import logging
 import os
 
-from simpo.core.errors import report_input_errors
-from simpo.core.logs import setup_logging
-from simpo.core.model import get_tokenizer
-from simpo.core.run_lock import lock_folder
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.tokenization import generation_prompt_ids
+from simpo.models.loading import get_tokenizer
 from simpo.pipeline.backends import backend_name, make_backend
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.prompts import load_prompts
@@ -30,6 +27,9 @@ from simpo.pipeline.work_units import (
     weights_fingerprint,
     write_jsonl,
 )
+from simpo.reporting.logs import setup_logging
+from simpo.run.commands import report_input_errors
+from simpo.run.folder_lock import lock_folder
 
 logger = logging.getLogger("simpo")
 DESCRIPTION = (

@@ -6,7 +6,8 @@ import json
 import logging
 
 from simpo.data.mixer import load_split, split_side, train_rows
-from simpo.data.validation import DataError, message_list_problem
+from simpo.data.validation import message_list_problem
+from simpo.errors import DataError
 
 logger = logging.getLogger(__name__)
 

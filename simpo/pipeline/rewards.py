@@ -39,12 +39,8 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from simpo.data.errors import SimpoError
+from simpo.errors import RewardFunctionError
 from simpo.pipeline.work_units import Unit, UnitStore, check_settings, file_fingerprint, run_units
-
-
-class RewardFunctionError(SimpoError, ValueError):
-    """A reward function failed or returned something that is not a score; the message names the row."""
 
 
 def load_reward_function(spec: str) -> Callable:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from simpo.data.validation import DataError
+from simpo.environment import launched_processes, launched_rank
+from simpo.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Unit:
 
 def process_rank() -> tuple[int, int]:
     """(rank, world size) as `accelerate launch` / torchrun set them; (0, 1) for a plain run."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return launched_rank(), launched_processes()
 
 
 def derived_seed(*parts) -> int:

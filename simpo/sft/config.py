@@ -10,8 +10,7 @@ from typing import Literal
 
 from trl import SFTConfig
 
-from simpo.core.arguments import check_training_numbers
-from simpo.core.elastic import ElasticResumeArguments
+from simpo.config.arguments import ElasticResumeArguments, finish_training_arguments
 
 # key -> (the value simpo works with, why another one is refused)
 REFUSED = {
@@ -88,29 +87,29 @@ class SFTRunConfig(SFTConfig, ElasticResumeArguments):
     )
 
     def __post_init__(self):
-        check_training_numbers(self)
+        problems = []
         for key, (allowed, why) in REFUSED.items():
             if getattr(self, key) not in allowed_values(allowed):
                 only = " or ".join(map(repr, allowed_values(allowed)))
-                raise ValueError(f"{key}={getattr(self, key)!r} is not supported by simpo-sft (only {only}): {why}.")
+                problems.append(f"{key}={getattr(self, key)!r} is not supported by simpo-sft (only {only}): {why}.")
         if self.use_cache:
-            raise ValueError(
+            problems.append(
                 "use_cache: true is not supported by simpo-sft: training runs without the KV cache (with"
                 " it, packed conversations would attend to each other); the saved model's config turns"
                 " it on for generation. Remove the key."
             )
         if self.do_predict:
-            raise ValueError(
+            problems.append(
                 "do_predict has no effect: simpo-sft has no prediction step. Evaluate with do_eval, or"
                 " with do_train: false to evaluate without training."
             )
         if self.padding_free and not self.packing:
-            raise ValueError(
+            problems.append(
                 "padding_free without packing is not supported by simpo-sft: use packing: true, whose"
                 " packed rows are padding-free."
             )
         if self.max_length is None or self.max_length < 2:
-            raise ValueError(f"max_length must be at least 2 (got {self.max_length}): conversations are cut to it.")
+            problems.append(f"max_length must be at least 2 (got {self.max_length}): conversations are cut to it.")
         if self.include_num_input_tokens_seen == "auto":
             self.include_num_input_tokens_seen = "all" if self.packing else "non_padding"
-        super().__post_init__()
+        finish_training_arguments(self, problems, super().__post_init__)

@@ -3,7 +3,8 @@ that name the source, split and row and say how to fix it. Rows that cannot be t
 tokenised conversation (simpo/sft/tokenization.py)."""
 
 from simpo.data.mixer import RowFormat
-from simpo.data.validation import DataError, message_list_problem
+from simpo.data.validation import message_list_problem
+from simpo.errors import DataError
 
 FIX = (
     "SFT rows need 'messages': a list of {role, content} messages in OpenAI format (roles system, user,"

@@ -1,25 +1,27 @@
 """The SFT recipe behind scripts/run_sft.py and `simpo-sft`: parse, seed, data, tokenizer, tokens, model and trainer
 (TRL's SFTTrainer), train, save, card. The SimPO recipe's parser, mixer, chat-template rules, logging, resume and
-launch checks (simpo/core/recipe.py); loss on assistant tokens only (simpo/sft/tokenization.py)."""
+launch checks (simpo/run/steps.py); loss on assistant tokens only (simpo/sft/tokenization.py)."""
 
+import functools
 import logging
 import os
 
 from trl import SFTTrainer
 
-from simpo.core.arguments import DataArguments, ModelArguments
-from simpo.core.elastic import ElasticResume
-from simpo.core.errors import report_input_errors
-from simpo.core.finite import FiniteUpdates
-from simpo.core.launch_checks import exit_process
-from simpo.core.model import (
-    disable_dropout,
-    get_peft_config,
-    get_tokenizer,
-    model_init_kwargs,
-    save_config_for_generation,
-)
-from simpo.core.recipe import (
+from simpo.config.arguments import DataArguments, ModelArguments
+from simpo.data.chat_templates import set_chat_template
+from simpo.data.mixer import mix_datasets, require_eval_split
+from simpo.data.validation import report_drops
+from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
+from simpo.models.modules import disable_dropout
+from simpo.reporting.curves import plot_curves
+from simpo.reporting.summary import RunSummary
+from simpo.run.commands import exit_process, report_input_errors
+from simpo.run.elastic import ElasticResume
+from simpo.run.finite import FiniteUpdates
+from simpo.run.resume import checkpoint_state
+from simpo.run.signals import StopOnSignal
+from simpo.run.steps import (
     evaluate_and_save,
     finish,
     no_training,
@@ -30,15 +32,9 @@ from simpo.core.recipe import (
     stopped_by_signal,
     train,
 )
-from simpo.core.reporting import end_summary, plot_curves
-from simpo.core.resume import StopOnSignal, checkpoint_state
-from simpo.core.run_config import run_config_values
-from simpo.data.chat_templates import set_chat_template
-from simpo.data.mixer import mix_datasets, require_eval_split
-from simpo.data.validation import report_drops
 from simpo.sft.config import SFTRunConfig, cuts_conversations
 from simpo.sft.data import CONVERSATIONS
-from simpo.sft.reporting import DROPPED_FILE, SFT_END_KEYS, SFT_OUTPUT_FILES, SFTRunSummary, throughput
+from simpo.sft.reporting import DROPPED_FILE, SFT_PANELS, sft_end_summary, sft_start_summary, throughput
 from simpo.sft.tokenization import tokenize_conversations
 
 logger = logging.getLogger("simpo")
@@ -85,8 +81,8 @@ def main() -> None:
 
 def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes."""
-    model_args, data_args, args, checkpoint = start_run(argv, SFT_ARGUMENTS, "simpo-sft", DESCRIPTION)
-    as_parsed = run_config_values(model_args, data_args, args)  # recorded once the launch is accepted
+    launch = start_run(argv, SFT_ARGUMENTS, "simpo-sft", DESCRIPTION)
+    model_args, data_args, args, checkpoint = launch.model_args, launch.data_args, launch.args, launch.checkpoint
 
     raw_datasets = mix_datasets(
         data_args.dataset_mixer,
@@ -101,7 +97,7 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     tokenized, drops, counts = tokenize_splits(raw_datasets, tokenizer, data_args, args)
 
     args.model_init_kwargs = sft_model_init_kwargs(model_args, args)
-    stop, summary = StopOnSignal(), SFTRunSummary(counts, drops)
+    stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
         args=args,
@@ -110,19 +106,21 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, args),
         # FiniteUpdates after stop: it may ask for a save
-        callbacks=[stop, summary, FiniteUpdates(), ElasticResume(), *(callbacks or [])],
+        callbacks=[stop, FiniteUpdates(), ElasticResume(launch.resume_plan), *(callbacks or [])],
     )
-    summary.trainer = trainer
+    trainer.add_callback(
+        RunSummary(functools.partial(sft_start_summary, trainer, counts, drops, resume_note=launch.resume_note))
+    )
     if args.disable_dropout:
         disable_dropout(trainer.model)
-    record_run(model_args, data_args, args, as_parsed, "simpo-sft")
+    record_run(launch)
     if trainer.accelerator.is_main_process:
         report_drops(
             drops["train"] + drops.get("test", []), args.output_dir, noun="conversations", file_name=DROPPED_FILE
         )
 
     if no_training(trainer, checkpoint):
-        return finish(trainer)
+        return finish(trainer, launch)
 
     train_result = train(trainer, checkpoint)
     if (code := stopped_by_signal(trainer, stop)) is not None:
@@ -147,21 +145,10 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     if args.do_eval and "test" in tokenized:
         evaluate_and_save(trainer)
 
-    plot_curves(trainer)  # output_dir/training_curves.png, main process; a failure only warns
+    plot_curves(trainer, SFT_PANELS, "SFT")  # output_dir/training_curves.png, main process; a failure only warns
     if args.push_to_hub:
         trainer.push_to_hub(tags=["simpo", "sft"])
     logger.info("Training finished; outputs are in %s", args.output_dir)
     if trainer.accelerator.is_main_process:
-        print(
-            end_summary(
-                trainer,
-                metrics,
-                resumed_at=(resumed or {}).get("global_step"),
-                title="SFT run",
-                keys=SFT_END_KEYS,
-                files=SFT_OUTPUT_FILES,
-                unit="sequences",
-            ),
-            flush=True,
-        )
-    return finish(trainer)
+        print(sft_end_summary(trainer, metrics, resumed_at=launch.resumed_at), flush=True)
+    return finish(trainer, launch)

@@ -8,16 +8,11 @@ goes to the turn after it, BOS first once, EOS last once (labelled, as the end o
 made of one exchange therefore gets exactly SimPO's chosen ids and labels.
 """
 
-from simpo.data.chat_templates import (
-    TemplateError,
-    maybe_insert_system_message,
-    special_token_in_text,
-    special_tokens,
-    strip_bos,
-)
+from simpo.data.chat_templates import maybe_insert_system_message, special_token_in_text, special_tokens, strip_bos
 from simpo.data.mixer import ORIGIN, map_fingerprint
 from simpo.data.tokenization import answer_start
 from simpo.data.validation import DroppedRow, handle_drops
+from simpo.errors import TemplateError
 
 IGNORE = -100  # the label of tokens that carry no loss, as TRL's collator and transformers' loss expect
 

@@ -1,4 +1,4 @@
-"""SimPOConfig, the SimPO recipe's training arguments; with the shared model and data groups (simpo/core/arguments.py)
+"""SimPOConfig, the SimPO recipe's training arguments; with the shared model and data groups (simpo/config/arguments.py)
 the three argument groups a SimPO run is configured with (SIMPO_ARGUMENTS)."""
 
 import logging
@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 from transformers import TrainingArguments
 
-from simpo.core.arguments import DataArguments, ModelArguments, check_training_numbers
-from simpo.core.elastic import ElasticResumeArguments
-from simpo.train.liger import LIGER_MISSING, liger_installed
+from simpo.config.arguments import DataArguments, ElasticResumeArguments, ModelArguments, finish_training_arguments
+from simpo.train.layouts.settings import layout_problems
+from simpo.train.liger import liger_problems
 
 logger = logging.getLogger(__name__)
 
@@ -142,68 +142,10 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         return self.beta * self.gamma_beta_ratio
 
     def __post_init__(self):
-        check_training_numbers(self)
         if self.activation_checkpointing == "auto" and self.gradient_checkpointing is not None:
             self.activation_checkpointing = None  # the deprecated alias, set: transformers takes it over
-        super().__post_init__()
-        if self.padding_free is True and self.prefix_sharing is False:
-            raise ValueError("padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.")
-        if self.flex_attention is True and self.prefix_sharing is False:
-            raise ValueError("flex_attention masks prefix-shared rows: it needs prefix_sharing true or auto.")
-        if self.max_tokens_per_row is not None and not (self.padding_free is True and self.max_tokens_per_row > 0):
-            raise ValueError(
-                f"max_tokens_per_row={self.max_tokens_per_row} sizes the rows padding_free packs: it needs"
-                " padding_free: true and a positive number of tokens."
-            )
-        for name in ("beta", "gamma_beta_ratio", "label_smoothing", "sft_weight"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number (got {getattr(self, name)}).")
-        if self.use_cache:
-            raise ValueError(
-                "use_cache: true has no effect: training runs without the KV cache (the saved model's"
-                " config turns it on for generation). Remove the key."
-            )
-        if self.do_predict:
-            raise ValueError(
-                "do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
-                " do_train: false to evaluate without training."
-            )
-        if self.liger_kernels is True and not liger_installed():
-            raise ValueError(LIGER_MISSING)  # before the data and the model load
-        if self.use_liger_kernel:
-            raise ValueError(
-                "use_liger_kernel would also patch in Liger's loss, which simpo's fused log-probs replace;"
-                " use liger_kernels: true (the norm, RoPE and MLP kernels alone) instead."
-            )
-        if self.remove_unused_columns:
-            raise ValueError(
-                "remove_unused_columns must be false: simpo's collator reads the tokenised pair columns, which are not"
-                " arguments of the model's forward. Remove the key."
-            )
-        if not 1 <= self.max_prompt_length < self.max_length:
-            raise ValueError(
-                f"max_prompt_length ({self.max_prompt_length}) must be at least 1 and below max_length"
-                f" ({self.max_length}): a longer prompt would leave its responses no tokens. Set it between 1 and"
-                " max_length - 1."
-            )
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive (got {self.beta}); the paper uses 2 to 10.")
-        if self.beta > BETA_MAX:
-            raise ValueError(
-                f"beta={self.beta:g} is above {BETA_MAX:g}, where the loss stops measuring preference: the fp32"
-                " average log-probs are rounded by ~1e-6, and beta times that already spans the sigmoid's slope. The"
-                " paper uses 2 to 10."
-            )
-        if abs(self.gamma_beta_ratio) > GAMMA_BETA_RATIO_MAX:
-            raise ValueError(
-                f"gamma_beta_ratio={self.gamma_beta_ratio:g} asks the chosen reply's average token log-prob to beat"
-                f" the rejected one's by that many nats; above {GAMMA_BETA_RATIO_MAX:.1f} (-ln of fp32's smallest"
-                " normal number) no model can show that margin, and the loss only grows. The paper uses 0 to 1."
-            )
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing must be in [0, 0.5) (got {self.label_smoothing}).")
-        if self.sft_weight < 0:
-            raise ValueError(f"sft_weight must be >= 0 (got {self.sft_weight}).")
+        problems = loss_problems(self) + key_problems(self) + layout_problems(self) + liger_problems(self)
+        finish_training_arguments(self, problems, super().__post_init__)
         if self.loss_type == "hinge" and self.label_smoothing > 0:
             logger.warning("label_smoothing=%s has no effect with loss_type=hinge.", self.label_smoothing)
         if self.gamma_beta_ratio < 0:
@@ -217,6 +159,63 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
                 "beta=%s is a DPO-scale value; SimPO's rewards are length-normalised and the paper uses beta 2 to 10.",
                 self.beta,
             )
+
+
+def loss_problems(args: SimPOConfig) -> list[str]:
+    """The loss settings SimPO cannot train with, each naming its key (the bounds: docs/configuration.md)."""
+    problems = [
+        f"{name} must be a finite number (got {getattr(args, name)})."
+        for name in ("beta", "gamma_beta_ratio", "label_smoothing", "sft_weight")
+        if not math.isfinite(getattr(args, name))
+    ]
+    if problems:
+        return problems
+    if args.beta <= 0:
+        problems.append(f"beta must be positive (got {args.beta}); the paper uses 2 to 10.")
+    if args.beta > BETA_MAX:
+        problems.append(
+            f"beta={args.beta:g} is above {BETA_MAX:g}, where the loss stops measuring preference: the fp32"
+            " average log-probs are rounded by ~1e-6, and beta times that already spans the sigmoid's slope. The"
+            " paper uses 2 to 10."
+        )
+    if abs(args.gamma_beta_ratio) > GAMMA_BETA_RATIO_MAX:
+        problems.append(
+            f"gamma_beta_ratio={args.gamma_beta_ratio:g} asks the chosen reply's average token log-prob to beat"
+            f" the rejected one's by that many nats; above {GAMMA_BETA_RATIO_MAX:.1f} (-ln of fp32's smallest"
+            " normal number) no model can show that margin, and the loss only grows. The paper uses 0 to 1."
+        )
+    if not 0 <= args.label_smoothing < 0.5:
+        problems.append(f"label_smoothing must be in [0, 0.5) (got {args.label_smoothing}).")
+    if args.sft_weight < 0:
+        problems.append(f"sft_weight must be >= 0 (got {args.sft_weight}).")
+    return problems
+
+
+def key_problems(args: SimPOConfig) -> list[str]:
+    """TrainingArguments keys that would do nothing in a SimPO run, and the sequence lengths."""
+    problems = []
+    if args.use_cache:
+        problems.append(
+            "use_cache: true has no effect: training runs without the KV cache (the saved model's"
+            " config turns it on for generation). Remove the key."
+        )
+    if args.do_predict:
+        problems.append(
+            "do_predict has no effect: simpo has no prediction step. Evaluate with do_eval, or with"
+            " do_train: false to evaluate without training."
+        )
+    if args.remove_unused_columns:
+        problems.append(
+            "remove_unused_columns must be false: simpo's collator reads the tokenised pair columns, which are not"
+            " arguments of the model's forward. Remove the key."
+        )
+    if not 1 <= args.max_prompt_length < args.max_length:
+        problems.append(
+            f"max_prompt_length ({args.max_prompt_length}) must be at least 1 and below max_length"
+            f" ({args.max_length}): a longer prompt would leave its responses no tokens. Set it between 1 and"
+            " max_length - 1."
+        )
+    return problems
 
 
 SIMPO_ARGUMENTS = (ModelArguments, DataArguments, SimPOConfig)

@@ -10,7 +10,7 @@ import importlib.util
 
 from torch import nn
 
-from simpo.core.parser import ConfigError
+from simpo.errors import ConfigError
 
 # Families whose Liger patch simpo uses: the verified prefix-sharing families (RMSNorm, RoPE, SwiGLU; Gemma-2 GeGLU).
 LIGER_MODEL_TYPES = ("llama", "mistral", "gemma2", "qwen2")
@@ -33,6 +33,20 @@ LIGER_MISSING = (
 
 def liger_installed() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
+
+
+def liger_problems(args) -> list[str]:
+    """liger_kernels and transformers' use_liger_kernel as read from the config (SimPOConfig.__post_init__): refused
+    before the data and the model load when they cannot be honoured."""
+    problems = []
+    if args.liger_kernels is True and not liger_installed():
+        problems.append(LIGER_MISSING)
+    if args.use_liger_kernel:
+        problems.append(
+            "use_liger_kernel would also patch in Liger's loss, which simpo's fused log-probs replace;"
+            " use liger_kernels: true (the norm, RoPE and MLP kernels alone) instead."
+        )
+    return problems
 
 
 def apply_liger(model: nn.Module, args) -> str:

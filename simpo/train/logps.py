@@ -12,14 +12,15 @@ vocabulary [N], detached).
 import functools
 import inspect
 import logging
-import weakref
 from dataclasses import dataclass
 
 import torch
 
-from simpo.core.model import unwrap_model
+from simpo.errors import UnsupportedModel
 from simpo.kernels import tiled_logps
 from simpo.kernels.common import no_autocast, operand_dtype, tile_logits
+from simpo.kernels.ledger import KernelLedger
+from simpo.models.modules import unwrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +36,18 @@ def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return logits.log_softmax(-1).gather(-1, labels[:, None]).squeeze(-1)
 
 
-def fused_token_logps(model, inputs: dict, score_index, score_labels, token_tile=None, vocab_tile=None):
+def fused_token_logps(
+    model, inputs: dict, score_index, score_labels, token_tile=None, vocab_tile=None, ledger: KernelLedger | None = None
+):
     """Same contract as plain_token_logps, without the full logits.
 
     The forward runs through `model` with logits for the last position only; a probe keeps the decoder's final
     hidden states and what the head saw and returned there: the dtype it computed in (bf16 under autocast, whatever
     the weights' dtype) is the dtype the tiles compute in, and its logits check that the tiles reproduce the head
-    (once per head and compute dtype: the check reads a result on the host, which would stall every step).
+    (once per head and compute dtype: the check reads a result on the host, which would stall every step). `ledger`,
+    the run's KernelLedger, remembers the heads checked and the kernels' choices; without one, every call checks.
     """
+    ledger = ledger if ledger is not None else KernelLedger()
     lm = unwrap_model(model)
     head = head_module(lm)
     if fsdp1_flat(head.weight):
@@ -58,11 +63,13 @@ def fused_token_logps(model, inputs: dict, score_index, score_labels, token_tile
     def head_logps(scored: torch.Tensor):
         # Runs as the head's forward (call_as_forward): its weight is whole here, gathered by ZeRO-3's hooks.
         weight, bias = head.weight, getattr(head, "bias", None)
-        checked = CHECKED_HEADS.setdefault(head, set())
+        checked = ledger.heads_checked.setdefault(head, set())
         if compute_dtype not in checked:
             check_head(outputs.logits[:, -1], seen.head_input[:, -1], weight, bias, scale, softcap, compute_dtype)
             checked.add(compute_dtype)
-        return tiled_logps(scored, weight, bias, score_labels, scale, softcap, compute_dtype, token_tile, vocab_tile)
+        return tiled_logps(
+            scored, weight, bias, score_labels, scale, softcap, compute_dtype, token_tile, vocab_tile, ledger=ledger
+        )
 
     unshard_fsdp2_head(lm, head)
     return call_as_forward(head, seen.hidden.flatten(0, 1)[score_index], head_logps)
@@ -166,18 +173,14 @@ def head_module(lm) -> torch.nn.Module:
     if hasattr(head, "get_base_layer"):  # a PEFT tuner layer (LoRA, ...) on the head itself
         unmerged = set(head.active_adapters) - set(head.merged_adapters)
         if unmerged and not head.disable_adapters:
-            raise NotImplementedError(
+            raise UnsupportedModel(
                 f"fused_logps: the LM head carries the adapter(s) {sorted(unmerged)}, whose delta this path would "
                 "ignore. Leave the head out of the adapter's target modules, or set fused_logps=False."
             )
         head = head.get_base_layer()
     if not head.weight.dtype.is_floating_point:
-        raise NotImplementedError(f"fused_logps: a quantised LM head ({head.weight.dtype}) is not supported.")
+        raise UnsupportedModel(f"fused_logps: a quantised LM head ({head.weight.dtype}) is not supported.")
     return head
-
-
-# head module -> the compute dtypes its logits were checked in (weak: a model freed is forgotten)
-CHECKED_HEADS = weakref.WeakKeyDictionary()
 
 
 @functools.cache
@@ -223,7 +226,7 @@ def check_head(model_logits, hidden, weight, bias, scale, softcap, compute_dtype
     if excess.max() > 1:
         worst = excess.argmax()
         error, allowed = (ours - theirs).abs().flatten()[worst], tolerance.flatten()[worst]
-        raise NotImplementedError(
+        raise UnsupportedModel(
             f"fused_logps: the model's logits differ by {error:.3g} (allowed {allowed:.3g} in "
             f"{str(compute_dtype).replace('torch.', '')}) from {scale} * (hidden @ lm_head.weight.T + bias) with "
             f"softcap {softcap}: its head does something this path does not know. Set fused_logps=False."

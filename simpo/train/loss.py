@@ -7,6 +7,8 @@ Nothing here waits for the GPU (no .item(), bincount or boolean indexing): a ste
 import torch
 import torch.nn.functional as F
 
+from simpo.errors import ConfigError
+
 
 def average_logps(token_logps: torch.Tensor, token_seq: torch.Tensor, num_seqs: int) -> torch.Tensor:
     """Mean log-prob of each sequence's response tokens; token_seq[n] is the sequence of token n.
@@ -34,7 +36,7 @@ def simpo_loss(
         return -F.logsigmoid(margin) * (1 - label_smoothing) - F.logsigmoid(-margin) * label_smoothing
     if loss_type == "hinge":
         return torch.relu(1 - margin)
-    raise ValueError(f"Unknown loss_type {loss_type!r}: use 'sigmoid' or 'hinge'.")
+    raise ConfigError(f"Unknown loss_type {loss_type!r}: use 'sigmoid' or 'hinge'.")
 
 
 def sft_nll(token_logps: torch.Tensor, token_seq: torch.Tensor, num_pairs: int) -> torch.Tensor:

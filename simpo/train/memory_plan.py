@@ -15,10 +15,12 @@ what the model already holds there), leaving the rest to the allocator's fragmen
 Off CUDA, auto means off: there is no device memory to plan for and CPU runs are small.
 """
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from simpo.models.modules import is_quantised
+from simpo.run.launch import deepspeed_stage, uses_deepspeed, uses_fsdp
 
 FREE_SHARE = 0.8
 ADAM_BYTES = 8  # two fp32 moments
@@ -38,22 +40,14 @@ def _gib(n: float) -> str:
 def sharding(args) -> tuple[int, int, int]:
     """How many processes share (weights, gradients, optimizer state): ZeRO's stage or FSDP, else 1 each."""
     world = max(int(getattr(args, "world_size", 1) or 1), 1)
-    stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
-    deepspeed = getattr(args, "hf_deepspeed_config", None)
-    if stage is None and deepspeed is not None:
-        stage = deepspeed.config.get("zero_optimization", {}).get("stage")
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true") or bool(getattr(args, "fsdp", None))
-    if fsdp or str(stage) == "3":
+    stage = deepspeed_stage(args)
+    if uses_fsdp(args) or stage == 3:
         return world, world, world
-    if str(stage) == "2":
+    if stage == 2:
         return 1, world, world
-    if str(stage) == "1":
+    if stage == 1:
         return 1, 1, world
     return 1, 1, 1
-
-
-def uses_deepspeed(args) -> bool:
-    return bool(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or getattr(args, "deepspeed", None))
 
 
 def activation_bytes_per_token(config, args, dtype_bytes: int) -> int:
@@ -110,7 +104,7 @@ def choose_checkpointing(model, args, budget: tuple[int, int] | None = None) -> 
         budget = device_budget(model)
     if budget is None:
         return CheckpointingChoice(False, "auto: no CUDA device (auto checkpoints only to fit GPU memory)")
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+    if is_quantised(model):
         return CheckpointingChoice(True, "auto: a quantised model (QLoRA trains where memory is short)")
     parts = training_bytes(model, args)
     need = parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["activations"]

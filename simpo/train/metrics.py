@@ -2,12 +2,14 @@
 
 PairWeightedMeans sums each metric over pairs on the device and reduces over processes only when a log asks for it.
 FiniteLossGuard stops the run on a NaN or infinite loss: the verdict on a micro-batch is copied to the host
-asynchronously and read when the next micro-batch starts, before the optimizer update (simpo/core/finite.py) or at
+asynchronously and read when the next micro-batch starts, before the optimizer update (simpo/run/finite.py) or at
 the next log, by when it is long computed; so no micro-step stalls on it, and a non-finite loss stops training before
 an optimizer step can use it.
 """
 
 import torch
+
+from simpo.errors import NonFiniteError
 
 
 class PairWeightedMeans:
@@ -52,7 +54,7 @@ class FiniteLossGuard:
         self.pending = (finite, done, describe)
 
     def check(self) -> None:
-        """Raise FloatingPointError if the watched loss was not finite."""
+        """Raise NonFiniteError (a FloatingPointError) if the watched loss was not finite."""
         if self.pending is None:
             return
         finite, done, describe = self.pending
@@ -60,4 +62,4 @@ class FiniteLossGuard:
         if done is not None:
             done.synchronize()
         if not finite.item():
-            raise FloatingPointError(describe())
+            raise NonFiniteError(describe())

@@ -1,13 +1,17 @@
-"""The SimPO recipe behind scripts/run_simpo.py and `simpo-train`: start (parse, log, record, check, seed), data,
-tokenizer, model and trainer, train, save, card; each step one call into a small module."""
+"""The SimPO recipe behind scripts/run_simpo.py and `simpo-train`: start (parse, log, check, seed), data, tokenizer,
+model and trainer, record, train, save, card, evaluate, curves; each step one call into a small module."""
 
 import logging
 
-from simpo.core.elastic import ElasticResume
-from simpo.core.errors import report_input_errors
-from simpo.core.launch_checks import exit_process
-from simpo.core.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
-from simpo.core.recipe import (
+from simpo.data.chat_templates import render_pairs, set_chat_template
+from simpo.data.mixer import mix_datasets, require_eval_split
+from simpo.data.validation import report_drops
+from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
+from simpo.reporting.curves import plot_curves
+from simpo.run.commands import exit_process, report_input_errors
+from simpo.run.elastic import ElasticResume
+from simpo.run.signals import StopOnSignal
+from simpo.run.steps import (
     evaluate_and_save,
     finish,
     no_training,
@@ -18,13 +22,8 @@ from simpo.core.recipe import (
     stopped_by_signal,
     train,
 )
-from simpo.core.reporting import end_summary, plot_curves
-from simpo.core.resume import StopOnSignal, checkpoint_state
-from simpo.core.run_config import run_config_values
-from simpo.data.chat_templates import render_pairs, set_chat_template
-from simpo.data.mixer import mix_datasets, require_eval_split
-from simpo.data.validation import report_drops
 from simpo.train.config import SIMPO_ARGUMENTS
+from simpo.train.reporting import RUN_PANELS, simpo_end_summary
 from simpo.train.trainer import SimPOTrainer
 
 logger = logging.getLogger("simpo")
@@ -43,8 +42,13 @@ def main() -> None:
 def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes. Returns
     the process's exit code: 0, or 128 + the signal that stopped training (a checkpoint is saved; relaunch)."""
-    model_args, data_args, training_args, checkpoint = start_run(argv, SIMPO_ARGUMENTS, "simpo-train", DESCRIPTION)
-    as_parsed = run_config_values(model_args, data_args, training_args)  # recorded once the launch is accepted
+    launch = start_run(argv, SIMPO_ARGUMENTS, "simpo-train", DESCRIPTION)
+    model_args, data_args, training_args, checkpoint = (
+        launch.model_args,
+        launch.data_args,
+        launch.args,
+        launch.checkpoint,
+    )
 
     raw_datasets = mix_datasets(
         data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
@@ -69,14 +73,14 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         eval_dataset=raw_datasets.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, training_args),
-        callbacks=[stop, ElasticResume(), *(callbacks or [])],
+        callbacks=[stop, ElasticResume(launch.resume_plan), *(callbacks or [])],
     )
-    record_run(model_args, data_args, training_args, as_parsed, "simpo-train")
+    record_run(launch)
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
 
     if no_training(trainer, checkpoint):
-        return finish(trainer)
+        return finish(trainer, launch)
 
     train_result = train(trainer, checkpoint)
     if (code := stopped_by_signal(trainer, stop)) is not None:
@@ -95,12 +99,11 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     if training_args.do_eval and "test" in raw_datasets:
         evaluate_and_save(trainer)
 
-    plot_curves(trainer)  # output_dir/training_curves.png, main process; a failure only warns
+    plot_curves(trainer, RUN_PANELS, "SimPO")  # output_dir/training_curves.png, main process; a failure only warns
 
     if training_args.push_to_hub:
         trainer.push_to_hub(tags=["simpo"])
     logger.info("Training finished; outputs are in %s", training_args.output_dir)
     if trainer.accelerator.is_main_process:
-        resumed_at = (checkpoint_state(checkpoint) or {}).get("global_step")
-        print(end_summary(trainer, train_result.metrics, resumed_at=resumed_at), flush=True)
-    return finish(trainer)
+        print(simpo_end_summary(trainer, train_result.metrics, resumed_at=launch.resumed_at), flush=True)
+    return finish(trainer, launch)

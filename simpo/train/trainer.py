@@ -6,25 +6,31 @@ The data's way through a step: the layout (simpo/train/layouts/__init__.py, chos
 each scored token's log-prob; simpo/train/loss.py turns them into the loss and the logged metrics.
 """
 
+import functools
 import logging
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, Trainer
 
-from simpo.core.finite import FiniteUpdates
-from simpo.core.launch_checks import check_launch
-from simpo.core.model import disable_dropout, resolve_dtype
-from simpo.core.reporting import RunSummary, TokenThroughput, global_batch_size
-from simpo.core.resume import resume_advice
 from simpo.data.tokenization import tokenize_pairs
+from simpo.kernels.ledger import KernelLedger
+from simpo.models.loading import resolve_dtype
+from simpo.models.modules import disable_dropout, is_quantised
+from simpo.reporting.summary import RunSummary, global_batch_size
+from simpo.reporting.throughput import TokenThroughput
+from simpo.run.checkpoints import resume_advice
+from simpo.run.elastic import ElasticResume
+from simpo.run.finite import FiniteUpdates
 from simpo.train.config import SimPOConfig
 from simpo.train.layouts import choose_layout
+from simpo.train.layouts.batch import ScoringBatch
 from simpo.train.liger import apply_liger
 from simpo.train.logps import fused_token_logps, plain_token_logps
 from simpo.train.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 from simpo.train.memory_plan import CheckpointingChoice, choose_checkpointing
 from simpo.train.metrics import FiniteLossGuard, PairWeightedMeans
+from simpo.train.reporting import simpo_start_summary
 from simpo.train.samples import EvalSamples
 
 logger = logging.getLogger(__name__)
@@ -41,7 +47,7 @@ def wrap_peft(model: nn.Module, peft_config, args: SimPOConfig) -> nn.Module:
     """LoRA (QLoRA on a quantised model: checkpointed unless activation_checkpointing is false)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+    if is_quantised(model):
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=args.activation_checkpointing is not False,
@@ -54,8 +60,7 @@ def settle_checkpointing(model: nn.Module, args: SimPOConfig, peft: bool) -> Che
     """Resolves activation_checkpointing (auto: from the memory estimate) in args, before the Trainer reads it."""
     choice = choose_checkpointing(model, args)
     args.activation_checkpointing = args.gradient_checkpointing = choice.enabled
-    quantised = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-    if choice.enabled and peft and not quantised:
+    if choice.enabled and peft and not is_quantised(model):
         # Frozen embeddings give checkpointed blocks inputs without grad; make them require it.
         model.enable_input_require_grads()
     logger.info("Activation checkpointing %s (%s)", "on" if choice.enabled else "off", choice.reason)
@@ -76,7 +81,6 @@ class SimPOTrainer(Trainer):
         peft_config=None,
         **kwargs,
     ):
-        check_launch(args)  # a launch accelerate would silently degrade is refused before anything loads
         if isinstance(model, str):
             model = load_model(model, args)
         if peft_config is not None:
@@ -87,7 +91,10 @@ class SimPOTrainer(Trainer):
             disable_dropout(model)
         pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
         self.layout = choose_layout(model, args, pad_token_id)
-        self.token_logps = fused_token_logps if args.fused_logps else plain_token_logps
+        self.kernels = KernelLedger()  # what the log-prob kernels ran and chose in this run
+        self.token_logps = (
+            functools.partial(fused_token_logps, ledger=self.kernels) if args.fused_logps else plain_token_logps
+        )
         self.dropped_pairs = {}  # per dataset ("train", "eval"): DroppedRow records of the pairs left out
         with args.main_process_first(desc="tokenizing preference pairs"):
             train_dataset = self.tokenize(train_dataset, processing_class, args, "train")
@@ -105,7 +112,10 @@ class SimPOTrainer(Trainer):
         self.loss_guard = FiniteLossGuard()
         self._eval_prefix = None  # set while evaluate() runs: its logs are evaluation metrics
         self.throughput = TokenThroughput()
-        self.add_callback(RunSummary(self))
+        # the start summary, with what an elastic resume changed (the plan the launch gave its ElasticResume)
+        plan = next((cb.plan for cb in self.callback_handler.callbacks if isinstance(cb, ElasticResume)), None)
+        note = plan.note if plan is not None else None
+        self.add_callback(RunSummary(functools.partial(simpo_start_summary, self, resume_note=note)))
         # Before each optimizer update: the last micro-batch's loss, then the gradients; before each save: the weights.
         self.add_callback(FiniteUpdates(before_update=self.loss_guard.check))
         if args.generate_during_eval:
@@ -117,7 +127,7 @@ class SimPOTrainer(Trainer):
         dataset, self.dropped_pairs[name] = tokenize_pairs(dataset, tokenizer, args, f"{name}_dataset")
         return dataset
 
-    def batch_loss_and_metrics(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+    def batch_loss_and_metrics(self, model: nn.Module, batch: ScoringBatch) -> tuple[torch.Tensor, dict]:
         args = self.args
         num_seqs = batch["response_lengths"].numel()
         num_pairs = num_seqs // 2

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import REPO, log_sigmoid, reference_avg_logp
 
-from simpo.core.parser import ConfigError
 from simpo.data.tokenization import tokenize_row
+from simpo.errors import ConfigError
 
 
 def search(limit: int, start: int, step: int = 8, max_batch: int = 128, max_tries: int = 10, stop_at=None):
@@ -79,6 +79,7 @@ def first_pairs(settings: dict, count: int) -> tuple[list[dict], object]:
     return [tokenize_row(p, tokenizer, settings["max_length"], settings["max_prompt_length"]) for p in pairs], tokenizer
 
 
+@pytest.mark.slow
 def test_smoke_table_rows_and_what_they_ran(smoke):
     results, markdown = smoke
     s = results["settings"]
@@ -131,6 +132,7 @@ def test_smoke_table_rows_and_what_they_ran(smoke):
     assert {r["timed_tokens"] for r in rows.values() if r["status"] == "ok"} == {tokens}
 
 
+@pytest.mark.slow
 def test_smoke_first_step_losses_equal_simpo_loss_of_the_first_batch(smoke, tmp_path):
     results, markdown = smoke
     s = results["settings"]
@@ -179,6 +181,7 @@ def test_smoke_memory_budget_search(smoke):
     assert all("can't allocate memory" in t["error"] for t in oom)
 
 
+@pytest.mark.slow
 def test_data_segment_limit_makes_an_allocation_fail():
     """The mechanism of the simulated budget, in a child process: RLIMIT_DATA makes a large torch allocation fail
     with the CPU allocator's out-of-memory error, which the worker reports as "oom"."""

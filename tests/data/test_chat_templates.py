@@ -145,7 +145,8 @@ DEFAULT_SYSTEM = (
 def test_a_template_that_writes_into_a_lone_reply_is_refused(make_tokenizer, auto_insert):
     from datasets import Dataset
 
-    from simpo.data.chat_templates import TemplateError, render_pairs
+    from simpo.data.chat_templates import render_pairs
+    from simpo.errors import TemplateError
 
     tok = make_tokenizer(["<|im_start|>", "<|im_end|>"], eos="<|im_end|>", template=DEFAULT_SYSTEM)
     with pytest.raises(

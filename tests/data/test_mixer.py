@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from simpo.data.mixer import mix_datasets
-from simpo.data.validation import DataError
+from simpo.errors import DataError
 
 
 def pair(i, split="train"):

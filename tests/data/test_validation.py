@@ -6,9 +6,10 @@ import logging
 import pytest
 from datasets import Dataset
 
-from simpo.core.arguments import ModelArguments
+from simpo.config.arguments import ModelArguments
 from simpo.data.mixer import mix_datasets
-from simpo.data.validation import DataError, report_drops
+from simpo.data.validation import report_drops
+from simpo.errors import DataError
 from simpo.train.config import SimPOConfig
 from simpo.train.trainer import SimPOTrainer
 

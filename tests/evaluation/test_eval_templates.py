@@ -11,11 +11,11 @@ from tokenizers import processors
 from transformers import AutoTokenizer
 
 from simpo.data.chat_templates import set_chat_template
+from simpo.errors import ParityError
 from simpo.evaluation.families import family_of
 from simpo.evaluation.templates import (
     ALPACA_EVAL_CONVERSATIONS,
     PARITY_CONVERSATIONS,
-    ParityError,
     alpaca_eval_ids,
     alpaca_eval_template,
     check_parity,

@@ -13,12 +13,13 @@ from conftest import REPO, TINY_DATA, TINY_MODEL
 from refusals import refused
 from transformers import AutoModelForCausalLM, GenerationConfig
 
-from simpo.core.parser import parse_args
-from simpo.core.run_config import run_settings, training_tokenizer
+from simpo.config.parser import parse_args
+from simpo.config.run_record import run_settings
 from simpo.data.tokenization import generation_prompt_ids
 from simpo.evaluation import answer as answer_cli
 from simpo.evaluation import setup as eval_setup
 from simpo.evaluation.templates import ALPACA_EVAL_CONVERSATIONS, alpaca_eval_ids, vllm_chat_ids
+from simpo.models.loading import training_tokenizer
 from simpo.train.config import SIMPO_ARGUMENTS, SimPOConfig
 from simpo.train.recipe import train_main
 
@@ -286,8 +287,8 @@ def test_a_folder_that_is_not_a_finished_run_is_named(in_workdir, tmp_path, caps
 
 
 def test_run_config_masks_a_set_hub_token_and_keeps_unset_tokens_unset(tmp_path):
-    from simpo.core.arguments import DataArguments, ModelArguments
-    from simpo.core.run_config import save_run_config
+    from simpo.config.arguments import DataArguments, ModelArguments
+    from simpo.config.run_record import save_run_config
 
     args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, hub_token="hf_secret")
     text = open(save_run_config(ModelArguments(), DataArguments(), args)).read()
@@ -314,7 +315,7 @@ def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_pat
     weights there); simpo-answer samples from the adapter merged into its base model."""
     from peft import AutoPeftModelForCausalLM
 
-    from simpo.core.model import load_for_generation
+    from simpo.models.loading import load_for_generation
 
     run = tmp_path / "lora"
     train_main(
@@ -355,8 +356,8 @@ def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_pat
 
 
 def test_a_relaunch_with_other_settings_says_what_changed(tmp_path, caplog):
-    from simpo.core.arguments import DataArguments, ModelArguments
-    from simpo.core.run_config import save_run_config
+    from simpo.config.arguments import DataArguments, ModelArguments
+    from simpo.config.run_record import save_run_config
 
     save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))
     save_run_config(ModelArguments(), DataArguments(), SimPOConfig(output_dir=str(tmp_path), use_cpu=True))

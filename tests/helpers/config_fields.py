@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 
 # Every module of the package by its path under simpo/ (e.g. "train/loss.py"); readers: all but the two that declare
 # the shared and the SimPO fields.
-DECLARING = {"core/arguments.py", "train/config.py"}
+DECLARING = {"config/arguments.py", "train/config.py"}
 SOURCES = {
     str(path.relative_to(Path(REPO) / "simpo")): path.read_text()
     for path in sorted((Path(REPO) / "simpo").rglob("*.py"))

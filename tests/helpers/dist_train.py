@@ -23,7 +23,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
-from simpo.core.launch_checks import exit_process
+from simpo.run.commands import exit_process
 from simpo.sft.recipe import sft_main
 from simpo.train.recipe import train_main
 from simpo.train.trainer import SimPOTrainer

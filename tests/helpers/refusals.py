@@ -1,5 +1,5 @@
 """How a test sees a command's refusal as its user does: exit status 2 and `prog: error: <message>` ending stderr, with
-no traceback: argparse's form (after the usage) or simpo's (with the SIMPO_TRACEBACK hint, simpo/core/errors.py)."""
+no traceback: argparse's form (after the usage) or simpo's (with the SIMPO_TRACEBACK hint, simpo/run/commands.py)."""
 
 import re
 

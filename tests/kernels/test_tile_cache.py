@@ -12,13 +12,14 @@ pytest.importorskip("triton")
 
 @pytest.fixture
 def kernels(monkeypatch, tmp_path):
-    """triton_tiles with a fresh in-process memory, a cache file under tmp_path and a stand-in clock that favours
-    the 4096-wide vocabulary tile; `timed` lists the candidates timed."""
-    from simpo.kernels import tile_cache, triton_tiles
+    """triton_tiles with a fresh run's KernelLedger (`ledger`: its in-process memory and warm-up counts), a cache file
+    under tmp_path and a stand-in clock that favours the 4096-wide vocabulary tile; `timed` lists the candidates
+    timed."""
+    from simpo.kernels import triton_tiles
+    from simpo.kernels.ledger import KernelLedger
 
     monkeypatch.setenv("SIMPO_TILE_CACHE", str(tmp_path / "cache" / "tiles.json"))
-    monkeypatch.setattr(triton_tiles, "_CHOSEN_TILES", {})
-    monkeypatch.setattr(tile_cache, "WARMUP", {"seconds": 0.0, "measured": 0, "reused": 0})
+    triton_tiles.ledger = KernelLedger()
     timed = []
 
     def clock(fn, warmup, rep):
@@ -34,26 +35,24 @@ def kernels(monkeypatch, tmp_path):
 def choose(kernels, vocab=5000, dtype=torch.float32):
     torch.manual_seed(0)
     hidden, weight, labels = torch.randn(6, 8), torch.randn(vocab, 8) * 0.3, torch.randint(0, vocab, (6,))
-    return kernels.choose_tiles(hidden, weight, None, labels, 1.0, None, dtype, (None, None), True)
+    return kernels.choose_tiles(hidden, weight, None, labels, 1.0, None, dtype, (None, None), True, kernels.ledger)
 
 
 def new_process(kernels, monkeypatch):
-    monkeypatch.setattr(kernels, "_CHOSEN_TILES", {})
+    kernels.ledger.tiles.clear()  # the in-process memory of the choice is gone; the counts go on
     kernels.timed.clear()
 
 
 def test_the_choice_is_written_then_reused_without_timing(kernels, monkeypatch, tmp_path):
-    from simpo.kernels import tile_cache
-
     assert choose(kernels) == (8, 4096) and len(kernels.timed) == 3
     stored = json.loads((tmp_path / "cache" / "tiles.json").read_text())
     key = f"cpu|float32|H8|V5000|bias=0|softcap=0|N8|triton {kernels.triton.__version__}"
     assert stored == {key: [8, 4096]}
-    assert tile_cache.WARMUP["measured"] == 1 and tile_cache.WARMUP["seconds"] > 0
+    assert kernels.ledger.measured == 1 and kernels.ledger.warmup_seconds > 0
 
     new_process(kernels, monkeypatch)  # a relaunch, or another rank: nothing timed
     assert choose(kernels) == (8, 4096) and kernels.timed == []
-    assert tile_cache.WARMUP["reused"] == 1 and tile_cache.WARMUP["measured"] == 1
+    assert kernels.ledger.reused == 1 and kernels.ledger.measured == 1
 
 
 @pytest.mark.parametrize("change", ["dtype", "shape", "gpu"])
@@ -86,11 +85,11 @@ def test_off_keeps_the_choice_in_memory_only(kernels, monkeypatch, tmp_path):
 
 
 def test_the_end_summary_reports_the_warm_up(kernels, monkeypatch):
-    from simpo.core.reporting import warmup_lines
+    from simpo.train.reporting import warmup_lines
 
-    assert warmup_lines() == []  # nothing chosen yet: no line (CPU runs, the torch tiles)
+    assert warmup_lines(kernels.ledger) == []  # nothing chosen yet: no line (CPU runs, the torch tiles)
     choose(kernels)
     new_process(kernels, monkeypatch)
     choose(kernels)
-    [line] = warmup_lines()
+    [line] = warmup_lines(kernels.ledger)
     assert "for 1 shape(s), 1 reused from " in line and line.endswith("tiles.json") and " s measuring" in line

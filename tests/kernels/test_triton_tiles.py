@@ -24,6 +24,7 @@ from logps_cases import (
 )
 
 from simpo.kernels import tiled_logps
+from simpo.kernels.ledger import KernelLedger
 from simpo.train.config import SimPOConfig
 from simpo.train.logps import fused_token_logps
 from simpo.train.trainer import SimPOTrainer
@@ -138,6 +139,7 @@ def test_cpu_tensors_without_the_interpreter_are_refused_with_the_way_out(kernel
         tiled_logps(*args, kernel="triton")
 
 
+@pytest.mark.slow
 def test_tiles_are_chosen_by_timing_each_candidate_once_per_shape(kernels, monkeypatch):
     """What a GPU does on the first call for a shape, with a stand-in clock that favours the 4096-wide vocabulary
     tile: every candidate really runs (forward and backward), the fastest is kept and reused."""
@@ -157,14 +159,15 @@ def test_tiles_are_chosen_by_timing_each_candidate_once_per_shape(kernels, monke
     recording_forward_stats.calls = []
     monkeypatch.setattr(kernels, "forward_stats", recording_forward_stats)
     monkeypatch.setattr(kernels, "do_bench", clock)
-    monkeypatch.setattr(kernels, "_CHOSEN_TILES", {})
+    ledger = KernelLedger()  # the run's memory of the choice
     torch.manual_seed(0)
     hidden, weight, labels = torch.randn(6, 8), torch.randn(5000, 8) * 0.3, torch.randint(0, 5000, (6,))
     for _ in range(2):
-        tiles = kernels.choose_tiles(hidden, weight, None, labels, 1.0, None, torch.float32, (None, None), True)
+        tiles = kernels.choose_tiles(hidden, weight, None, labels, 1.0, None, torch.float32, (None, None), True, ledger)
         assert tiles == (8, 4096)
     assert timed == [(8, 2048), (8, 4096), (8, 5000)]  # N = 6 rounds up to 8; V = 5000 caps wider tiles; once
-    assert kernels.choose_tiles(hidden, weight, None, labels, 1.0, None, torch.float32, (3, None), True) == (3, 4096)
+    given = kernels.choose_tiles(hidden, weight, None, labels, 1.0, None, torch.float32, (3, None), True, ledger)
+    assert given == (3, 4096)
     # and the chosen tile computes what the torch tiles do
     hidden.requires_grad_()
     weight.requires_grad_()
@@ -195,6 +198,7 @@ def test_under_accelerates_bf16_autocast(weights, monkeypatch):
     assert_fused_equals_plain(model, batch, **BF16)
 
 
+@pytest.mark.slow
 def test_a_training_micro_step_on_it_does_not_wait_for_the_device(tmp_path, monkeypatch):
     """As tests/train/test_metrics.py checks for the torch tiles: no value read, no value-sized op, in simpo's code."""
     monkeypatch.setenv("SIMPO_LOGPS_KERNEL", "triton")
@@ -237,6 +241,7 @@ print(compiled)
 """
 
 
+@pytest.mark.slow
 def test_the_kernels_compile_for_a_gpu():
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     run = subprocess.run(

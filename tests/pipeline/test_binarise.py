@@ -77,6 +77,7 @@ def test_writes_a_data_set_the_mixer_reads_unchanged_with_a_summary(tmp_path):
     assert sorted(map(pair, written), key=key) == sorted(map(pair, mixed["train"].to_list()), key=key)
 
 
+@pytest.mark.slow
 def test_the_console_command_exits_0_after_a_run(tmp_path):
     """A console script's return value is its exit status: simpo-binarise && simpo-train must chain."""
     out = tmp_path / "run"

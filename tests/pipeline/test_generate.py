@@ -10,7 +10,7 @@ import yaml
 from conftest import REPO, TINY_MODEL
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from simpo.core.parser import ConfigError
+from simpo.errors import ConfigError
 from simpo.pipeline.backends import TransformersBackend
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.generate import plan_units

@@ -95,6 +95,7 @@ def uninterrupted(prompts, tmp_path_factory):
     return out, generate_log, summary
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_then_simpo_trains_on_the_result(uninterrupted, prompts, tmp_path):
     out, generate_log, summary = uninterrupted
     assert re.search(r"generating \(process 0 of 1\):\s+\d+%.*<\d\d:\d\d", generate_log)  # a bar with an ETA
@@ -154,6 +155,7 @@ def test_pipeline_end_to_end_then_simpo_trains_on_the_result(uninterrupted, prom
     assert not torch.equal(trained, AutoModelForCausalLM.from_pretrained(TINY_MODEL).model.norm.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("step", "folder", "units"),
     [
@@ -186,6 +188,7 @@ def test_a_relaunch_with_other_sampling_settings_is_refused(uninterrupted, promp
     )
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrupted, prompts, tmp_path):
     out = tmp_path / "ddp"
     cmd = [
@@ -217,11 +220,12 @@ def test_two_processes_split_the_prompts_without_duplicates_or_losses(uninterrup
         assert (out / name).read_bytes() == (uninterrupted[0] / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_generations_file_cut_mid_line_is_named_and_simpo_generate_rewrites_it(
     uninterrupted, prompts, tmp_path, capsys
 ):
-    from simpo.core.run_lock import unlock_folder
     from simpo.pipeline.annotate import main as annotate_main
+    from simpo.run.folder_lock import unlock_folder
 
     out = tmp_path / "cut"
     shutil.copytree(uninterrupted[0] / "generations", out / "generations")

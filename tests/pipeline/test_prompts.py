@@ -5,7 +5,7 @@ import json
 import pytest
 from datasets import Dataset, DatasetDict
 
-from simpo.data.validation import DataError
+from simpo.errors import DataError
 from simpo.pipeline.prompts import load_prompts, prompt_turns
 
 

@@ -11,18 +11,11 @@ import pytest
 from conftest import REPO, TINY_MODEL
 from refusals import refused
 
-from simpo.core.parser import ConfigError
+from simpo.errors import ConfigError, RewardFunctionError
 from simpo.pipeline import annotate, binarise, generate
 from simpo.pipeline import rewards as reward_functions
 from simpo.pipeline.config import parse_pipeline_args
-from simpo.pipeline.rewards import (
-    RewardFunctionError,
-    code_tests,
-    exact_match,
-    function_scores,
-    load_reward_function,
-    math_answer,
-)
+from simpo.pipeline.rewards import code_tests, exact_match, function_scores, load_reward_function, math_answer
 
 HERE = "test_reward_function"  # this module, importable as the tests folder is on sys.path
 CALLS = []

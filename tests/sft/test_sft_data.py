@@ -11,7 +11,8 @@ from templates import GEMMA, LLAMA3
 from simpo.data.chat_templates import MISTRAL_CHAT_TEMPLATE, apply_chat_template, set_chat_template
 from simpo.data.mixer import mix_datasets
 from simpo.data.tokenization import tokenize_row
-from simpo.data.validation import DataError, DroppedRow
+from simpo.data.validation import DroppedRow
+from simpo.errors import DataError
 from simpo.sft.data import CONVERSATIONS
 from simpo.sft.tokenization import TemplateError, render_conversation, tokenize_conversation, tokenize_conversations
 

@@ -13,14 +13,15 @@ from datasets import load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from trl import SFTTrainer
 
-from simpo.core.arguments import DataArguments, ModelArguments
-from simpo.core.model import get_peft_config
-from simpo.core.parser import ConfigError, parse_args
-from simpo.core.plot import SFT_PANELS, plot_run
-from simpo.core.run_config import run_settings
-from simpo.data.validation import DataError
+from simpo.config.arguments import DataArguments, ModelArguments
+from simpo.config.parser import parse_args
+from simpo.config.run_record import run_settings
+from simpo.errors import ConfigError, DataError
+from simpo.evaluation.curves import plot_run
+from simpo.models.loading import get_peft_config
 from simpo.sft.config import REFUSED, SFTRunConfig
 from simpo.sft.recipe import DESCRIPTION, SFT_ARGUMENTS, sft_main
+from simpo.sft.reporting import SFT_PANELS
 from simpo.sft.tokenization import tokenize_conversations
 from simpo.train.recipe import train_main
 
@@ -190,6 +191,7 @@ def test_degenerate_rows_are_dropped_and_listed_or_stop_the_run(tmp_path):
     assert json.loads((tmp_path / "drop" / "train_results.json").read_text())["train_samples"] == 39
 
 
+@pytest.mark.slow
 def test_tiny_sft_learns_then_tiny_simpo_starts_from_it(tmp_path, capsys):
     """The two-stage recipe on CPU: SFT on the shipped transcripts, then SimPO with the SFT folder as its model."""
     sft_out, simpo_out = tmp_path / "sft", tmp_path / "simpo"

@@ -1,5 +1,5 @@
 """Interruption of an SFT run: SIGTERM checkpoints and exits, and the relaunched command resumes from the last
-complete checkpoint and ends exactly where an uninterrupted run ends (simpo/core/resume.py, as for SimPO)."""
+complete checkpoint and ends exactly where an uninterrupted run ends (simpo/run/resume.py, as for SimPO)."""
 
 import json
 import os
@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
 
-from simpo.core.resume import last_complete_checkpoint
+from simpo.run.checkpoints import last_complete_checkpoint
 
 RUN = [
     sys.executable,
@@ -41,6 +42,7 @@ def final_step(output_dir):
     }
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_the_relaunch_resumes_and_matches_an_uninterrupted_run(tmp_path):
     reference, stopped = tmp_path / "reference", tmp_path / "stopped"
     with open(tmp_path / "reference.log", "w") as log:

@@ -7,7 +7,7 @@ import pytest
 from config_fields import SOURCES, unread_fields
 from transformers import TrainerCallback
 
-from simpo.core.arguments import DataArguments, ModelArguments
+from simpo.config.arguments import DataArguments, ModelArguments
 from simpo.train.config import SimPOConfig
 from simpo.train.recipe import train_main
 

@@ -9,9 +9,11 @@ import torch
 from conftest import TINY_MODEL, reference_avg_logp, tiny_rows
 from transformers import AutoModelForCausalLM
 
-from simpo.core.reporting import TokenThroughput, global_batch_size, start_summary
+from simpo.reporting.summary import global_batch_size
+from simpo.reporting.throughput import TokenThroughput
 from simpo.train.config import SimPOConfig
 from simpo.train.loss import preference_metrics
+from simpo.train.reporting import simpo_start_summary
 from simpo.train.trainer import SimPOTrainer
 
 BETA, RATIO, PAIRS = 2.5, 0.025, 8
@@ -118,7 +120,7 @@ def test_prefix_sharing_reports_the_same_pairs_and_its_own_padding(tmp_path, row
 
 def test_start_summary_names_what_a_user_checks_first(plain):
     trainer, _, _ = plain
-    text = start_summary(trainer, trainer.state)
+    text = simpo_start_summary(trainer, trainer.state)
     for expected in (
         "assets/tiny-llama",
         "trainable",
@@ -140,7 +142,7 @@ def test_global_batch_counts_accumulation_and_processes():
 
 def test_throughput_leaves_evaluation_time_out(monkeypatch):
     clock = iter([0.0, 10.0])
-    monkeypatch.setattr("simpo.core.reporting.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("simpo.reporting.throughput.time.perf_counter", lambda: next(clock))
     accelerator = SimpleNamespace(reduce=lambda tensor, reduction: tensor)
     meter = TokenThroughput()
     meter.add(torch.ones(2, 50, dtype=torch.long).sum())

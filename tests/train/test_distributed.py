@@ -23,7 +23,9 @@ from conftest import REPO, TINY_MODEL
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from simpo.core.launch_checks import check_distributed_setup
+from simpo.run.launch import check_distributed_setup
+
+pytestmark = pytest.mark.slow  # every test here launches processes (gloo, DeepSpeed): CI runs them
 
 TINY_CONFIG = "training_configs/tiny-simpo-cpu.yaml"
 TINY_SFT_CONFIG = "training_configs/tiny-sft-cpu.yaml"
@@ -381,7 +383,7 @@ def test_a_finished_process_exits_with_the_recipes_code_and_its_output_flushed(w
     """exit_process: a distributed process leaves without the interpreter teardown (where finished gloo work freed
     by a worker thread aborts it), its printed output and logs flushed; a single one exits as usual."""
     code = (
-        "import logging, sys; from simpo.core.launch_checks import exit_process; print('all written');"
+        "import logging, sys; from simpo.run.commands import exit_process; print('all written');"
         " logging.basicConfig(stream=sys.stderr); logging.getLogger('x').warning('logged'); exit_process(7)"
     )
     run = subprocess.run(

@@ -81,7 +81,7 @@ class SplitKHead(TrainerCallback):
 def recipe_losses(tmp_path, monkeypatch, *overrides) -> tuple[list[float], int]:
     """The tiny recipe's first 6 logged losses, and how many times the tiles ran."""
     calls = []
-    monkeypatch.setattr(simpo.train.logps, "tiled_logps", lambda *a: calls.append(1) or tiled(*a))
+    monkeypatch.setattr(simpo.train.logps, "tiled_logps", lambda *a, **k: calls.append(1) or tiled(*a, **k))
     out = tmp_path / "_".join(o.strip("-").replace("=", "") for o in overrides)
     train_main(
         [
@@ -105,6 +105,7 @@ def recipe_losses(tmp_path, monkeypatch, *overrides) -> tuple[list[float], int]:
 tiled = simpo.train.logps.tiled_logps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", ["float32", "bfloat16"])
 def test_recipe_with_bf16_true_trains_on_the_fused_path(tmp_path, monkeypatch, weights):
     """The paper configs' precision on CPU: bf16: true (accelerate's autocast and fp32 outputs), fp32 or bf16
@@ -121,6 +122,7 @@ def launch(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_fused_path_under_fsdp2_in_two_processes(tmp_path):
     """FSDP2 shards the head's weight outside the root's forward; the fused path unshards it instead of falling back
     to full logits, and its gradient is reduce-scattered like any FSDP gradient (tests/helpers/fsdp2_probe.py)."""

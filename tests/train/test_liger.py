@@ -114,7 +114,7 @@ def test_true_without_liger_kernel_is_refused_before_anything_loads(tmp_path, ca
     from simpo.train.recipe import main
 
     out = tmp_path / "run"
-    monkeypatch.setattr("simpo.train.config.liger_installed", lambda: False)
+    monkeypatch.setattr("simpo.train.liger.liger_installed", lambda: False)
     monkeypatch.setattr(
         sys,
         "argv",

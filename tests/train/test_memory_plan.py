@@ -6,10 +6,10 @@ import pytest
 from conftest import TINY_MODEL, tiny_rows
 from transformers import AutoModelForCausalLM
 
-from simpo.core.reporting import start_summary
 from simpo.train import memory_plan
 from simpo.train.config import SimPOConfig
 from simpo.train.memory_plan import choose_checkpointing, sharding, training_bytes
+from simpo.train.reporting import simpo_start_summary
 from simpo.train.trainer import SimPOTrainer
 
 GIB = 2**30
@@ -94,9 +94,9 @@ def test_the_trainer_applies_the_choice_and_the_start_summary_says_why(tmp_path,
     args = config(tmp_path, max_steps=1)
     trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
     assert trainer.args.activation_checkpointing is enabled and trainer.args.gradient_checkpointing is enabled
-    line = next(x for x in start_summary(trainer).splitlines() if x.strip().startswith("checkpointing"))
+    line = next(x for x in simpo_start_summary(trainer).splitlines() if x.strip().startswith("checkpointing"))
     assert line.split()[1] == ("on" if enabled else "off") and "GiB free" in line
-    assert "  liger kernels   off (auto: no CUDA device" in start_summary(trainer)  # simpo/train/liger.py
+    assert "  liger kernels   off (auto: no CUDA device" in simpo_start_summary(trainer)  # simpo/train/liger.py
     trainer.train()  # the Trainer read the resolved value
     assert trainer.model.is_activation_checkpointing is enabled
 

@@ -324,6 +324,7 @@ def test_the_flex_mask_is_the_dense_mask(features, padding_free, window):
     assert torch.equal(create_mask(rule, rows, 1, length, length, device="cpu"), dense)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["llama-sdpa", "gemma2"])
 def test_flex_attention_forward_matches_the_dense_masks(features, name):
     """The forward through transformers' flex_attention kernel (compiled on CPU), with the BlockMask or, for Gemma-2's

@@ -140,8 +140,8 @@ def test_tiny_run_end_to_end(tmp_path):
 def test_lora_with_activation_checkpointing_trains_only_adapters_with_dropout_off(tmp_path, tiny):
     from peft import LoraConfig
 
-    from simpo.core.arguments import ModelArguments
-    from simpo.core.model import get_peft_config
+    from simpo.config.arguments import ModelArguments
+    from simpo.models.loading import get_peft_config
 
     tokenizer, rows = tiny
     args = SimPOConfig(
@@ -179,6 +179,7 @@ def test_lora_with_activation_checkpointing_trains_only_adapters_with_dropout_of
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_identically_with_each_fast_path_on_or_off(tmp_path):
     """fused_logps and prefix_sharing change how a step is computed, never what: the same logged losses."""
 
@@ -210,6 +211,7 @@ def test_tiny_run_learns_identically_with_each_fast_path_on_or_off(tmp_path):
         assert losses(*overrides) == pytest.approx(reference, abs=1e-5), overrides
 
 
+@pytest.mark.slow
 def test_torch_compile_trains_the_same_with_the_fused_path_and_prefix_sharing(tmp_path):
     """torch_compile wraps the model the fused path hooks into and the prefix-shared masks feed (aot_eager: dynamo's
     graph capture without inductor's C++ build, which takes minutes on 2 cores; the GPU benchmark times inductor)."""

@@ -1,14 +1,15 @@
 """The batch layout of a run, chosen once from the config and the model: plain (simpo/train/layouts/plain.py) or prefix
 sharing, optionally padding-free (simpo/train/layouts/shared_prefix.py). A layout is the trainer's data collator; for
 the batches it collated it also builds the model's forward arguments (model_inputs) and counts their tokens as the plain
-layout would run them (real_tokens)."""
+layout would run them (real_tokens). The batch a layout collates is a ScoringBatch (simpo/train/layouts/batch.py); the
+settings' own checks are simpo/train/layouts/settings.py."""
 
 import logging
 
 import torch
 
-from simpo.core.model import unwrap_model
-from simpo.train.config import SimPOConfig
+from simpo.errors import ConfigError
+from simpo.models.modules import unwrap_model
 from simpo.train.layouts.plain import PlainLayout
 from simpo.train.layouts.shared_prefix import SharedPrefixLayout, prefix_sharing_problem
 
@@ -21,14 +22,14 @@ logger = logging.getLogger(__name__)
 PADDING_FREE_ON_CUDA = False
 
 
-def padding_free(args: SimPOConfig) -> bool:
+def padding_free(args) -> bool:
     """padding_free as set, or for auto: PADDING_FREE_ON_CUDA on a GPU with prefix sharing possible, else off."""
     if args.padding_free == "auto":
         return PADDING_FREE_ON_CUDA and args.device.type == "cuda" and args.prefix_sharing is not False
     return bool(args.padding_free)
 
 
-def choose_layout(model: torch.nn.Module, args: SimPOConfig, pad_token_id: int) -> PlainLayout | SharedPrefixLayout:
+def choose_layout(model: torch.nn.Module, args, pad_token_id: int) -> PlainLayout | SharedPrefixLayout:
     """prefix_sharing true must be exact for this model or raise; auto turns it on exactly when it is. With
     FlexAttention (flex_attention true, or auto on a GPU) the model's attention is switched to it, whatever kernel it
     was loaded with (flash_attention_2 in the paper configs cannot take the mask)."""
@@ -41,7 +42,7 @@ def choose_layout(model: torch.nn.Module, args: SimPOConfig, pad_token_id: int) 
         if args.prefix_sharing == "auto" and args.padding_free is not True:
             logger.info("prefix_sharing=auto: using the plain layout. %s", problem)
             return PlainLayout(pad_token_id, args.label_pad_token_id)
-        raise ValueError(problem)
+        raise ConfigError(problem)
     if kernel != lm.config._attn_implementation:
         logger.info(
             "Prefix sharing with FlexAttention block masks: attention switched from %s to flex_attention.",
@@ -60,11 +61,11 @@ def choose_layout(model: torch.nn.Module, args: SimPOConfig, pad_token_id: int) 
     )
 
 
-def uses_flex(args: SimPOConfig) -> bool:
+def uses_flex(args) -> bool:
     """flex_attention true, or auto on a GPU; refused on a CPU, where FlexAttention runs forward only."""
     on_gpu = args.device.type == "cuda"
     if args.flex_attention is True and not on_gpu:
-        raise ValueError(
+        raise ConfigError(
             "flex_attention: true needs a GPU: FlexAttention has no backward on CPU. Use"
             " flex_attention: auto (dense masks with eager/sdpa on CPU)."
         )

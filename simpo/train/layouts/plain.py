@@ -1,19 +1,17 @@
 """The plain batch layout: chosen rows then rejected rows, right-padded, one forward.
 
 Every layout (simpo/train/layouts/__init__.py chooses one per run) is the trainer's data collator and hands the trainer
-the same description of what to score:
-    input_ids, attention_mask  [R, L]  the rows the model runs on (attention_mask: 1 on real tokens)
-    score_index                [N]     flat index (row * L + position) of the position that predicts a token
-    score_labels               [N]     the response token predicted there
-    score_seq                  [N]     which sequence it belongs to: i < B chosen of pair i, B + i rejected of pair i
-    response_lengths           [2B]    response tokens per sequence (so B = len // 2)
-and, for a batch it collated, the model's forward arguments (model_inputs) and the real tokens the plain layout
-would run for it (real_tokens), so that throughput compares across layouts.
+the same description of what to score, a ScoringBatch (simpo/train/layouts/batch.py: input_ids, attention_mask,
+score_index, score_labels, score_seq, response_lengths, with their shapes), and, for a batch it collated, the model's
+forward arguments (model_inputs) and the real tokens the plain layout would run for it (real_tokens), so that
+throughput compares across layouts.
 """
 
 from dataclasses import dataclass
 
 import torch
+
+from simpo.train.layouts.batch import ScoringBatch
 
 
 def score_targets(labels: torch.Tensor, label_pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,24 +32,24 @@ class PlainLayout:
     label_pad_token_id: int = -100
     name = "plain"
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> ScoringBatch:
         ids = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
         labels = [f["chosen_labels"] for f in features] + [f["rejected_labels"] for f in features]
         input_ids = pad_right(ids, self.pad_token_id)
         label_tensor = pad_right(labels, self.label_pad_token_id)
         attention_mask = pad_right([[1] * len(s) for s in ids], 0)
         score_index, score_labels, score_seq = score_targets(label_tensor, self.label_pad_token_id)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "score_index": score_index,
-            "score_labels": score_labels,
-            "score_seq": score_seq,
-            "response_lengths": torch.bincount(score_seq, minlength=len(ids)),
-        }
+        return ScoringBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            score_index=score_index,
+            score_labels=score_labels,
+            score_seq=score_seq,
+            response_lengths=torch.bincount(score_seq, minlength=len(ids)),
+        )
 
-    def model_inputs(self, batch: dict) -> dict:
+    def model_inputs(self, batch: ScoringBatch) -> dict:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
 
-    def real_tokens(self, batch: dict) -> torch.Tensor:
+    def real_tokens(self, batch: ScoringBatch) -> torch.Tensor:
         return batch["attention_mask"].sum()

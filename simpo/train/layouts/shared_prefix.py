@@ -4,17 +4,21 @@ Rejected positions restart at the prompt's end, and a custom mask lets rejected 
 every response token sees exactly what it sees in the plain layout (simpo/train/layouts/plain.py): same logits up to
 rounding. With padding_free, several such pairs share a row (block-diagonal mask, positions restart per pair).
 
-Transformers 5.24 passes a 4D mask (or a FlexAttention BlockMask) through untouched (no causal part, no sliding
-window, no padding added), so the mask below is the whole mask (measured in the shared note
-prefix-sharing-on-transformers5.md). One rule, attention_rule, says who attends to whom: evaluated densely for eager
-and sdpa ([R, 1, L, L]), or as FlexAttention's mask_mod, whose block mask lets the kernel skip the masked blocks
-(rejected x chosen, pair x other pair) instead of computing and discarding them.
+Transformers 5 passes a 4D mask (or a FlexAttention BlockMask) through untouched: its masking_utils returns a 4D
+attention_mask before adding a causal part, a sliding window or padding, and models with config.layer_types take a
+dict of one mask per layer type. So the mask below is the whole mask, and the window is built into it (for each
+EXACT_MODEL_TYPES family, tests/train/test_shared_prefix.py compares every response token's log-prob with the plain
+layout's, and shows that a mask without the window would be caught). One rule, attention_rule, says who attends to
+whom: evaluated densely for eager and sdpa ([R, 1, L, L]), or as FlexAttention's mask_mod, whose block mask lets the
+kernel skip the masked blocks (rejected x chosen, pair x other pair) instead of computing and discarding them.
 """
 
 from dataclasses import dataclass
 
 import torch
 
+from simpo.errors import ConfigError
+from simpo.train.layouts.batch import SharedPrefixRows
 from simpo.train.layouts.plain import pad_right
 
 PROMPT, CHOSEN, REJECTED = 0, 1, 2
@@ -84,7 +88,7 @@ class SharedPrefixLayout:
     def flex(self) -> bool:
         return self.config._attn_implementation == "flex_attention"
 
-    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict]) -> SharedPrefixRows:
         num_pairs = len(features)
         prefixes = [shared_prefix_length(f, self.label_pad_token_id) for f in features]
         lengths = [len(f["chosen_input_ids"]) + len(f["rejected_input_ids"]) - p for f, p in zip(features, prefixes)]
@@ -123,17 +127,17 @@ class SharedPrefixLayout:
             real.append([1] * len(row_ids))
 
         score_seq = torch.tensor(score_seq, dtype=torch.long)
-        return {
-            "input_ids": pad_right(ids, self.pad_token_id, width),
-            "attention_mask": pad_right(real, 0, width),
-            "position_ids": pad_right(pos, 0, width),
-            "segment_ids": torch.tensor(seg, dtype=torch.long),
-            "branch_ids": pad_right(branch, PROMPT, width),
-            "score_index": torch.tensor(score_index, dtype=torch.long),
-            "score_labels": torch.tensor(score_labels, dtype=torch.long),
-            "score_seq": score_seq,
-            "response_lengths": torch.bincount(score_seq, minlength=2 * num_pairs),
-        }
+        return SharedPrefixRows(
+            input_ids=pad_right(ids, self.pad_token_id, width),
+            attention_mask=pad_right(real, 0, width),
+            position_ids=pad_right(pos, 0, width),
+            segment_ids=torch.tensor(seg, dtype=torch.long),
+            branch_ids=pad_right(branch, PROMPT, width),
+            score_index=torch.tensor(score_index, dtype=torch.long),
+            score_labels=torch.tensor(score_labels, dtype=torch.long),
+            score_seq=score_seq,
+            response_lengths=torch.bincount(score_seq, minlength=2 * num_pairs),
+        )
 
     def assign_rows(self, lengths: list[int]) -> list[list[int]]:
         """Which pairs go in which row: one each, or packed first-fit by decreasing length."""
@@ -151,13 +155,13 @@ class SharedPrefixLayout:
             room[r] -= lengths[i]
         return [sorted(row) for row in rows]
 
-    def model_inputs(self, batch: dict) -> dict:
+    def model_inputs(self, batch: SharedPrefixRows) -> dict:
         """input_ids, position_ids and the mask: one mask, with the window built in when config.sliding_window is set
         (Mistral), since none is added later; models with config.layer_types (Gemma2, Qwen2) take
         {"full_attention": M, "sliding_attention": M_sw}. Built once per forward; every layer reuses it."""
         problem = prefix_sharing_problem(self.config)  # refuses (never approximates) what the mask cannot express
         if problem:
-            raise ValueError(problem)
+            raise ConfigError(problem)
         segments, branches, positions = batch["segment_ids"], batch["branch_ids"], batch["position_ids"]
         window = getattr(self.config, "sliding_window", None)
         layer_types = getattr(self.config, "layer_types", None)
@@ -191,7 +195,7 @@ class SharedPrefixLayout:
         mask = torch.zeros(keep.shape, dtype=self.mask_dtype, device=device)
         return mask.masked_fill_(~keep, torch.finfo(self.mask_dtype).min)[:, None]
 
-    def real_tokens(self, batch: dict) -> torch.Tensor:
+    def real_tokens(self, batch: SharedPrefixRows) -> torch.Tensor:
         """Tokens as the plain layout runs them: each shared prompt once per side."""
         real = batch["attention_mask"].bool()
         return real.sum() + ((batch["branch_ids"] == PROMPT) & real).sum()
