@@ -13,6 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from simpo.core.model import unwrap_model
+from simpo.data.validation import CUTS_FILE, cut_summary
 
 logger = logging.getLogger(__name__)
 RULE = "=" * 78
@@ -114,6 +115,7 @@ def start_summary(trainer, state=None) -> str:
         f"  parameters      {total:,} total, {trainable:,} trainable ({100 * trainable / max(total, 1):.2f}%)",
         f"  data            {train_rows:,} train pairs ({drops.get('train', 0)} dropped), "
         f"{eval_rows:,} eval pairs ({drops.get('eval', 0)} dropped)",
+        truncation_line(trainer, train_rows, eval_rows),
         f"  global batch    {global_batch_size(args)} pairs = {args.per_device_train_batch_size} per device x "
         f"{args.gradient_accumulation_steps} accumulation x {max(args.world_size, 1)} process(es)",
         f"  steps           {max_steps} optimizer steps, lr {args.learning_rate:g} ({args.lr_scheduler_type.value}"
@@ -131,6 +133,16 @@ def start_summary(trainer, state=None) -> str:
     return "\n".join(lines)
 
 
+def truncation_line(trainer, train_rows: int, eval_rows: int) -> str:
+    """How many prompts and replies truncation cut to max_length, per split (the rows: output_dir/CUTS_FILE)."""
+    cuts = getattr(trainer, "truncated_pairs", {})
+    sides = [f"train {cut_summary(cuts.get('train', []), train_rows)}"]
+    if trainer.eval_dataset is not None:
+        sides.append(f"eval {cut_summary(cuts.get('eval', []), eval_rows)}")
+    listed = f"; listed in {CUTS_FILE}" if any(cuts.values()) else ""
+    return f"  truncation      {', '.join(sides)} at max_length {trainer.args.max_length}{listed}"
+
+
 OUTPUT_FILES = (
     "model.safetensors",
     "adapter_model.safetensors",
@@ -141,6 +153,7 @@ OUTPUT_FILES = (
     "all_results.json",
     "README.md",
     "dropped_pairs.jsonl",
+    CUTS_FILE,
     "training_curves.png",
 )
 

@@ -19,6 +19,7 @@ from simpo.core.model import (
     model_init_kwargs,
     save_config_for_generation,
 )
+from simpo.core.model_checks import check_model_settings, check_special_tokens
 from simpo.core.recipe import (
     evaluate_and_save,
     finish,
@@ -96,7 +97,9 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         row_format=CONVERSATIONS,
     )
     require_eval_split(args, raw_datasets, example="test_sft")
+    check_model_settings(model_args, args)  # LoRA names, context, bitsandbytes: from the config alone
     tokenizer = get_tokenizer(model_args)
+    check_special_tokens(tokenizer, model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     tokenized, drops, counts = tokenize_splits(raw_datasets, tokenizer, data_args, args)
 

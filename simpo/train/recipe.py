@@ -7,6 +7,7 @@ from simpo.core.elastic import ElasticResume
 from simpo.core.errors import report_input_errors
 from simpo.core.launch_checks import exit_process
 from simpo.core.model import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
+from simpo.core.model_checks import check_model_settings, check_special_tokens
 from simpo.core.recipe import (
     evaluate_and_save,
     finish,
@@ -23,7 +24,7 @@ from simpo.core.resume import StopOnSignal, checkpoint_state
 from simpo.core.run_config import run_config_values
 from simpo.data.chat_templates import render_pairs, set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
-from simpo.data.validation import report_drops
+from simpo.data.validation import CUTS_FILE, report_drops, write_records
 from simpo.train.config import SIMPO_ARGUMENTS
 from simpo.train.trainer import SimPOTrainer
 
@@ -50,14 +51,17 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
     )
     require_eval_split(training_args, raw_datasets, example="test_prefs")
+    check_model_settings(model_args, training_args)  # LoRA names, context, bitsandbytes: from the config alone
     tokenizer = get_tokenizer(model_args)
-    set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
+    check_special_tokens(tokenizer, model_args)
+    template = set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     raw_datasets = render_pairs(
         raw_datasets,
         tokenizer,
         data_args.auto_insert_empty_system_msg,
         data_args.preprocessing_num_workers,
         data_args.allow_special_tokens_in_text,
+        template,
     )
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
@@ -74,6 +78,9 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     record_run(model_args, data_args, training_args, as_parsed, "simpo-train")
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
+        write_records(
+            [c for records in trainer.truncated_pairs.values() for c in records], training_args.output_dir, CUTS_FILE
+        )
 
     if no_training(trainer, checkpoint):
         return finish(trainer)

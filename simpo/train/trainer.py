@@ -89,6 +89,7 @@ class SimPOTrainer(Trainer):
         self.layout = choose_layout(model, args, pad_token_id)
         self.token_logps = fused_token_logps if args.fused_logps else plain_token_logps
         self.dropped_pairs = {}  # per dataset ("train", "eval"): DroppedRow records of the pairs left out
+        self.truncated_pairs = {}  # per dataset: CutRow records of the pairs truncation cut
         with args.main_process_first(desc="tokenizing preference pairs"):
             train_dataset = self.tokenize(train_dataset, processing_class, args, "train")
             eval_dataset = self.tokenize(eval_dataset, processing_class, args, "eval")
@@ -114,7 +115,9 @@ class SimPOTrainer(Trainer):
     def tokenize(self, dataset, tokenizer, args: SimPOConfig, name: str):
         if dataset is None:
             return None
-        dataset, self.dropped_pairs[name] = tokenize_pairs(dataset, tokenizer, args, f"{name}_dataset")
+        dataset, self.dropped_pairs[name], self.truncated_pairs[name] = tokenize_pairs(
+            dataset, tokenizer, args, f"{name}_dataset"
+        )
         return dataset
 
     def batch_loss_and_metrics(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
