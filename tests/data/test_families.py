@@ -100,7 +100,7 @@ def test_scored_tokens_are_the_templates_rendering_of_the_whole_conversation_row
 
 
 # With auto_insert_empty_system_msg on (the default), an empty system turn goes first where the template renders one.
-INSERTS = {"llama-3.1", "llama-3.2", "qwen2.5", "qwen3", "gemma-3", "phi-4"}
+INSERTS = {"llama-3.1", "llama-3.2", "qwen2.5", "qwen3", "gemma-3", "phi-4", "zephyr"}
 
 
 @pytest.mark.parametrize("family", sorted(set(FAMILIES) - {"mistral-v0.3"}))

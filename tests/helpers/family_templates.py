@@ -8,7 +8,8 @@ Meta-Llama-3-8B-Instruct; Llama-3.1-8B-Instruct (and Llama-3.3-70B-Instruct, whi
 Llama-3.2-1B/3B-Instruct (today's date from strftime_now); Qwen2.5-*-Instruct (a default system prompt); Qwen3-*
 (reasoning in <think> for the last reply, stripped from earlier ones); gemma-2-*-it (refuses system turns);
 gemma-3-*-it (folds the system turn into the first user turn); Mistral-7B-Instruct-v0.2 (strictly alternating
-user/assistant, no system turn); Mistral-7B-Instruct-v0.3 (the system turn folded into the last user turn); phi-4.
+user/assistant, no system turn); Mistral-7B-Instruct-v0.3 (the system turn folded into the last user turn); phi-4;
+zephyr-7b-beta (the template of the paper's Mistral-Base start, zephyr-7b-sft-full).
 """
 
 LLAMA_3 = (
@@ -453,6 +454,13 @@ PHI_4 = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_sep|>' }}{% endif %}"
 )
 
+ZEPHYR = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] +"
+    " eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+
 LLAMA_TOKENS = ["<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>"]
 QWEN_TOKENS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 GEMMA_TOKENS = ["<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<pad>"]
@@ -471,6 +479,7 @@ FAMILIES = {
     "mistral-v0.2": (MISTRAL_V0_2, MISTRAL_TOKENS, "<s>", "</s>", ()),
     "mistral-v0.3": (MISTRAL_V0_3, MISTRAL_TOKENS, "<s>", "</s>", ()),
     "phi-4": (PHI_4, PHI_TOKENS, "<|endoftext|>", "<|im_end|>", ()),
+    "zephyr": (ZEPHYR, ["<s>", "</s>"], "<s>", "</s>", ()),
 }
 
 
