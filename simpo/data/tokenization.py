@@ -86,26 +86,16 @@ def tokenize_row(
     max_prompt_length: int,
     truncation_mode: str = "keep_end",
     label_pad_token_id: int = -100,
+    cuts: dict | None = None,
 ) -> dict:
     """prompt/chosen/rejected strings -> {chosen,rejected}_{input_ids,labels} and prompt_length.
 
     BOS is put first once (when the tokenizer has one), EOS last once on each response. If prompt plus the longer
     response exceed max_length the prompt is cut to max_prompt_length (keep_end keeps its last tokens, after BOS);
-    if still too long each response is cut to max_length - max_prompt_length.
+    if still too long each response is cut to max_length - max_prompt_length. `cuts`, when given, receives what was
+    cut: {part: [tokens before, tokens kept]} for each of prompt, chosen and rejected that was.
     """
-    return tokenize_and_cut(row, tokenizer, max_length, max_prompt_length, truncation_mode, label_pad_token_id)[0]
-
-
-def tokenize_and_cut(
-    row: dict,
-    tokenizer,
-    max_length: int,
-    max_prompt_length: int,
-    truncation_mode: str = "keep_end",
-    label_pad_token_id: int = -100,
-) -> tuple[dict, dict]:
-    """tokenize_row, and what truncation cut: {part: [tokens before, tokens kept]} for each of prompt, chosen and
-    rejected that was cut (empty when the pair fits)."""
+    cuts = {} if cuts is None else cuts
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     sides = {}
     for side in ("chosen", "rejected"):
@@ -115,7 +105,6 @@ def tokenize_and_cut(
             answer_ids = answer_ids + [eos]
         sides[side] = [prompt_ids, answer_ids]
 
-    cuts = {}
     longer_response = max(len(sides[s][1]) for s in sides)
     for side in sides.values():
         prompt_ids = side[0]
@@ -134,7 +123,7 @@ def tokenize_and_cut(
     for name, (prompt_ids, answer_ids) in sides.items():
         out[f"{name}_input_ids"] = prompt_ids + answer_ids
         out[f"{name}_labels"] = [label_pad_token_id] * len(prompt_ids) + answer_ids
-    return out, cuts
+    return out
 
 
 def truncate_prompt(prompt_ids: list[int], max_prompt_length: int, truncation_mode: str, bos: int | None) -> list[int]:
@@ -168,8 +157,9 @@ def tokenize_pairs(dataset, tokenizer, args, name: str):
     empty = empty_reply(tokenizer)
 
     def tokenize(row: dict, index: int) -> dict:
-        tokens, cuts = tokenize_and_cut(
-            row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id
+        cuts = {}
+        tokens = tokenize_row(
+            row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id, cuts
         )
         reason = row.get(RENDER_PROBLEM) or degenerate_reason(row, tokens, empty, args.label_pad_token_id)
         origin = row.get(ORIGIN) or row_origin(name, name, index)

@@ -272,43 +272,40 @@ def tiny_copy(tmp_path, template: str):
 train = report_input_errors("simpo-train")(train_main)
 
 
-def test_a_template_that_refuses_a_rows_system_turn_is_named_with_the_row_and_the_fix(tmp_path, capsys):
-    model = tiny_copy(tmp_path, FAMILIES["gemma-2"][0])
-    folder = write_source(tmp_path, [ROWS[0], pair([SYSTEM("Be brief."), USER("Hi")], "Hello", "Go")])
+def refused_with_family_template(capsys, tmp_path, family: str, rows: list[dict], pattern: str, *overrides) -> str:
+    """simpo-train on the tiny model carrying `family`'s template, on `rows`: refused with `pattern`, nothing
+    written."""
+    model = tiny_copy(tmp_path, FAMILIES[family][0])
+    folder = write_source(tmp_path, rows)
+    out = tmp_path / "out"
+    data = [f"--dataset_mixer={{{folder}: 1.0}}", "--dataset_splits=[train]", f"--output_dir={out}"]
     message = refused(
+        capsys, train, [TINY, f"--model_name_or_path={model}", *data, *overrides, *QUIET], pattern.format(folder, model)
+    )
+    assert not out.exists()
+    return message
+
+
+def test_a_template_that_refuses_a_rows_system_turn_is_named_with_the_row_and_the_fix(tmp_path, capsys):
+    message = refused_with_family_template(
         capsys,
-        train,
-        [
-            TINY,
-            f"--model_name_or_path={model}",
-            f"--dataset_mixer={{{folder}: 1.0}}",
-            "--dataset_splits=[train]",
-            f"--output_dir={tmp_path / 'out'}",
-            *QUIET,
-        ],
-        rf"^{folder}/train.jsonl line 2: the tokenizer's own chat template \({model}\): the chat template raises:"
-        r" System role not supported\. Set chat_template in the YAML .*gemma-2-9b-it-simpo.yaml",
+        tmp_path,
+        "gemma-2",
+        [ROWS[0], pair([SYSTEM("Be brief."), USER("Hi")], "Hello", "Go")],
+        r"^{}/train.jsonl line 2: the tokenizer's own chat template \({}\): the chat template raises: System role not"
+        r" supported\. Set chat_template in the YAML .*gemma-2-9b-it-simpo.yaml",
     )
     assert "auto_insert_empty_system_msg" not in message  # the row's own system turn, not an inserted one
-    assert not (tmp_path / "out").exists()
 
 
 def test_roles_that_do_not_alternate_are_named_with_the_row(tmp_path, capsys):
-    model = tiny_copy(tmp_path, FAMILIES["mistral-v0.2"][0])
-    folder = write_source(tmp_path, [pair([SYSTEM("Be brief."), USER("Hi")], "Hello", "Go")])
-    refused(
+    refused_with_family_template(
         capsys,
-        train,
-        [
-            TINY,
-            f"--model_name_or_path={model}",
-            f"--dataset_mixer={{{folder}: 1.0}}",
-            "--dataset_splits=[train]",
-            f"--output_dir={tmp_path / 'out'}",
-            "--auto_insert_empty_system_msg=false",
-            *QUIET,
-        ],
-        rf"^{folder}/train.jsonl line 1: .*raises: Conversation roles must alternate",
+        tmp_path,
+        "mistral-v0.2",
+        [pair([SYSTEM("Be brief."), USER("Hi")], "Hello", "Go")],
+        r"^{}/train.jsonl line 1: .*raises: Conversation roles must alternate",
+        "--auto_insert_empty_system_msg=false",
     )
 
 

@@ -19,40 +19,31 @@ LLAMA_3 = (
     " '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 
-# Llama-3.1 and 3.2 differ in the date (3.1: a fixed default; 3.2: today's) and in 3.1's built-in tools.
-_LLAMA_3_1_HEAD = r"""{{- bos_token }}
+# Llama-3.1 and 3.2 differ in the date (3.1: a fixed default; 3.2: today's); the rest is the same text.
+_LLAMA_3_X_TOOLS = r"""{{- bos_token }}
 {%- if custom_tools is defined %}
     {%- set tools = custom_tools %}
 {%- endif %}
 {%- if not tools_in_user_message is defined %}
     {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
-    {%- set date_string = "26 Jul 2024" %}
-{%- endif %}
-{%- if not tools is defined %}
-    {%- set tools = none %}
 {%- endif %}
 """
-_LLAMA_3_2_HEAD = r"""{{- bos_token }}
-{%- if custom_tools is defined %}
-    {%- set tools = custom_tools %}
+_LLAMA_3_1_DATE = r"""{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
 {%- endif %}
-{%- if not tools_in_user_message is defined %}
-    {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
+"""
+_LLAMA_3_2_DATE = r"""{%- if not date_string is defined %}
     {%- if strftime_now is defined %}
         {%- set date_string = strftime_now("%d %b %Y") %}
     {%- else %}
         {%- set date_string = "26 Jul 2024" %}
     {%- endif %}
 {%- endif %}
-{%- if not tools is defined %}
+"""
+_LLAMA_3_X_BODY = r"""{%- if not tools is defined %}
     {%- set tools = none %}
 {%- endif %}
-"""
-_LLAMA_3_X_BODY = r"""
+
 {#- This block extracts the system message, so we can slot it into the right place. #}
 {%- if messages[0]['role'] == 'system' %}
     {%- set system_message = messages[0]['content']|trim %}
@@ -149,10 +140,19 @@ _LLAMA_3_X_BODY = r"""
     {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
 {%- endif %}
 """
-LLAMA_3_1 = _LLAMA_3_1_HEAD + _LLAMA_3_X_BODY
-LLAMA_3_2 = _LLAMA_3_2_HEAD + _LLAMA_3_X_BODY
+LLAMA_3_1 = _LLAMA_3_X_TOOLS + _LLAMA_3_1_DATE + _LLAMA_3_X_BODY
+LLAMA_3_2 = _LLAMA_3_X_TOOLS + _LLAMA_3_2_DATE + _LLAMA_3_X_BODY
 
-QWEN_2_5 = r"""{%- if tools %}
+# Qwen2.5 and Qwen3 list tools in the system turn with the same text.
+_QWEN_TOOL_LIST = r"""    {%- for tool in tools %}
+        {{- "\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
+{%- else %}
+"""
+QWEN_2_5 = (
+    r"""{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0]['role'] == 'system' %}
         {{- messages[0]['content'] }}
@@ -160,13 +160,9 @@ QWEN_2_5 = r"""{%- if tools %}
         {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}
     {%- endif %}
     {{- "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-    {%- if messages[0]['role'] == 'system' %}
+"""
+    + _QWEN_TOOL_LIST
+    + r"""    {%- if messages[0]['role'] == 'system' %}
         {{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}
     {%- else %}
         {{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}
@@ -207,20 +203,18 @@ QWEN_2_5 = r"""{%- if tools %}
     {{- '<|im_start|>assistant\n' }}
 {%- endif %}
 """
+)
 
-QWEN_3 = r"""{%- if tools %}
+QWEN_3 = (
+    r"""{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0].role == 'system' %}
         {{- messages[0].content + '\n\n' }}
     {%- endif %}
     {{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
-    {%- for tool in tools %}
-        {{- "\n" }}
-        {{- tool | tojson }}
-    {%- endfor %}
-    {{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}
-{%- else %}
-    {%- if messages[0].role == 'system' %}
+"""
+    + _QWEN_TOOL_LIST
+    + r"""    {%- if messages[0].role == 'system' %}
         {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
     {%- endif %}
 {%- endif %}
@@ -297,6 +291,7 @@ QWEN_3 = r"""{%- if tools %}
         {{- '<think>\n\n</think>\n\n' }}
     {%- endif %}
 {%- endif %}"""
+)
 
 GEMMA_2 = (
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
