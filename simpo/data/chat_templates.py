@@ -57,8 +57,8 @@ def set_chat_template(tokenizer, chat_template: str | None, model_name_or_path: 
         render([{"role": "user", "content": "Hi"}], tokenizer)
     except TemplateError as err:
         if isinstance(err.__cause__, jinja2.TemplateSyntaxError):
-            fix = "fix it" if chat_template else "set chat_template in the YAML to a working template"
-            raise TemplateError(f"{source} cannot be used: {err}. {fix.capitalize()}.") from err
+            fix = "Fix it" if chat_template else "Set chat_template in the YAML to a working template"
+            raise TemplateError(f"{source} {failure(err)}. {fix}.") from err
     return source
 
 
@@ -70,7 +70,15 @@ def render(turns: list[dict], tokenizer, generation_prompt: bool = False) -> str
     except Exception as err:  # the template is the user's code: any failure of it is theirs to fix
         line = f" (template line {err.lineno})" if isinstance(err, jinja2.TemplateSyntaxError) else ""
         kind = "raises" if type(err) is jinja2.TemplateError else f"fails with {type(err).__name__}"
-        raise TemplateError(f"the chat template {kind}: {err}{line}") from err
+        raise TemplateError(f"{TEMPLATE} {kind}: {err}{line}") from err
+
+
+TEMPLATE = "the chat template"
+
+
+def failure(error: TemplateError) -> str:
+    """What render said the template did ("raises: ...", "fails with ..."), to follow the template's name."""
+    return str(error).removeprefix(TEMPLATE + " ")
 
 
 # Templates whose text names system turns; for each, whether it renders one (Gemma-2's names "system" only to refuse
@@ -85,12 +93,17 @@ def takes_system_turn(tokenizer) -> bool:
     if "system" not in template and "<|im_start|>" not in template:
         return False
     if template not in SYSTEM_TURN_RENDERS:
+        user = {"role": "user", "content": "Hi"}
         try:
-            render([{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}], tokenizer)
+            render([{"role": "system", "content": ""}, user], tokenizer)
             SYSTEM_TURN_RENDERS[template] = True
         except TemplateError:
-            logger.info("The chat template refuses a system turn: no empty system turn is inserted into prompts.")
             SYSTEM_TURN_RENDERS[template] = False
+            try:  # said only when the template works otherwise (a broken one is reported on the first row)
+                render([user], tokenizer)
+                logger.info("The chat template refuses a system turn: no empty system turn is inserted into prompts.")
+            except TemplateError:
+                pass
     return SYSTEM_TURN_RENDERS[template]
 
 
@@ -188,7 +201,7 @@ def render_failure(origin: dict, error: TemplateError, template: str, inserted: 
     )
     if inserted:
         fix += "; simpo put an empty system turn first: auto_insert_empty_system_msg: false leaves it out"
-    return TemplateError(f"{describe_row(origin)}: {template}: {error}. {fix}.")
+    return TemplateError(f"{describe_row(origin)}: {template} {failure(error)}. {fix}.")
 
 
 def special_tokens(tokenizer) -> re.Pattern | None:
@@ -237,12 +250,8 @@ def render_row(
         inserted = auto_insert_empty_system_msg and maybe_insert_system_message(prompt_turns, tokenizer) != prompt_turns
         raise render_failure(row.get(ORIGIN) or row_origin("rows", "rows", index), err, template, inserted) from err
     problem = problem or (special_token_in_text(row, specials) if specials is not None else "")
-    return {
-        "prompt": prompt,
-        "chosen": (replies or [""])[0],
-        "rejected": replies[1] if replies else "",
-        RENDER_PROBLEM: problem,
-    }
+    chosen_text, rejected_text = replies or ("", "")  # none when the template does not render the row as prompt + reply
+    return {"prompt": prompt, "chosen": chosen_text, "rejected": rejected_text, RENDER_PROBLEM: problem}
 
 
 def render_pairs(
@@ -251,7 +260,7 @@ def render_pairs(
     auto_insert_empty_system_msg: bool = True,
     num_proc: int | None = None,
     allow_special_tokens_in_text: bool = False,
-    template: str = "the chat template",
+    template: str = TEMPLATE,
 ):
     """render_row over every split of {split: dataset}; each row keeps its other columns (its origin) and gains
     RENDER_PROBLEM (why it cannot be trained on as rendered, or ""), which tokenisation turns into a counted drop.
