@@ -36,8 +36,8 @@ class DataError(SimpoError, ValueError):
 
 
 class TemplateError(SimpoError, ValueError):
-    """A chat template simpo cannot train with: none at all, or one that renders part of a conversation differently
-    alone than inside the whole conversation."""
+    """A chat template simpo cannot train with: none at all, one that fails on a conversation, or one whose
+    rendering of a prompt is not how it renders the prompt's conversation."""
 
 
 class ModelNotFound(SimpoError, FileNotFoundError):

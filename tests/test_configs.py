@@ -294,3 +294,63 @@ def test_the_base_simpo_config_takes_the_sft_output_folder_and_renders_as_sft_di
     set_chat_template(stage_two, simpo_data.chat_template, simpo_model.model_name_or_path)  # the SimPO stage's rule
     assert stage_two.chat_template == trained_with
     assert simpo_args.max_length <= 2048  # the SFT stage trained on conversations up to 2048 tokens
+
+
+# A current family beyond the paper, with the v0.2 recipe: the keys that differ from llama-3-8b-instruct-simpo-v2.yaml.
+BEYOND_THE_PAPER = {
+    "qwen2.5-7b-instruct-simpo-v2.yaml": {
+        "model_name_or_path": "Qwen/Qwen2.5-7B-Instruct",
+        "dataset_mixer": {"outputs/onpolicy/qwen2.5-7b-instruct-v2/dataset": 1.0},
+        "auto_insert_empty_system_msg": False,
+        "output_dir": "outputs/qwen2.5-7b-instruct-simpo-v2",
+        "run_name": "qwen2.5-7b-instruct-simpo-v2",
+    }
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEYOND_THE_PAPER))
+def test_a_config_beyond_the_paper_is_the_v2_recipe_with_its_model_and_data(name, parse):
+    import yaml
+
+    with open(os.path.join(CONFIG_DIR, "llama-3-8b-instruct-simpo-v2.yaml")) as f:
+        v2 = yaml.safe_load(f)
+    with open(os.path.join(CONFIG_DIR, name)) as f:
+        config = yaml.safe_load(f)
+    changed = BEYOND_THE_PAPER[name]
+    assert {k: v for k, v in config.items() if k not in changed} == {k: v for k, v in v2.items() if k not in changed}
+    assert {k: config[k] for k in changed} == changed
+    model_args, data_args, args = parse(os.path.join(CONFIG_DIR, name))
+    assert (args.beta, args.gamma_beta_ratio, args.learning_rate) == (10.0, 0.3, 1e-6)
+    assert data_args.auto_insert_empty_system_msg is False and data_args.chat_template is None
+
+
+def test_the_qwen_config_trains_on_what_its_pipeline_samples_and_scores_the_reply_alone(parse):
+    """Qwen2.5's own template (tests/helpers/family_templates.py): the pipeline config samples from the ids training
+    feeds; the default system prompt is in the prompt, once, and never in the scored reply."""
+    from family_templates import family_tokenizer
+
+    from simpo.data.tokenization import generation_prompt_ids, tokenize_row
+    from simpo.pipeline.config import parse_pipeline_args
+
+    model_args, data_args, _ = parse(os.path.join(CONFIG_DIR, "qwen2.5-7b-instruct-simpo-v2.yaml"))
+    pipeline_model, pipeline_data, _ = parse_pipeline_args(
+        [os.path.join(REPO, "onpolicy_configs", "qwen2.5-7b-instruct-v2.yaml")], "simpo-generate", ""
+    )
+    assert pipeline_model.model_name_or_path == model_args.model_name_or_path
+    assert pipeline_data.auto_insert_empty_system_msg == data_args.auto_insert_empty_system_msg
+    tokenizer = family_tokenizer("qwen2.5")
+    set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
+    turns = [{"role": "user", "content": "Name a colour."}]
+    row = {
+        "prompt": turns,
+        "chosen": [{"role": "assistant", "content": "Blue."}],
+        "rejected": [{"role": "assistant", "content": "x"}],
+    }
+    rendered = apply_chat_template(row, tokenizer, data_args.auto_insert_empty_system_msg)
+    assert rendered["prompt"].count("You are Qwen, created by Alibaba Cloud.") == 1
+    assert rendered["chosen"] == "<|im_start|>assistant\nBlue.<|im_end|>\n"
+    trained = tokenize_row(rendered, tokenizer, max_length=2048, max_prompt_length=1800)["chosen_input_ids"]
+    sampled_from = generation_prompt_ids(turns, tokenizer, pipeline_data.auto_insert_empty_system_msg)
+    assert sampled_from == trained[: len(sampled_from)]
+    official = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert sampled_from == tokenizer(official, add_special_tokens=False)["input_ids"]

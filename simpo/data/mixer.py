@@ -1,9 +1,11 @@
 """The dataset mixer: {source: fraction} over hub ids, save_to_disk folders and local json/jsonl/parquet files."""
 
+import difflib
 import functools
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -11,7 +13,7 @@ from typing import NamedTuple
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 from datasets.fingerprint import Hasher
 
-from simpo.data.validation import MESSAGE_KEYS, role_and_content, validate_rows
+from simpo.data.validation import MESSAGE_KEYS, role_and_content, row_origin, validate_rows
 from simpo.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -19,15 +21,15 @@ logger = logging.getLogger(__name__)
 
 class RowFormat(NamedTuple):
     """One kind of training row: the columns kept, and the check that raises on a malformed row
-    (validate(dataset, source, split)), naming source, split and row."""
+    (validate(dataset, source, split, origins)), naming the row by its origin (file and line where it has them)."""
 
     columns: tuple[str, ...]
     validate: Callable
 
 
 PREFERENCE_PAIRS = RowFormat(("prompt", "chosen", "rejected"), validate_rows)
-# Where each row came from, carried through chat templating and tokenisation so that a dropped row is reported as
-# the row a user can find in their file: {source, split, row}.
+# Where each row came from (validation.row_origin: file, 1-based line, 0-based index), carried through chat templating
+# and tokenisation so that a dropped or cut row is reported as the row a user can find in their file.
 ORIGIN = "origin"
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SIMPO_ROOT = Path(__file__).resolve().parent.parent  # the simpo package, every subpackage included
@@ -89,9 +91,9 @@ def first_json_problem(path: Path) -> str | None:
         try:
             value = line.strip() and json.loads(line)
         except json.JSONDecodeError as err:
-            return f"{path.name} line {number}: {err.msg} (column {err.colno})"
+            return f"{path} line {number}: {err.msg} (column {err.colno})"
         if line.strip() and not isinstance(value, dict):
-            return f"{path.name} line {number}: a JSON {type(value).__name__}, not an object (one {{...}} row per line)"
+            return f"{path} line {number}: a JSON {type(value).__name__}, not an object (one {{...}} row per line)"
     return None
 
 
@@ -106,9 +108,47 @@ def load_files(source: str, split: str, files: list[Path]) -> Dataset:
     try:
         return load_dataset(builder, data_files=[str(f) for f in files], split="train")
     except Exception as err:  # datasets wraps the parser's error without the file or line
-        problems = [first_json_problem(f) for f in files if builder == "json"]
-        detail = next((p for p in problems if p), str(err).strip().splitlines()[-1])
+        problem = next((p for p in (first_json_problem(f) for f in files if builder == "json") if p), None)
+        if problem:  # the file and line first, as for a malformed row
+            raise DataError(f"{problem}. Fix the file ({source} [{split}] cannot be read as json).") from err
+        detail = str(err).strip().splitlines()[-1]
         raise DataError(f"{source} [{split}] cannot be read as {builder}: {detail}. Fix the file.") from err
+
+
+def json_row_lines(path: Path) -> list[int]:
+    """The 1-based line each row of a json/jsonl file starts on: every non-blank line of JSON lines (datasets skips
+    blank ones), or where each item of a top-level JSON array starts."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 12).lstrip()
+    if head.startswith(b"["):
+        text, decoder, lines = path.read_text(encoding="utf-8"), json.JSONDecoder(), []
+        at, line, counted = text.index("[") + 1, 1, 0
+        while True:
+            while at < len(text) and (text[at].isspace() or text[at] == ","):
+                at += 1
+            if at >= len(text) or text[at] == "]":
+                return lines
+            line += text.count("\n", counted, at)
+            counted = at
+            lines.append(line)
+            _, at = decoder.raw_decode(text, at)
+    with open(path, "rb") as f:
+        return [number for number, text in enumerate(f, 1) if text.strip()]
+
+
+def file_rows(files: list[Path], rows: int) -> list[tuple[str, int]] | None:
+    """(file, 1-based line, or row of a parquet file) of each of the `rows` rows read from `files` in order; None
+    when they cannot be told (a JSON document that is not one row per line or array item)."""
+    located = []
+    for path in files:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet
+
+            count = pyarrow.parquet.ParquetFile(path).metadata.num_rows
+            located += [(str(path), number) for number in range(1, count + 1)]
+        else:
+            located += [(str(path), number) for number in json_row_lines(path)]
+    return located if len(located) == rows else None
 
 
 def unsupported_format(path: Path) -> str:
@@ -135,6 +175,11 @@ def train_rows(dataset: Dataset, fraction: float, source: str, split: str) -> Da
 def load_split(source: str, split: str, config: str | None = None) -> Dataset:
     """One split of one source. A local folder is a save_to_disk folder or holds files named SPLIT.jsonl/json/parquet
     (or SPLIT-*.parquet); a single local file is a train split; anything else is a hub id."""
+    return load_located_split(source, split, config)[0]
+
+
+def load_located_split(source: str, split: str, config: str | None = None) -> tuple[Dataset, list | None]:
+    """load_split, and the (file, line) each row was read from (None for hub and save_to_disk datasets)."""
     path = Path(source)
     if path.is_file() and path.suffix not in FILE_BUILDERS:
         raise DataError(f"{source}: {unsupported_format(path)}")
@@ -143,15 +188,16 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
             raise DataError(
                 f"{source}: a single file is a train split only; for '{split}' use a folder of split files."
             )
-        return load_files(source, split, [path])
+        dataset = load_files(source, split, [path])
+        return dataset, file_rows([path], len(dataset))
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
             saved = load_from_disk(str(path))
             if isinstance(saved, Dataset):
-                return saved
+                return saved, None
             if split not in saved:
                 raise DataError(f"{source}: no split '{split}' (it has {sorted(saved)}).")
-            return saved[split]
+            return saved[split], None
         files = sorted(p for p in path.iterdir() if p.suffix in FILE_BUILDERS and p.stem.split("-")[0] == split)
         if not files:
             others = sorted(p.name for p in path.iterdir() if p.stem.split("-")[0] == split)
@@ -162,8 +208,60 @@ def load_split(source: str, split: str, config: str | None = None) -> Dataset:
                 f"{source}: split '{split}' has files in more than one format ({', '.join(f.name for f in files)}):"
                 " keep one, or its rows would be read twice."
             )
-        return load_files(source, split, files)
-    return load_dataset(source, config, split=split)
+        dataset = load_files(source, split, files)
+        return dataset, file_rows(files, len(dataset))
+    if looks_local(source):  # a mistyped folder: no Hub lookup (and its retries) for what is plainly a path
+        raise DataError(missing_source(source, hub=None))
+    try:
+        return load_dataset(source, config, split=split), None
+    except (FileNotFoundError, ConnectionError) as err:  # DatasetNotFoundError, offline or unreachable Hub
+        raise DataError(missing_source(source, hub=err)) from err
+
+
+def looks_local(source: str) -> bool:
+    """A source that can only mean a local path: absolute, ./ ../ ~, a file name with a data extension, more than
+    one slash (a hub id is org/name), or an org/name whose first part is a local folder (data/tiny-prefz)."""
+    path = Path(os.path.expanduser(source))
+    return (
+        path.is_absolute()
+        or source.startswith((".", "~"))
+        or path.suffix in FILE_BUILDERS
+        or source.count("/") > 1
+        or (source.count("/") == 1 and path.parent.is_dir())
+    )
+
+
+def nearest_folder(path: Path) -> tuple[Path, list[str]]:
+    """The deepest existing folder on the way to `path`, and its entry whose name is closest to the missing part
+    (the likely typo), if one is close."""
+    path = Path(os.path.abspath(os.path.expanduser(str(path))))
+    folder = path.parent
+    while not folder.is_dir():
+        folder = folder.parent
+    missing = path.relative_to(folder).parts[0]
+    entries = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    return folder, difflib.get_close_matches(missing, entries, n=1, cutoff=0.6)
+
+
+def missing_source(source: str, hub: Exception | None) -> str:
+    """Why dataset_mixer's `source` could not be read: neither a local folder or file nor (hub: the Hub's error, None
+    when it was not asked) a reachable Hub dataset, with the nearest folder that exists and its likely match."""
+    folder, close = nearest_folder(Path(source))
+    shown = os.path.relpath(folder) if not os.path.isabs(source) else str(folder)
+    near = f"; nearest existing folder: {shown}/" + (
+        f" (did you mean {os.path.join(shown, close[0])}?)" if close else ""
+    )
+    if hub is None:
+        asked = "not looked up on the Hub, as it is a path"
+    elif os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        asked = "not in the local Hub cache, and HF_HUB_OFFLINE is set"
+    else:
+        asked = f"the Hub has no such dataset or could not be reached ({str(hub).strip().splitlines()[0][:160]})"
+    return (
+        f"dataset_mixer source {source!r} is neither a local folder or file nor a reachable Hub dataset: looked for"
+        f" the folder or file {os.path.abspath(os.path.expanduser(source))} (not found), {asked}{near}. Fix the"
+        " name in dataset_mixer."
+    )
 
 
 def split_side(split: str) -> str:
@@ -232,11 +330,13 @@ def mix_datasets(
             )
         for split in splits:
             side = split_side(split)
-            dataset = load_split(source, split, config)
+            dataset, located = load_located_split(source, split, config)
             if side == "train":
                 dataset = train_rows(dataset, fraction, source, split)
-            row_format.validate(dataset, source, split)
-            origins = [{"source": source, "split": split, "row": row} for row in range(len(dataset))]
+            origins = [
+                row_origin(source, split, index, *(located[index] if located else ())) for index in range(len(dataset))
+            ]
+            row_format.validate(dataset, source, split, origins)
             dataset = dataset.select_columns([c for c in row_format.columns if c in dataset.column_names])
             dataset = keep_role_and_content(dataset)
             dataset = dataset.add_column(ORIGIN, origins)

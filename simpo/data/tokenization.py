@@ -1,9 +1,11 @@
 """Token ids and labels of one preference row (prompt, chosen, rejected strings), as the reference builds them, and
 the ids a model is prompted with for generation, derived from the same rendering and tokenisation."""
 
-from simpo.data.chat_templates import SPECIAL_TEXT, render_prompt, render_response
+import json
+
+from simpo.data.chat_templates import RENDER_PROBLEM, maybe_insert_system_message, render, render_prompt, render_replies
 from simpo.data.mixer import ORIGIN, map_fingerprint
-from simpo.data.validation import DroppedRow, degenerate_reason, handle_drops
+from simpo.data.validation import CutRow, DroppedRow, degenerate_reason, handle_drops, report_cuts, row_origin
 from simpo.errors import ConfigError, TemplateError
 
 # Stands for the assistant's content when the response header is read off the template.
@@ -37,15 +39,25 @@ def bos_once(ids: list[int], bos: int | None) -> list[int]:
 
 
 def response_header(tokenizer) -> str:
-    """The text the template puts before the assistant's content in a response rendered alone (e.g.
-    `<|start_header_id|>assistant<|end_header_id|>\n\n`, `<start_of_turn>model\n`, Mistral's leading space)."""
-    rendered = render_response([{"role": "assistant", "content": CONTENT_MARK}], tokenizer)
+    """The text the template puts before the assistant's content in a reply, as training renders it after a prompt
+    (e.g. `<|start_header_id|>assistant<|end_header_id|>\n\n`, `<start_of_turn>model\n`, Mistral's leading space);
+    where the template's own generation prompt begins that text but stops short of it (Qwen3's, before the
+    `<think>` block the model writes), the generation prompt."""
+    turns = maybe_insert_system_message([{"role": "user", "content": CONTENT_PROBE}], tokenizer)
+    prompt, replies, problem, detail = render_replies(
+        turns, [{"role": "assistant", "content": CONTENT_MARK}], tokenizer, False
+    )
+    if problem:
+        raise TemplateError(f"{problem}: {detail}.")
+    rendered = replies[0]
     if rendered.count(CONTENT_MARK) != 1:
         raise TemplateError(
             "The chat template does not render an assistant turn's content verbatim, so where a reply starts cannot"
             f" be found (rendered {rendered!r}): use a template that writes message['content'] (trim is fine) once."
         )
-    return rendered.split(CONTENT_MARK)[0]
+    header = rendered.split(CONTENT_MARK)[0]
+    generation = render(turns, tokenizer, generation_prompt=True)[len(prompt) :]
+    return generation if generation and header.startswith(generation) else header
 
 
 def generation_prompt_ids(prompt_turns: list[dict], tokenizer, auto_insert_empty_system_msg: bool = True) -> list[int]:
@@ -68,13 +80,16 @@ def tokenize_row(
     max_prompt_length: int,
     truncation_mode: str = "keep_end",
     label_pad_token_id: int = -100,
+    cuts: dict | None = None,
 ) -> dict:
     """prompt/chosen/rejected strings -> {chosen,rejected}_{input_ids,labels} and prompt_length.
 
     BOS is put first once (when the tokenizer has one), EOS last once on each response. If prompt plus the longer
     response exceed max_length the prompt is cut to max_prompt_length (keep_end keeps its last tokens, after BOS);
-    if still too long each response is cut to max_length - max_prompt_length.
+    if still too long each response is cut to max_length - max_prompt_length. `cuts`, when given, receives what was
+    cut: {part: [tokens before, tokens kept]} for each of prompt, chosen and rejected that was.
     """
+    cuts = {} if cuts is None else cuts
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     sides = {}
     for side in ("chosen", "rejected"):
@@ -89,9 +104,14 @@ def tokenize_row(
         prompt_ids = side[0]
         if len(prompt_ids) + longer_response > max_length:
             side[0] = truncate_prompt(prompt_ids, max_prompt_length, truncation_mode, bos)
-    for side in sides.values():
+            if len(side[0]) < len(prompt_ids):
+                cuts["prompt"] = [len(prompt_ids), len(side[0])]
+    for name, side in sides.items():
         if len(side[0]) + longer_response > max_length:
-            side[1] = side[1][: max_length - max_prompt_length]
+            kept = side[1][: max_length - max_prompt_length]
+            if len(kept) < len(side[1]):
+                cuts[name] = [len(side[1]), len(kept)]
+            side[1] = kept
 
     out = {"prompt_length": len(sides["chosen"][0])}
     for name, (prompt_ids, answer_ids) in sides.items():
@@ -111,21 +131,33 @@ def truncate_prompt(prompt_ids: list[int], max_prompt_length: int, truncation_mo
     return prompt_ids[-max_prompt_length:]
 
 
-def tokenize_pairs(dataset, tokenizer, args, name: str):
-    """Token ids and labels of every pair (prompt, chosen, rejected strings) of a dataset, and the pairs left out.
+def empty_reply(tokenizer) -> str:
+    """The template's text for an empty reply after a prompt ("" without a template: rows given as strings)."""
+    if not tokenizer.chat_template:
+        return ""
+    turns = [{"role": "user", "content": CONTENT_PROBE}]
+    _, replies, _, _ = render_replies(turns, [{"role": "assistant", "content": ""}], tokenizer)
+    return replies[0] if replies else ""
 
-    A pair that teaches nothing (validation.degenerate_reason) is dropped, or raises per args.on_degenerate_pairs;
-    its drop record names the row's origin from the mixer, or `name` (train_dataset, eval_dataset) and its index.
+
+def tokenize_pairs(dataset, tokenizer, args, name: str):
+    """Token ids and labels of every pair (prompt, chosen, rejected strings) of a dataset, the pairs left out and the
+    pairs truncation cut: (dataset, [DroppedRow], [CutRow]).
+
+    A pair that teaches nothing (validation.degenerate_reason) or that its rendering flagged (RENDER_PROBLEM) is
+    dropped, or raises per args.on_degenerate_pairs; its record names the row's origin from the mixer, or `name`
+    (train_dataset, eval_dataset) and its index. Cuts are logged (validation.report_cuts), counted per split.
     """
-    empty_reply = render_response([{"role": "assistant", "content": ""}], tokenizer) if tokenizer.chat_template else ""
+    empty = empty_reply(tokenizer)
 
     def tokenize(row: dict, index: int) -> dict:
+        cuts = {}
         tokens = tokenize_row(
-            row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id
+            row, tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id, cuts
         )
-        reason = row.get(SPECIAL_TEXT) or degenerate_reason(row, tokens, empty_reply, args.label_pad_token_id)
-        origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
-        return {**tokens, "drop_reason": reason or "", ORIGIN: origin}
+        reason = row.get(RENDER_PROBLEM) or degenerate_reason(row, tokens, empty, args.label_pad_token_id)
+        origin = row.get(ORIGIN) or row_origin(name, name, index)
+        return {**tokens, "drop_reason": reason or "", "cuts": json.dumps(cuts) if cuts else "", ORIGIN: origin}
 
     settings = (tokenizer, args.max_length, args.max_prompt_length, args.truncation_mode, args.label_pad_token_id, name)
     dataset = dataset.map(
@@ -136,9 +168,15 @@ def tokenize_pairs(dataset, tokenizer, args, name: str):
         new_fingerprint=map_fingerprint(dataset, *settings),
         desc=f"Tokenizing {name}",
     )
-    reasons = dataset["drop_reason"]
-    drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(dataset[ORIGIN], reasons) if reason]
+    reasons, origins = dataset["drop_reason"], dataset[ORIGIN]
+    drops = [DroppedRow(**origin, reason=reason) for origin, reason in zip(origins, reasons) if reason]
     handle_drops(drops, args.on_degenerate_pairs, total=len(reasons))
+    cut = [
+        CutRow(**origin, **json.loads(cuts))
+        for origin, cuts, reason in zip(origins, dataset["cuts"], reasons)
+        if cuts and not reason
+    ]
+    report_cuts(cut, len(reasons) - len(drops), name, args.max_length, args.max_prompt_length)
     if drops:
         dataset = dataset.select([i for i, reason in enumerate(reasons) if not reason])
-    return dataset.remove_columns(["drop_reason", ORIGIN]), drops
+    return dataset.remove_columns(["drop_reason", "cuts", ORIGIN]), drops, cut

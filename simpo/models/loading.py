@@ -147,11 +147,13 @@ def get_peft_config(model_args: ModelArguments, training_args: TrainingArguments
         return None
     from peft import LoraConfig
 
+    targets = model_args.lora_target_modules
     return LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=0.0 if training_args.disable_dropout else model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules or "all-linear",
+        # peft reads its "all-linear" shorthand as a string only, not as the one-name list the parser makes of it
+        target_modules="all-linear" if not targets or targets == ["all-linear"] else targets,
         modules_to_save=model_args.lora_modules_to_save,
         bias="none",
         task_type="CAUSAL_LM",

@@ -121,9 +121,9 @@ def start_summary(
     return "\n".join(lines)
 
 
-def output_files(dropped_file: str) -> tuple[str, ...]:
-    """The files a finished run leaves in output_dir that the end summary lists (those found); `dropped_file`: the
-    recipe's record of the rows it left out."""
+def output_files(*recipe_files: str) -> tuple[str, ...]:
+    """The files a finished run leaves in output_dir that the end summary lists (those found); `recipe_files`: the
+    recipe's own (its records of the rows it left out or cut)."""
     return (
         "model.safetensors",
         "adapter_model.safetensors",
@@ -133,7 +133,7 @@ def output_files(dropped_file: str) -> tuple[str, ...]:
         "eval_results.json",
         "all_results.json",
         "README.md",
-        dropped_file,
+        *recipe_files,
         "training_curves.png",
     )
 

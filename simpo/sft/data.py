@@ -3,7 +3,7 @@ that name the source, split and row and say how to fix it. Rows that cannot be t
 tokenised conversation (simpo/sft/tokenization.py)."""
 
 from simpo.data.mixer import RowFormat
-from simpo.data.validation import message_list_problem
+from simpo.data.validation import describe_row, message_list_problem, row_origin
 from simpo.errors import DataError
 
 FIX = (
@@ -23,8 +23,8 @@ def conversation_problem(row: dict) -> str | None:
     return None
 
 
-def validate_conversations(dataset, source: str, split: str) -> None:
-    """Raise DataError naming source, split and row index for the first malformed row."""
+def validate_conversations(dataset, source: str, split: str, origins: list[dict] | None = None) -> None:
+    """Raise DataError naming the first malformed row (its file and line where it has them)."""
     if len(dataset) == 0:
         raise DataError(f"{source} [{split}] is empty: remove it from dataset_mixer or fix the data.")
     if "messages" not in dataset.column_names:
@@ -32,7 +32,8 @@ def validate_conversations(dataset, source: str, split: str) -> None:
     for index, row in enumerate(dataset.select_columns(["messages"])):
         problem = conversation_problem(row)
         if problem:
-            raise DataError(f"{source} [{split}] row {index}: {problem}. {FIX}")
+            where = describe_row(origins[index] if origins else row_origin(source, split, index))
+            raise DataError(f"{where}: {problem}. {FIX}")
 
 
 CONVERSATIONS = RowFormat(("messages",), validate_conversations)

@@ -12,6 +12,7 @@ from simpo.config.arguments import DataArguments, ModelArguments
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import report_drops
+from simpo.models.checks import check_model_settings, check_special_tokens
 from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.models.modules import disable_dropout
 from simpo.reporting.curves import plot_curves
@@ -92,7 +93,9 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         row_format=CONVERSATIONS,
     )
     require_eval_split(args, raw_datasets, example="test_sft")
+    check_model_settings(model_args, args)  # LoRA names, context, bitsandbytes: from the config alone
     tokenizer = get_tokenizer(model_args)
+    check_special_tokens(tokenizer, model_args)
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     tokenized, drops, counts = tokenize_splits(raw_datasets, tokenizer, data_args, args)
 

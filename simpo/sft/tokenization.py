@@ -1,17 +1,17 @@
 """A conversation -> token ids and labels for SFT: every assistant turn labelled, nothing else.
 
-The text is what SimPO training feeds the model for the same conversation (simpo/data/chat_templates.py): the turns
-before the last rendered with the chat template, no generation prompt, then the last assistant turn rendered alone
-with its BOS stripped, so each assistant header belongs to the labelled turn. Tokenisation follows
-simpo/data/tokenization.py: the joint text tokenised once without special tokens, a token straddling a turn boundary
-goes to the turn after it, BOS first once, EOS last once (labelled, as the end of the last reply). A conversation
-made of one exchange therefore gets exactly SimPO's chosen ids and labels.
+The text is what SimPO training feeds the model for the same conversation (simpo/data/chat_templates.py): the whole
+conversation rendered with the chat template, each assistant turn being what the template writes after the turns
+before it (whose rendering must start the conversation's), so each assistant header belongs to the labelled turn.
+Tokenisation follows simpo/data/tokenization.py: the joint text tokenised once without special tokens, a token
+straddling a turn boundary goes to the turn after it, BOS first once, EOS last once (labelled, as the end of the last
+reply). A conversation made of one exchange therefore gets exactly SimPO's chosen ids and labels.
 """
 
-from simpo.data.chat_templates import maybe_insert_system_message, special_token_in_text, special_tokens, strip_bos
+from simpo.data.chat_templates import maybe_insert_system_message, render, special_token_in_text, special_tokens
 from simpo.data.mixer import ORIGIN, map_fingerprint
 from simpo.data.tokenization import answer_start
-from simpo.data.validation import DroppedRow, handle_drops
+from simpo.data.validation import DroppedRow, describe_row, handle_drops, row_origin
 from simpo.errors import TemplateError
 
 IGNORE = -100  # the label of tokens that carry no loss, as TRL's collator and transformers' loss expect
@@ -20,32 +20,23 @@ IGNORE = -100  # the label of tokens that carry no loss, as TRL's collator and t
 def render_conversation(messages: list[dict], tokenizer, auto_insert_empty_system_msg: bool = True):
     """(text, [(start, end) character span of each assistant turn])."""
     turns = maybe_insert_system_message(messages, tokenizer) if auto_insert_empty_system_msg else messages
-    render = lambda some: tokenizer.apply_chat_template(some, tokenize=False)
-    last = len(turns) - 1
-    head = render(turns[:last]) if last else ""
-    text = head + strip_bos(render(turns[last:]), tokenizer)
+    text = render(turns, tokenizer)
     spans = []
     for k, turn in enumerate(turns):
         if turn["role"] != "assistant":
             continue
-        before = render(turns[:k]) if k else ""
-        upto = text if k == last else render(turns[: k + 1])
+        before = render(turns[:k], tokenizer) if k else ""
+        upto = text if k == len(turns) - 1 else render(turns[: k + 1], tokenizer)
         if not (text.startswith(before) and text.startswith(upto)):
             raise TemplateError(
                 f"The chat template renders the first {k if text.startswith(before) else k + 1} turns of a"
                 " conversation differently from the start of the whole conversation, so its assistant turns cannot"
-                " be located for the loss. Use a template whose rendering of a conversation's beginning is a prefix"
-                " of the whole (Llama-3, ChatML, Zephyr, Gemma and simpo's Mistral templates are). Conversation"
-                f" starts: {text[:200]!r}"
+                " be located for the loss (a template that writes an earlier reply otherwise than the last one, as"
+                " Qwen3's drops the reasoning of earlier replies). Use a template whose rendering of a conversation's"
+                " beginning is a prefix of the whole (Llama-3, ChatML, Zephyr, Gemma and simpo's Mistral templates"
+                f" are), or train on conversations with one reply. Conversation starts: {text[:200]!r}"
             )
         spans.append((len(before), len(upto)))
-    if strip_bos(render(turns), tokenizer) != strip_bos(text, tokenizer):
-        raise TemplateError(
-            "The chat template renders the last turn differently alone than inside the conversation (a default"
-            " system block written into a lone reply, or a system turn folded into a reply), so what would be"
-            f" labelled is not what the conversation says. Conversation starts: {text[:200]!r}. Set chat_template to"
-            " a template without a default system block, or give the conversation a user turn before the reply."
-        )
     return text, spans
 
 
@@ -83,8 +74,11 @@ def tokenize_conversation(
 
 
 def tokenize_row(row: dict, index: int, name: str, **kwargs) -> dict:
-    out = tokenize_conversation(row["messages"], **kwargs)
-    origin = row.get(ORIGIN) or {"source": name, "split": name, "row": index}
+    origin = row.get(ORIGIN) or row_origin(name, name, index)
+    try:
+        out = tokenize_conversation(row["messages"], **kwargs)
+    except TemplateError as err:
+        raise TemplateError(f"{describe_row(origin)}: {err}") from err
     return {
         **out,
         ORIGIN: origin,

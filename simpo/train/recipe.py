@@ -5,7 +5,8 @@ import logging
 
 from simpo.data.chat_templates import render_pairs, set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
-from simpo.data.validation import report_drops
+from simpo.data.validation import CUTS_FILE, report_drops, write_records
+from simpo.models.checks import check_model_settings, check_special_tokens
 from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
 from simpo.reporting.curves import plot_curves
 from simpo.run.commands import exit_process, report_input_errors
@@ -54,14 +55,17 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
     )
     require_eval_split(training_args, raw_datasets, example="test_prefs")
+    check_model_settings(model_args, training_args)  # LoRA names, context, bitsandbytes: from the config alone
     tokenizer = get_tokenizer(model_args)
-    set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
+    check_special_tokens(tokenizer, model_args)
+    template = set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     raw_datasets = render_pairs(
         raw_datasets,
         tokenizer,
         data_args.auto_insert_empty_system_msg,
         data_args.preprocessing_num_workers,
         data_args.allow_special_tokens_in_text,
+        template,
     )
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
@@ -78,6 +82,9 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     record_run(launch)
     if trainer.accelerator.is_main_process:
         report_drops([d for records in trainer.dropped_pairs.values() for d in records], training_args.output_dir)
+        write_records(
+            [c for records in trainer.truncated_pairs.values() for c in records], training_args.output_dir, CUTS_FILE
+        )
 
     if no_training(trainer, checkpoint):
         return finish(trainer, launch)

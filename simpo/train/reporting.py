@@ -2,6 +2,7 @@
 layout and kernels, the speed choices the trainer made), the end summary's metrics and files, and the panels of its
 training curves. The frame and the lines every run shares are simpo/reporting/summary.py."""
 
+from simpo.data.validation import CUTS_FILE, cut_summary
 from simpo.kernels.tile_cache import cache_path
 from simpo.reporting.summary import end_summary, line, output_files, start_summary
 
@@ -13,7 +14,7 @@ SIMPO_END_KEYS = (
     "lengths/chosen",
     "lengths/rejected",
 )
-OUTPUT_FILES = output_files("dropped_pairs.jsonl")
+OUTPUT_FILES = output_files("dropped_pairs.jsonl", CUTS_FILE)
 
 # Panel title -> metric names as logged in train entries; the eval_ version of each goes on the same panel.
 RUN_PANELS = {
@@ -36,7 +37,8 @@ COMPARE_PANELS = {
 
 
 def simpo_start_summary(trainer, state=None, resume_note: str | None = None) -> str:
-    """`trainer`: a SimPOTrainer (its pairs and drops, layout, checkpointing and Liger choices)."""
+    """`trainer`: a SimPOTrainer (its pairs, drops and cuts, layout, checkpointing and Liger choices); the truncation
+    line counts the prompts and replies cut to max_length per split (the rows: output_dir/CUTS_FILE)."""
     args = trainer.args
     drops = {name: len(records) for name, records in trainer.dropped_pairs.items()}
     train_rows = len(trainer.train_dataset) if trainer.train_dataset is not None else 0
@@ -46,6 +48,12 @@ def simpo_start_summary(trainer, state=None, resume_note: str | None = None) -> 
         f"{train_rows:,} train pairs ({drops.get('train', 0)} dropped), "
         f"{eval_rows:,} eval pairs ({drops.get('eval', 0)} dropped)",
     )
+    cuts = trainer.truncated_pairs
+    sides = [f"train {cut_summary(cuts.get('train', []), train_rows)}"]
+    if trainer.eval_dataset is not None:
+        sides.append(f"eval {cut_summary(cuts.get('eval', []), eval_rows)}")
+    listed = f"; listed in {CUTS_FILE}" if any(cuts.values()) else ""
+    truncation = line("truncation", f"{', '.join(sides)} at max_length {args.max_length}{listed}")
     method = line(
         "SimPO",
         f"beta {args.beta:g}, gamma {args.gamma:g} (gamma_beta_ratio {args.gamma_beta_ratio:g}), loss"
@@ -60,7 +68,7 @@ def simpo_start_summary(trainer, state=None, resume_note: str | None = None) -> 
         trainer,
         state,
         "SimPO run",
-        data=[data],
+        data=[data, truncation],
         batch_unit="pairs",
         method=[method],
         attention=attention,

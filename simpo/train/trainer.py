@@ -96,6 +96,7 @@ class SimPOTrainer(Trainer):
             functools.partial(fused_token_logps, ledger=self.kernels) if args.fused_logps else plain_token_logps
         )
         self.dropped_pairs = {}  # per dataset ("train", "eval"): DroppedRow records of the pairs left out
+        self.truncated_pairs = {}  # per dataset: CutRow records of the pairs truncation cut
         with args.main_process_first(desc="tokenizing preference pairs"):
             train_dataset = self.tokenize(train_dataset, processing_class, args, "train")
             eval_dataset = self.tokenize(eval_dataset, processing_class, args, "eval")
@@ -124,7 +125,9 @@ class SimPOTrainer(Trainer):
     def tokenize(self, dataset, tokenizer, args: SimPOConfig, name: str):
         if dataset is None:
             return None
-        dataset, self.dropped_pairs[name] = tokenize_pairs(dataset, tokenizer, args, f"{name}_dataset")
+        dataset, self.dropped_pairs[name], self.truncated_pairs[name] = tokenize_pairs(
+            dataset, tokenizer, args, f"{name}_dataset"
+        )
         return dataset
 
     def batch_loss_and_metrics(self, model: nn.Module, batch: ScoringBatch) -> tuple[torch.Tensor, dict]:

@@ -141,21 +141,18 @@ DEFAULT_SYSTEM = (
 )
 
 
-@pytest.mark.parametrize("auto_insert", [True, False])
-def test_a_template_that_writes_into_a_lone_reply_is_refused(make_tokenizer, auto_insert):
+def test_a_default_system_block_stays_in_the_prompt_and_out_of_the_scored_reply(make_tokenizer):
+    """A template that writes a default system block into a conversation without a system turn (Qwen2.5's,
+    Llama-3.1's) also writes it into a reply rendered alone; rendered in its conversation, the reply is the reply."""
     from datasets import Dataset
 
     from simpo.data.chat_templates import render_pairs
-    from simpo.errors import TemplateError
 
     tok = make_tokenizer(["<|im_start|>", "<|im_end|>"], eos="<|im_end|>", template=DEFAULT_SYSTEM)
-    with pytest.raises(
-        TemplateError,
-        match="renders a reply differently alone than after its prompt, so the text it"
-        " adds would be scored as part of every response",
-    ):
-        render_pairs({"train": Dataset.from_list([ROW])}, tok, auto_insert)
-    tok.chat_template = ZEPHYR  # templates that render a reply alone as in context pass
-    assert render_pairs({"train": Dataset.from_list([ROW])}, tok, auto_insert)["train"][0]["chosen"] == (
-        "<|assistant|>\n4<|im_end|>\n"
+    assert tok.apply_chat_template(ROW["chosen"][-1:], tokenize=False).startswith("<|im_start|>system\nYou are")
+    rendered = render_pairs({"train": Dataset.from_list([ROW])}, tok, auto_insert_empty_system_msg=False)["train"][0]
+    assert rendered["prompt"] == (
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
     )
+    assert rendered["chosen"] == "<|im_start|>assistant\n4<|im_end|>\n" and rendered["render_problem"] == ""
+    assert rendered["prompt"] + rendered["chosen"] == tok.apply_chat_template(ROW["chosen"], tokenize=False)

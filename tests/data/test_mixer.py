@@ -44,8 +44,9 @@ def test_fractions_subsample_train_and_keep_test_whole(sources):
     mixed = mix_datasets({str(files): 0.5}, ["train", "test"])
     assert len(mixed["train"]) == 5 and len(mixed["test"]) == 4
     assert sorted(mixed["train"].column_names) == ["chosen", "origin", "prompt", "rejected"]  # score dropped
-    # each row's origin: the source, the split and its row there, whatever the shuffle did
-    assert sorted(o["row"] for o in mixed["train"]["origin"]) == list(range(5))
+    # each row's origin: the source, the split, its 0-based index there and its file and line, whatever the shuffle did
+    assert sorted((o["index"], o["line"]) for o in mixed["train"]["origin"]) == [(i, i + 1) for i in range(5)]
+    assert {o["file"] for o in mixed["train"]["origin"]} == {str(files / "train.jsonl")}
     assert {(o["source"], o["split"]) for o in mixed["test"]["origin"]} == {(str(files), "test")}
     mixed = mix_datasets({str(saved): 0.25}, ["train_prefs", "test_prefs"])
     assert len(mixed["train"]) == 5 and len(mixed["test"]) == 6
@@ -108,7 +109,7 @@ def test_row_not_in_message_format_names_source_split_and_row(tmp_path):
         )
         + "\n"
     )
-    with pytest.raises(DataError, match=rf"{folder} \[train\] row 2: 'chosen': message 1 has unknown role 'bot'"):
+    with pytest.raises(DataError, match=rf"^{folder}/train.jsonl line 3: 'chosen': message 1 has unknown role 'bot'"):
         mix_datasets({str(folder): 1.0}, ["train"])
 
 
@@ -158,7 +159,7 @@ def test_empty_extra_message_keys_are_dropped_and_others_refused_naming_the_key(
     column = "messages" if row_format == "conversations" else "chosen"
     with pytest.raises(
         DataError,
-        match=rf"{named} \[train\] row 1: '{column}': message 1 has 'name' = 'bot', which"
+        match=rf"^{named}/train.jsonl line 2: '{column}': message 1 has 'name' = 'bot', which"
         " simpo does not train on",
     ):
         mix_datasets({str(named): 1.0}, ["train"], row_format=fmt)
@@ -181,8 +182,7 @@ def test_a_json_line_that_is_not_an_object_is_named_with_file_and_line(tmp_path,
     (folder / "train.jsonl").write_text(json.dumps(pair(0)) + "\n" + line + "\n" + json.dumps(pair(1)) + "\n")
     with pytest.raises(
         DataError,
-        match=rf"{folder} \[train\] cannot be read as json: train.jsonl line 2: a JSON"
-        rf" {kind}, not an object",
+        match=rf"^{folder}/train.jsonl line 2: a JSON {kind}, not an object .*Fix the file \({folder} \[train\]",
     ):
         mix_datasets({str(folder): 1.0}, ["train"])
 

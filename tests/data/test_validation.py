@@ -65,7 +65,7 @@ def test_malformed_row_names_source_split_row_and_problem(tmp_path, bad_row, mes
     src = source_with(tmp_path, [good(0), good(1), good(2), bad_row])
     with pytest.raises(DataError) as error:
         mix_datasets({src: 1.0}, ["train"])
-    assert str(error.value).startswith(f"{src} [train] row 3: {message}")
+    assert str(error.value).startswith(f"{src}/train.jsonl line 4: {message}")  # the file's 4th line
     assert "OpenAI format" in str(error.value)
 
 
@@ -89,7 +89,7 @@ def test_a_broken_json_line_is_named_by_file_and_line(tmp_path):
     src = source_with(tmp_path, [good(0), good(1), good(2)])
     path = tmp_path / "src" / "train.jsonl"
     path.write_text(path.read_text() + json.dumps(good(3))[:25] + "\n")  # a last line cut off mid-write
-    with pytest.raises(DataError, match=rf"{src} \[train\] cannot be read as json: train.jsonl line 4: .*Fix the"):
+    with pytest.raises(DataError, match=rf"^{src}/train.jsonl line 4: .*Fix the file"):
         mix_datasets({src: 1.0}, ["train"])
 
 
@@ -136,22 +136,22 @@ def tokenized(tmp_path, rows: list[dict], **overrides):
     args = SimPOConfig(
         output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=64, max_prompt_length=32, **overrides
     )
-    return src, mixed, *tokenize_pairs(templated, tokenizer, args, "train_dataset")
+    return src, mixed, *tokenize_pairs(templated, tokenizer, args, "train_dataset")[:2]
 
 
 def test_degenerate_pairs_are_dropped_counted_and_listed_with_their_row_in_the_source(tmp_path, caplog):
     identical = dict(good(), rejected=good()["chosen"])
     empty = dict(good(), chosen=[USER, {"role": "assistant", "content": "  "}])
     src, mixed, kept, drops = tokenized(tmp_path, [good(0), identical, good(1), empty, good(2), identical])
-    assert mixed["origin"] != sorted(mixed["origin"], key=lambda o: o["row"])  # shuffled: rows are not positions
+    assert mixed["origin"] != sorted(mixed["origin"], key=lambda o: o["index"])  # shuffled: rows are not positions
     assert len(kept) == 3 and "origin" not in kept.column_names
-    # Rows of the user's file, in the order the shuffled mixture met them: (row, reason).
-    assert sorted((d.row, d.reason) for d in drops) == [
-        (1, "identical chosen and rejected responses"),
-        (3, "empty response"),
-        (5, "identical chosen and rejected responses"),
+    # Rows of the user's file, in the order the shuffled mixture met them: (line, 0-based index, reason).
+    assert sorted((d.line, d.index, d.reason) for d in drops) == [
+        (2, 1, "identical chosen and rejected responses"),
+        (4, 3, "empty response"),
+        (6, 5, "identical chosen and rejected responses"),
     ]
-    assert {(d.source, d.split) for d in drops} == {(src, "train")}
+    assert {(d.source, d.split, d.file) for d in drops} == {(src, "train", f"{src}/train.jsonl")}
     with caplog.at_level(logging.WARNING):
         report_drops(drops, str(tmp_path / "out"))
     assert (
@@ -159,7 +159,10 @@ def test_degenerate_pairs_are_dropped_counted_and_listed_with_their_row_in_the_s
         f" in {tmp_path / 'out' / 'dropped_pairs.jsonl'}"
     ) in caplog.text
     listed = [json.loads(line) for line in (tmp_path / "out" / "dropped_pairs.jsonl").read_text().splitlines()]
-    assert listed == [{"source": d.source, "split": d.split, "row": d.row, "reason": d.reason} for d in drops]
+    assert listed == [
+        {"source": src, "split": "train", "index": d.index, "file": d.file, "line": d.line, "reason": d.reason}
+        for d in drops
+    ]
     report_drops([], str(tmp_path / "out"))  # a later launch into the folder that drops nothing: no stale list
     assert not (tmp_path / "out" / "dropped_pairs.jsonl").exists()
 
@@ -169,7 +172,7 @@ def test_a_split_with_every_pair_dropped_stops_the_run_naming_why(tmp_path):
     with pytest.raises(
         DataError,
         match=r"All 2 pairs of train were dropped \(2 identical chosen and rejected"
-        r" responses\), e.g. .* row 0: nothing would be left",
+        r" responses\), e.g. .*/train.jsonl line 1: nothing would be left",
     ):
         tokenized(tmp_path, [identical, identical])
 
@@ -177,7 +180,7 @@ def test_a_split_with_every_pair_dropped_stops_the_run_naming_why(tmp_path):
 def test_degenerate_pairs_can_be_an_error(tmp_path):
     with pytest.raises(
         DataError,
-        match=r"\[train\] row 1: identical chosen and rejected responses \(1 such pairs\)\."
+        match=r"/train.jsonl line 2: identical chosen and rejected responses \(1 such pairs\)\."
         " Fix the data, or set on_degenerate_pairs: drop",
     ):
         tokenized(tmp_path, [good(0), dict(good(), rejected=good()["chosen"])], on_degenerate_pairs="error")
@@ -197,9 +200,9 @@ def test_response_truncated_to_nothing_is_dropped_naming_the_trainers_dataset(tm
         ]
     )
     args = SimPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=16, max_prompt_length=8)
-    kept, drops = tokenize_pairs(rows, tok, args, "train_dataset")
+    kept, drops, _ = tokenize_pairs(rows, tok, args, "train_dataset")
     assert len(kept) == 1 and kept[0]["rejected_input_ids"][-1] == tok.convert_tokens_to_ids("d")
-    assert [(d.source, d.row, d.reason) for d in drops] == [
+    assert [(d.source, d.index, d.reason) for d in drops] == [
         ("train_dataset", 0, "empty response"),
         ("train_dataset", 2, "identical chosen and rejected responses"),
     ]
@@ -208,8 +211,8 @@ def test_response_truncated_to_nothing_is_dropped_naming_the_trainers_dataset(tm
     rows = Dataset.from_list(
         [{"prompt": "", "chosen": "cc", "rejected": "d"}, {"prompt": "", "chosen": "ee", "rejected": "ff"}]
     )
-    _, drops = tokenize_pairs(rows, no_bos, args, "x")
-    assert [(d.source, d.row, d.reason) for d in drops] == [("x", 0, "response with no token to score")]
+    _, drops, _ = tokenize_pairs(rows, no_bos, args, "x")
+    assert [(d.source, d.index, d.reason) for d in drops] == [("x", 0, "response with no token to score")]
 
 
 @pytest.mark.parametrize(
@@ -309,6 +312,8 @@ def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog, c
         long_prompt = " ".join([row["chosen"][0]["content"]] * 60)
         for side in ("chosen", "rejected"):
             row[side][0]["content"] = long_prompt
+    long_reply = {"role": "assistant", "content": "word " * 40_000}  # 200,000 characters
+    rows[30] = dict(rows[30], chosen=rows[30]["chosen"][:1] + [long_reply])
     degenerate = [dict(rows[i], rejected=rows[i]["chosen"]) for i in range(20, 25)]
     degenerate += [
         dict(rows[i], chosen=rows[i]["chosen"][:1] + [{"role": "assistant", "content": ""}]) for i in range(25, 30)
@@ -331,9 +336,17 @@ def test_run_on_dirty_data_finishes_finite_and_reports_drops(tmp_path, caplog, c
             ]
         )
     assert "Dropped 10 preference pairs (5 identical chosen and rejected responses, 5 empty response)" in caplog.text
-    assert "90 train pairs (10 dropped)" in capsys.readouterr().out  # the start summary counts every drop
+    printed = capsys.readouterr().out
+    assert "90 train pairs (10 dropped)" in printed  # the start summary counts every drop, and every cut
+    assert "truncation      train 20 prompts and 1 replies cut (of 90 pairs) at max_length 128; listed in" in printed
+    assert "Truncated train_dataset to max_length 128 (prompts to max_prompt_length 64 first): 20" in caplog.text
+    cut = [json.loads(line) for line in (out / "truncated_pairs.jsonl").read_text().splitlines()]
+    assert sorted(c["line"] for c in cut) == list(range(1, 21)) + [31]  # the lines of the user's file
+    long = next(c for c in cut if c["line"] == 31)
+    assert long["chosen"][1] == 128 - 64 and long["chosen"][0] > 40_000 and long["rejected"] is None
+    assert all(c["prompt"][1] == 64 for c in cut if c["line"] <= 20)
     dropped = [json.loads(line) for line in (out / "dropped_pairs.jsonl").read_text().splitlines()]
-    assert sorted(d["row"] for d in dropped) == list(range(90, 100))  # the rows of the user's file
+    assert sorted(d["line"] for d in dropped) == list(range(91, 101))  # the lines of the user's file
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)

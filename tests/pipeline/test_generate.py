@@ -3,7 +3,6 @@
 import os
 from types import SimpleNamespace
 
-import jinja2
 import pytest
 import torch
 import yaml
@@ -123,6 +122,7 @@ GEMMA_OWN = (
 def test_the_gemma2_pipeline_config_samples_from_the_ids_training_feeds(make_tokenizer):
     from simpo.data.chat_templates import apply_chat_template, set_chat_template
     from simpo.data.tokenization import generation_prompt_ids, tokenize_row
+    from simpo.errors import TemplateError
 
     model, data, args = parse_pipeline_args(
         [os.path.join(REPO, "onpolicy_configs", "gemma-2-9b-it.yaml")], "simpo-generate", ""
@@ -159,6 +159,10 @@ def test_the_gemma2_pipeline_config_samples_from_the_ids_training_feeds(make_tok
         assert sampled_from == trained[: len(sampled_from)]
         assert pipeline_tok.convert_ids_to_tokens(sampled_from)[:2] == ["<bos>", "<start_of_turn>"]
         assert pipeline_tok.convert_ids_to_tokens(sampled_from)[-7:] == ["<start_of_turn>", *"model", "\n"]
-    # Without the config's template, Gemma's own one refuses the empty system turn the rule inserts.
-    with pytest.raises(jinja2.TemplateError, match="System role not supported"):
-        generation_prompt_ids([{"role": "user", "content": "hi"}], gemma_tokenizer(None, model.model_name_or_path))
+    # Gemma's own template refuses system turns, so the rule inserts none: a user-only prompt gives the config
+    # template's ids; a prompt with a system turn is refused with the template's message.
+    own = gemma_tokenizer(None, model.model_name_or_path)
+    user_only = [{"role": "user", "content": "Name a colour."}]
+    assert generation_prompt_ids(user_only, own) == generation_prompt_ids(user_only, pipeline_tok)
+    with pytest.raises(TemplateError, match="raises: System role not supported"):
+        generation_prompt_ids([{"role": "system", "content": "Be brief."}, *user_only], own)

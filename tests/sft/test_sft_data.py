@@ -157,7 +157,7 @@ def test_truncation_keeps_the_start_and_a_row_with_no_reply_left_is_dropped(make
     rows = Dataset.from_list([{"messages": MULTI}, {"messages": MULTI[1:3]}, {"messages": MULTI}])
     dataset, drops, counts = tokenize_conversations(rows, tok, max_length=14, name="train_dataset")
     assert len(dataset) == 1 and dataset.column_names == ["input_ids", "labels"]
-    assert [d.row for d in drops] == [0, 2] and {(d.source, d.split) for d in drops} == {("train_dataset",) * 2}
+    assert [d.index for d in drops] == [0, 2] and {(d.source, d.split) for d in drops} == {("train_dataset",) * 2}
     kept = dataset[0]
     assert counts == {
         "rows": 1,
@@ -198,7 +198,7 @@ def test_a_malformed_row_stops_the_run_naming_source_split_row_and_fix(tmp_path,
     write(tmp_path / "train_sft.jsonl", [good, good, row])
     with pytest.raises(DataError) as error:
         mix_datasets({str(tmp_path): 1.0}, ["train_sft"], row_format=CONVERSATIONS)
-    assert f"{tmp_path} [train_sft] row 2: {problem}" in str(error.value)
+    assert str(error.value).startswith(f"{tmp_path}/train_sft.jsonl line 3: {problem}")
     assert "SFT rows need 'messages'" in str(error.value)
 
 
@@ -216,8 +216,11 @@ def test_empty_replies_are_dropped_naming_their_row_in_the_source_or_stop_the_ru
     assert len(mixed) == 3 and mixed.column_names == ["messages", "origin"]
     kept, drops, _ = tokenize_conversations(mixed, tok, 256, "train_dataset")
     assert len(kept) == 2
-    assert drops == [DroppedRow(source=str(tmp_path), split="train", row=1, reason="empty assistant reply")]
-    with pytest.raises(DataError, match=r"\[train\] row 1: empty assistant reply \(1 such rows\).*on_degenerate_rows"):
+    file = str(tmp_path / "train.jsonl")
+    assert drops == [
+        DroppedRow(source=str(tmp_path), split="train", index=1, file=file, line=2, reason="empty assistant reply")
+    ]
+    with pytest.raises(DataError, match=rf"^{file} line 2: empty assistant reply \(1 such rows\).*on_degenerate_rows"):
         tokenize_conversations(mixed, tok, 256, "train_dataset", on_degenerate_rows="error")
 
 
@@ -235,7 +238,9 @@ def test_cached_tokenisation_is_reused_only_by_the_same_code(tmp_path, make_toke
     assert cache() != first
 
 
-def test_a_template_that_writes_into_a_lone_last_reply_is_refused(make_tokenizer):
+def test_a_default_system_block_is_rendered_once_and_left_unlabelled(make_tokenizer):
+    """A template that writes a default system block into a conversation without a system turn (Qwen2.5's,
+    Llama-3.1's) writes it once, at the start, outside the labelled reply (rendered alone the reply would get one)."""
     tok = make_tokenizer(
         ["<|im_start|>", "<|im_end|>"],
         eos="<|im_end|>",
@@ -244,5 +249,7 @@ def test_a_template_that_writes_into_a_lone_last_reply_is_refused(make_tokenizer
             "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         ),
     )
-    with pytest.raises(TemplateError, match="renders the last turn differently alone than inside the conversation"):
-        render_conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}], tok)
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}]
+    text, spans = render_conversation(messages, tok, auto_insert_empty_system_msg=False)
+    assert text == tok.apply_chat_template(messages, tokenize=False) and text.count("You are helpful") == 1
+    assert [text[a:b] for a, b in spans] == ["<|im_start|>assistant\nHey<|im_end|>\n"]

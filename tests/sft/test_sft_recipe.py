@@ -183,11 +183,20 @@ def test_degenerate_rows_are_dropped_and_listed_or_stop_the_run(tmp_path):
         "--max_steps=1",
         *QUIET,
     ]
-    with pytest.raises(DataError, match=rf"{data} \[train\] row 3: empty assistant reply .*on_degenerate_rows"):
+    with pytest.raises(DataError, match=rf"^{data}/train.jsonl line 4: empty assistant reply .*on_degenerate_rows"):
         sft_main([*common, f"--output_dir={tmp_path / 'error'}", "--on_degenerate_rows=error"])
     sft_main([*common, f"--output_dir={tmp_path / 'drop'}"])
     listed = [json.loads(line) for line in (tmp_path / "drop" / "dropped_conversations.jsonl").read_text().splitlines()]
-    assert listed == [{"source": str(data), "split": "train", "row": 3, "reason": "empty assistant reply"}]
+    assert listed == [
+        {
+            "source": str(data),
+            "split": "train",
+            "index": 3,
+            "file": str(data / "train.jsonl"),
+            "line": 4,
+            "reason": "empty assistant reply",
+        }
+    ]
     assert json.loads((tmp_path / "drop" / "train_results.json").read_text())["train_samples"] == 39
 
 
