@@ -16,7 +16,7 @@ from simpo.core.model import get_tokenizer
 from simpo.core.run_lock import lock_folder
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.tokenization import generation_prompt_ids
-from simpo.pipeline.backends import backend_name, make_backend
+from simpo.pipeline.backends import backend_name, engine_options, make_backend
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.prompts import load_prompts
 from simpo.pipeline.work_units import (
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate", DESCRIPTION)
     rank, world = process_rank()
     setup_logging(rank == 0)
+    engine = engine_options(args.backend, args.engine_options())  # before anything loads
     if rank == 0:
         lock_folder(args.output_dir, "simpo-generate")
     tokenizer = get_tokenizer(model_args)
@@ -130,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
         world,
     )
     folder = os.path.join(args.output_dir, "generations")
-    make = lambda: make_backend(args.backend, model_args, tokenizer, args.temperature, args.top_p, args.max_tokens)
+    make = lambda: make_backend(
+        args.backend, model_args, tokenizer, args.temperature, args.top_p, args.max_tokens, engine
+    )
     responses = sample_units(folder, prompt_ids, args.seeds, args.generation_batch_size, settings, make)
     if responses is None:
         return
