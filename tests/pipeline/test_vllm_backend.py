@@ -18,8 +18,8 @@ from conftest import REPO, TINY_DATA, TINY_MODEL
 from refusals import refused
 from transformers import AutoTokenizer
 
-from simpo.pipeline import generate
 from simpo.core.parser import ConfigError
+from simpo.pipeline import generate
 from simpo.pipeline.backends import EngineOptions, engine_options, full_weights, make_backend
 from simpo.pipeline.config import parse_pipeline_args
 
