@@ -20,9 +20,12 @@ ENVS = "envs"
 INSTALL = {
     "alpaca_eval": f'python3 -m venv {ENVS}/alpaca_eval && {ENVS}/alpaca_eval/bin/pip install "setuptools<81"'
     " alpaca-eval==0.6.2",
-    "fastchat": f'python3 -m venv {ENVS}/fastchat && {ENVS}/fastchat/bin/pip install "fschat[llm_judge]==0.2.36"',
+    # the judge imports fastchat.model (torch, transformers, psutil): model_worker brings them
+    "fastchat": f"python3 -m venv {ENVS}/fastchat && {ENVS}/fastchat/bin/pip install torch==2.13.0"
+    ' "fschat[model_worker,llm_judge]==0.2.36"',
+    # transformers: gen_answer.py loads the endpoint's `tokenizer` with it, and its requirements do not list it
     "arena_hard": f"python3 -m venv {ENVS}/arena_hard && {ENVS}/arena_hard/bin/pip install -r"
-    f" {ARENA_HARD_REPO}/requirements.txt",
+    f" {ARENA_HARD_REPO}/requirements.txt transformers",
     "vllm": f"python3 -m venv {ENVS}/vllm && {ENVS}/vllm/bin/pip install {VLLM_PIN}",
 }
 
@@ -69,16 +72,19 @@ def alpaca_eval_section(out: str, eval_dir: str, name: str, family: str, context
     )
 
 
-def arena_hard_section(out: str, served: str, eval_dir: str, name: str, family: str, context: int | None) -> str:
+def arena_hard_section(
+    out: str, served: str, eval_dir: str, name: str, family: str, context: int | None, dtype: str | None
+) -> str:
     d = decoding(family, "arena_hard")
     folder, repo = os.path.join(eval_dir, "arena_hard"), ARENA_HARD_REPO
     question_dir = f"{repo}/data/arena-hard-v0.1"
     rel, py = inside(repo, folder), inside(repo, f"{ENVS}/arena_hard/bin/python")
-    tokens = min(d.max_new_tokens, context or d.max_new_tokens)
     return (
         f"## Arena-Hard v0.1 (win rate against GPT-4-0314, judged by GPT-4 Turbo)\n\nDecoding: temperature"
-        f" {d.temperature} (greedy), at most {tokens} new tokens. arena-hard-auto's v0.1 scripts, at the commit"
-        " simpo-eval-setup's files were checked against:\n\n"
+        f" {d.temperature} (greedy), at most {d.max_new_tokens} new tokens less the question's own, within the"
+        f" model's {context or 'unknown number of'} positions (gen_answer.py subtracts a question's tokens, counted"
+        " with the run's tokenizer, from max_tokens). arena-hard-auto's v0.1"
+        " scripts, at the commit simpo-eval-setup's files were checked against:\n\n"
         + block(
             f"git clone https://github.com/lmarena/arena-hard-auto {repo}",
             f"git -C {repo} checkout {ARENA_HARD_COMMIT}",
@@ -91,8 +97,9 @@ def arena_hard_section(out: str, served: str, eval_dir: str, name: str, family: 
         + block(
             INSTALL["vllm"],
             f"{ENVS}/vllm/bin/vllm serve {served} --served-model-name {name} --chat-template"
-            f" {folder}/chat_template.jinja --generation-config {folder}/generation_config --port 8000 --api-key"
-            " token-abc123 &",
+            f" {folder}/chat_template.jinja --generation-config {folder}/generation_config"
+            + (f" --dtype {dtype}" if dtype and dtype != "auto" else "")
+            + " --port 8000 --api-key token-abc123 &",
             f"(cd {repo} && {py} gen_answer.py --setting-file {rel}/gen_answer_config.yaml --endpoint-file"
             f" {rel}/api_config.yaml)",
         )
@@ -143,6 +150,7 @@ def eval_md(
     family: str,
     benchmarks: list[str],
     context: int | None = None,
+    dtype: str | None = None,
 ) -> str:
     out, served, eval_dir = os.path.normpath(output_dir), os.path.normpath(served), os.path.normpath(eval_dir)
     lora = (
@@ -162,7 +170,7 @@ def eval_md(
     if "alpaca_eval" in benchmarks:
         parts.append(alpaca_eval_section(out, eval_dir, name, family, context))
     if "arena_hard" in benchmarks:
-        parts.append(arena_hard_section(out, served, eval_dir, name, family, context))
+        parts.append(arena_hard_section(out, served, eval_dir, name, family, context, dtype))
     if "mt_bench" in benchmarks:
         parts.append(mt_bench_section(out, eval_dir, name))
     return "\n".join(parts)

@@ -28,12 +28,14 @@ from transformers import GenerationConfig
 from simpo.core.errors import report_input_errors
 from simpo.core.parser import CommandParser
 from simpo.core.run_config import run_folder_problem, run_settings, training_tokenizer
+from simpo.data.tokenization import generation_prompt_ids
 from simpo.evaluation.answer import context_length
 from simpo.evaluation.families import decoding, family_of
 from simpo.evaluation.instructions import eval_md
 from simpo.evaluation.templates import (
     ALPACA_EVAL_CONVERSATIONS,
     PARITY_CONVERSATIONS,
+    PARITY_PROMPTS,
     ParityError,
     alpaca_eval_ids,
     alpaca_eval_template,
@@ -64,6 +66,26 @@ def new_tokens(setting, context: int | None) -> int:
     """The family's max_new_tokens, at most the model's positions: vLLM refuses a request for more new tokens than
     the model has positions (and, given fewer, caps each at what its prompt leaves)."""
     return min(setting.max_new_tokens, context or setting.max_new_tokens)
+
+
+ARENA_HARD_RESERVE = 300  # arena-hard-auto's gen_answer.py: max_tokens - a question's tokens - 300 per answer
+BOUNDARY_MARGIN = 16  # tokens a question may gain from the template around it (merges across the boundary)
+
+
+def arena_hard_budget(setting, context: int | None, tokenizer, auto_insert: bool) -> int:
+    """gen_answer_config.yaml's max_tokens. With a `tokenizer` key in the endpoint, gen_answer.py asks for
+    max_tokens - len(tokenizer(question)) - 300 new tokens per question, and vLLM refuses a request whose prompt and
+    max_tokens together pass the model's positions. So: the family's new tokens plus those 300, and at most the
+    context plus 300 minus what the chat template adds to a question (the most over the parity prompts, and a
+    margin): every answer gets the family's tokens less the question's, and never more than the context leaves."""
+    if context is None:
+        return setting.max_new_tokens + ARENA_HARD_RESERVE
+    added = max(
+        len(generation_prompt_ids([{"role": "user", "content": text}], tokenizer, auto_insert))
+        - len(tokenizer(text)["input_ids"])
+        for text in PARITY_PROMPTS
+    )
+    return min(setting.max_new_tokens, context - added - BOUNDARY_MARGIN) + ARENA_HARD_RESERVE
 
 
 def alpaca_eval_config(name: str, folder: str, model: str, setting, context, stops, trust_remote_code) -> dict:
@@ -153,15 +175,16 @@ def setup(
             {
                 "bench_name": "arena-hard-v0.1",
                 "temperature": setting.temperature,
-                "max_tokens": new_tokens(setting, context),
+                "max_tokens": arena_hard_budget(setting, context, tokenizer, auto_insert),
                 "num_choices": 1,
                 "model_list": [name],
             },
             sort_keys=False,
         )
-        files[os.path.join(folder, "api_config.yaml")] = yaml.safe_dump(
-            {name: {"model_name": name, "endpoints": [SERVER], "api_type": "openai", "parallel": 8}}, sort_keys=False
-        )
+        endpoint = {"model_name": name, "endpoints": [SERVER], "api_type": "openai", "parallel": 8}
+        # the run's tokenizer: gen_answer.py subtracts each question's tokens from max_tokens
+        endpoint["tokenizer"] = os.path.abspath(output_dir)
+        files[os.path.join(folder, "api_config.yaml")] = yaml.safe_dump({name: endpoint}, sort_keys=False)
     if "mt_bench" in benchmarks:
         parity["mt_bench"] = {"prompts": 0, "tokens": 0, "note": "simpo-answer prompts with the training ids"}
     summary = {
@@ -174,7 +197,9 @@ def setup(
         "parity": parity,
     }
     files[os.path.join(eval_dir, "parity.json")] = json.dumps(summary, indent=1)
-    files[os.path.join(eval_dir, "EVAL.md")] = eval_md(output_dir, served, eval_dir, name, family, benchmarks, context)
+    files[os.path.join(eval_dir, "EVAL.md")] = eval_md(
+        output_dir, served, eval_dir, name, family, benchmarks, context, model_args.torch_dtype
+    )
     for path, text in files.items():
         write_atomic(path, text)
     return summary

@@ -130,9 +130,15 @@ class TransformersBackend:
         return [self.decode(row[width:].tolist()) for row in out]
 
     def decode(self, ids: list[int]) -> str:
-        """The reply up to its first end-of-turn token (generate pads finished rows after it)."""
-        ends = [ids.index(stop) for stop in self.stop_ids if stop in ids]
-        return self.tokenizer.decode(ids[: min(ends, default=len(ids))], skip_special_tokens=True).strip()
+        return reply_text(self.tokenizer, ids, self.stop_ids)
+
+
+def reply_text(tokenizer, ids: list[int], stops: list[int]) -> str:
+    """A reply's text: its tokens up to the first end-of-turn token (generate pads finished rows after it, vLLM
+    keeps the stop token), decoded without special tokens and stripped. Both backends decode so: vLLM's own
+    detokenizer drops a byte-level token that ends mid-character where the tokenizer writes U+FFFD."""
+    ends = [ids.index(stop) for stop in stops if stop in ids]
+    return tokenizer.decode(ids[: min(ends, default=len(ids))], skip_special_tokens=True).strip()
 
 
 @dataclass(frozen=True)
@@ -246,7 +252,7 @@ class VLLMBackend:
             dtype=model_args.torch_dtype or "auto",
             **dataclasses.asdict(engine),
         )
-        self.sampling_params = SamplingParams
+        self.sampling_params, self.tokenizer = SamplingParams, tokenizer
         self.stop_ids = model_stop_ids(model_args.model_name_or_path, tokenizer, model_args.model_revision)
         self.set_sampling(temperature, top_p, max_tokens)
 
@@ -263,7 +269,7 @@ class VLLMBackend:
         """Each request samples from its own seed, so batching does not change it."""
         requests = [{"prompt_token_ids": ids} for ids in prompts]
         outputs = self.llm.generate(requests, [self.params(seed) for seed in row_seeds], use_tqdm=False)
-        return [output.outputs[0].text.strip() for output in outputs]
+        return [reply_text(self.tokenizer, list(output.outputs[0].token_ids), self.stop_ids) for output in outputs]
 
 
 def backend_name(name: str, has_vllm: bool | None = None) -> str:

@@ -79,10 +79,17 @@ def test_eval_setup_writes_the_three_set_ups_with_token_parity(in_workdir, capsy
     template = open(alpaca["tiny-simpo-cpu"]["prompt_template"]).read()
     gen_answer = yaml.safe_load(open(os.path.join(folder, "arena_hard", "gen_answer_config.yaml")))
     assert gen_answer["temperature"] == 0.0 and gen_answer["model_list"] == ["tiny-simpo-cpu"]
-    # arena-hard asks vLLM for max_tokens per answer: at most the model's positions (vLLM refuses more)
-    assert gen_answer["max_tokens"] == 512 and "stop_token_ids" not in gen_answer
+    assert "stop_token_ids" not in gen_answer  # read by no script
     api = yaml.safe_load(open(os.path.join(folder, "arena_hard", "api_config.yaml")))
     assert api["tiny-simpo-cpu"]["endpoints"][0]["api_base"] == "http://localhost:8000/v1"
+    # gen_answer.py asks for max_tokens - len(tokenizer(question)) - 300 with the endpoint's tokenizer, and vLLM
+    # refuses a request whose prompt and max_tokens pass the model's 512 positions: each question's fits, tightly
+    assert api["tiny-simpo-cpu"]["tokenizer"] == os.path.abspath(RUN)
+    run_tokenizer = training_tokenizer(RUN, *run_settings(RUN))
+    for text in ["What is the capital of France?", "Hi", "  spaced  ", "word " * 200]:
+        asked = gen_answer["max_tokens"] - len(run_tokenizer(text)["input_ids"]) - 300
+        prompt = len(generation_prompt_ids([{"role": "user", "content": text}], run_tokenizer))
+        assert 512 - 20 <= prompt + asked <= 512
     chat = open(os.path.join(folder, "arena_hard", "chat_template.jinja")).read()
     # The written files, put through their tools' paths, prompt as training did (checked here independently).
     tokenizer = training_tokenizer(RUN, *run_settings(RUN))
