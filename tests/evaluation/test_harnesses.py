@@ -195,8 +195,18 @@ def test_fastchat_loads_checks_and_judges_simpo_answers_mt_bench_file(workdir, t
     ]
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "model_answer" / f"{NAME}.jsonl"
-    limit = ["--max-new-tokens", "8"]
-    answer_cli.main([run, "--benchmark", "mt_bench", "--questions", str(questions), "--out", str(out), *limit])
+    tokenizer = training_tokenizer(run, *run_settings(run))
+
+    class Rambler:  # a first answer to the poem that fills the model's 512 positions
+        def set_sampling(self, temperature, top_p, max_tokens):
+            pass
+
+        def generate(self, prompts, batch_seed, row_seeds):
+            texts = [tokenizer.decode(ids) for ids in prompts]
+            return ["word " * 400 if "poem" in text and "word" not in text else "4" for text in texts]
+
+    monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Rambler())
+    answer_cli.main([run, "--benchmark", "mt_bench", "--questions", str(questions), "--out", str(out)])
     seen = in_env(
         harness("fastchat"),
         FASTCHAT_ROUTE,
@@ -204,6 +214,7 @@ def test_fastchat_loads_checks_and_judges_simpo_answers_mt_bench_file(workdir, t
         tmp_path,
     )
     answers = {r["question_id"]: r["choices"][0]["turns"] for r in map(json.loads, out.read_text().splitlines())}
+    assert answers == {81: ["word " * 400, ""], 111: ["4", "4"]}
     assert seen["models"] == [NAME] and seen["scores"] == [5, 5]
     for prompt, row in zip(seen["prompts"], rows):
         first, second = answers[row["question_id"]]
