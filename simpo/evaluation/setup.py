@@ -127,34 +127,28 @@ def setup(
     family = family_of(tokenizer.chat_template)
     context = context_length(output_dir, model_args.trust_remote_code)
     stops = stop_token_ids(output_dir, tokenizer)
-    files, parity, checked = {}, {}, []
-    if "alpaca_eval" in benchmarks:
-        template = alpaca_template or alpaca_eval_template(tokenizer, auto_insert)
-        checked.append(
-            lambda: check_parity(
-                "alpaca_eval prompt template",
-                lambda t: alpaca_eval_ids(template, t, tokenizer),
-                ALPACA_EVAL_CONVERSATIONS,
-                tokenizer,
-                auto_insert,
-            )
-        )
-    if "arena_hard" in benchmarks:
-        chat = chat_template or vllm_chat_template(tokenizer, auto_insert)
-        checked.append(
-            lambda: check_parity(
-                "vLLM chat template (Arena-Hard)",
-                lambda t: vllm_chat_ids(chat, t, tokenizer),
-                PARITY_CONVERSATIONS,
-                tokenizer,
-                auto_insert,
-            )
-        )
-    tokens = [check() for check in checked]  # every template, before anything is merged or written
+    files, parity = {}, {}
+    wants = lambda benchmark, own, make: (own or make(tokenizer, auto_insert)) if benchmark in benchmarks else None
+    template = wants("alpaca_eval", alpaca_template, alpaca_eval_template)
+    chat = wants("arena_hard", chat_template, vllm_chat_template)
+    checks = {  # benchmark: (what is checked, the ids its tool gives, the conversations)
+        "alpaca_eval": (
+            "alpaca_eval prompt template",
+            lambda t: alpaca_eval_ids(template, t, tokenizer),
+            ALPACA_EVAL_CONVERSATIONS,
+        ),
+        "arena_hard": (
+            "vLLM chat template (Arena-Hard)",
+            lambda t: vllm_chat_ids(chat, t, tokenizer),
+            PARITY_CONVERSATIONS,
+        ),
+    }
+    checked = [b for b in checks if b in benchmarks]
+    tokens = {b: check_parity(*checks[b], tokenizer, auto_insert) for b in checked}  # all before anything is written
     # vLLM loads full weights: a LoRA run's adapter merged into its base model (simpo-answer needs none).
     served = full_weights(output_dir, model_args.torch_dtype, model_args.trust_remote_code) if checked else output_dir
     if "alpaca_eval" in benchmarks:
-        parity["alpaca_eval"] = {"prompts": len(ALPACA_EVAL_CONVERSATIONS), "tokens": tokens.pop(0)}
+        parity["alpaca_eval"] = {"prompts": len(ALPACA_EVAL_CONVERSATIONS), "tokens": tokens["alpaca_eval"]}
         folder = os.path.join(eval_dir, "alpaca_eval", name)
         files[os.path.join(folder, "prompt.txt")] = template
         config = alpaca_eval_config(
@@ -162,7 +156,7 @@ def setup(
         )
         files[os.path.join(folder, "configs.yaml")] = yaml.safe_dump(config, sort_keys=False)
     if "arena_hard" in benchmarks:
-        parity["arena_hard"] = {"prompts": len(PARITY_CONVERSATIONS), "tokens": tokens.pop(0)}
+        parity["arena_hard"] = {"prompts": len(PARITY_CONVERSATIONS), "tokens": tokens["arena_hard"]}
         setting = decoding(family, "arena_hard")
         folder = os.path.join(eval_dir, "arena_hard")
         files[os.path.join(folder, "chat_template.jinja")] = chat

@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import REPO, TINY_DATA, TINY_MODEL
 from refusals import refused
+from tiny_runs import Rambler, train_tiny
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from simpo.core.parser import parse_args
@@ -21,7 +22,6 @@ from simpo.evaluation import answer as answer_cli
 from simpo.evaluation import setup as eval_setup
 from simpo.evaluation.templates import ALPACA_EVAL_CONVERSATIONS, alpaca_eval_ids, vllm_chat_ids
 from simpo.train.config import SIMPO_ARGUMENTS, SimPOConfig
-from simpo.train.recipe import train_main
 
 RUN = "outputs/tiny-simpo-cpu"
 
@@ -33,20 +33,7 @@ def workdir(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        train_main(
-            [
-                os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
-                f"--output_dir={RUN}",
-                f"--model_name_or_path={TINY_MODEL}",
-                f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
-                "--max_steps=2",
-                "--report_to=none",
-                "--eval_strategy=no",
-                "--eval_on_start=false",
-                "--do_eval=false",
-                "--save_strategy=no",
-            ]
-        )
+        train_tiny(RUN)
         yield folder
     finally:
         os.chdir(cwd)
@@ -333,22 +320,7 @@ def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_pat
     from simpo.core.model import load_for_generation
 
     run = tmp_path / "lora"
-    train_main(
-        [
-            os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
-            f"--output_dir={run}",
-            f"--model_name_or_path={TINY_MODEL}",
-            f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
-            "--max_steps=2",
-            "--report_to=none",
-            "--eval_strategy=no",
-            "--eval_on_start=false",
-            "--do_eval=false",
-            "--save_strategy=no",
-            "--use_peft=true",
-            "--lora_r=4",
-        ]
-    )
+    train_tiny(run, TINY_MODEL, "--use_peft=true", "--lora_r=4")
     assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
     merged, adapter = load_for_generation(str(run)), AutoPeftModelForCausalLM.from_pretrained(str(run))
     ids = torch.tensor([[1, 5, 9, 13]])
@@ -443,15 +415,7 @@ def test_mt_bench_a_second_turn_that_does_not_fit_is_left_empty_and_named(in_wor
     model_args, data_args = run_settings(RUN)
     tokenizer = training_tokenizer(RUN, model_args, data_args)
 
-    class Rambler:
-        def set_sampling(self, temperature, top_p, max_tokens):
-            pass
-
-        def generate(self, prompts, batch_seed, row_seeds):
-            texts = [tokenizer.decode(ids) for ids in prompts]
-            return ["word " * 400 if "at length" in text and "word" not in text else "ok" for text in texts]
-
-    monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Rambler())
+    monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Rambler(tokenizer, "at length", "ok"))
     questions = [
         {"question_id": 7, "category": "writing", "turns": ["Write at length.", "Now shorter."]},
         {"question_id": 8, "category": "math", "turns": ["hi", "hi again"]},

@@ -16,43 +16,24 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY_DATA, TINY_MODEL
 from harness_envs import harness, vllm_cpu
+from tiny_runs import Rambler, train_tiny
 from transformers import AutoModelForCausalLM
 
 from simpo.core.run_config import run_settings, training_tokenizer
 from simpo.data.tokenization import generation_prompt_ids
 from simpo.evaluation import answer as answer_cli
 from simpo.evaluation import setup as eval_setup
-from simpo.train.recipe import train_main
 
 pytestmark = pytest.mark.slow
 NAME = "tiny-simpo-cpu"
 INSTRUCTIONS = ["What is the capital of France?", "Write a haiku about autumn.\nUse exactly three lines.", "Hi"]
 
 
-def train(run, model=TINY_MODEL):
-    train_main(
-        [
-            os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
-            f"--output_dir={run}",
-            f"--model_name_or_path={model}",
-            f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
-            "--max_steps=2",
-            "--report_to=none",
-            "--eval_strategy=no",
-            "--eval_on_start=false",
-            "--do_eval=false",
-            "--save_strategy=no",
-        ]
-    )
-    return str(run)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("harnesses")
-    train(folder / "outputs" / NAME)
+    train_tiny(folder / "outputs" / NAME)
     return folder
 
 
@@ -197,15 +178,8 @@ def test_fastchat_loads_checks_and_judges_simpo_answers_mt_bench_file(workdir, t
     out = tmp_path / "model_answer" / f"{NAME}.jsonl"
     tokenizer = training_tokenizer(run, *run_settings(run))
 
-    class Rambler:  # a first answer to the poem that fills the model's 512 positions
-        def set_sampling(self, temperature, top_p, max_tokens):
-            pass
-
-        def generate(self, prompts, batch_seed, row_seeds):
-            texts = [tokenizer.decode(ids) for ids in prompts]
-            return ["word " * 400 if "poem" in text and "word" not in text else "4" for text in texts]
-
-    monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Rambler())
+    # a first answer to the poem that fills the model's 512 positions
+    monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Rambler(tokenizer, "poem", "4"))
     answer_cli.main([run, "--benchmark", "mt_bench", "--questions", str(questions), "--out", str(out)])
     seen = in_env(
         harness("fastchat"),
@@ -276,7 +250,7 @@ def base_like_run(tmp_path_factory):
     from vllm_model import build
 
     folder = tmp_path_factory.mktemp("arena")
-    run = train(folder / "base-like", build(str(folder / "tiny-llama-hd32")))
+    run = train_tiny(folder / "base-like", build(str(folder / "tiny-llama-hd32")))
     config = json.load(open(os.path.join(run, "tokenizer_config.json")))
     json.dump({**config, "eos_token": "<|end_header_id|>"}, open(os.path.join(run, "tokenizer_config.json"), "w"))
     generation = json.load(open(os.path.join(run, "generation_config.json")))

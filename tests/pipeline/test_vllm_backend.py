@@ -178,24 +178,11 @@ def test_simpo_generate_with_vllm_on_a_cpu_equals_the_transformers_backend_greed
 
 @pytest.mark.slow
 def test_simpo_answer_with_vllm_on_a_cpu_equals_the_transformers_backend_greedily(vllm_bin, head_dim_32, tmp_path):
-    from simpo.evaluation import answer as answer_cli
-    from simpo.train.recipe import train_main
+    from tiny_runs import train_tiny
 
-    run = tmp_path / "run"
-    train_main(
-        [
-            os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
-            f"--output_dir={run}",
-            f"--model_name_or_path={head_dim_32}",
-            f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
-            "--max_steps=2",
-            "--report_to=none",
-            "--eval_strategy=no",
-            "--eval_on_start=false",
-            "--do_eval=false",
-            "--save_strategy=no",
-        ]
-    )
+    from simpo.evaluation import answer as answer_cli
+
+    run = train_tiny(tmp_path / "run", head_dim_32)
     # MT-Bench's math category decodes greedily; the second turn sees the first answer.
     questions = tmp_path / "mt.jsonl"
     topics = ["the river", "a kettle", "primes", "TCP", "a guitar", "the garden", "bread", "a rocket"]
