@@ -81,10 +81,10 @@ def arena_hard_section(
     rel, py = inside(repo, folder), inside(repo, f"{ENVS}/arena_hard/bin/python")
     return (
         f"## Arena-Hard v0.1 (win rate against GPT-4-0314, judged by GPT-4 Turbo)\n\nDecoding: temperature"
-        f" {d.temperature} (greedy), at most {d.max_new_tokens} new tokens less the question's own, within the"
-        f" model's {context or 'unknown number of'} positions (gen_answer.py subtracts a question's tokens, counted"
-        " with the run's tokenizer, from max_tokens). arena-hard-auto's v0.1"
-        " scripts, at the commit simpo-eval-setup's files were checked against:\n\n"
+        f" {d.temperature} (greedy), at most {d.max_new_tokens} new tokens less the question's own"
+        + (f", within the model's {context} positions" if context else "")
+        + " (gen_answer.py subtracts a question's tokens, counted with the run's tokenizer, from max_tokens)."
+        " arena-hard-auto's v0.1 scripts, at the commit simpo-eval-setup's files were checked against:\n\n"
         + block(
             f"git clone https://github.com/lmarena/arena-hard-auto {repo}",
             f"git -C {repo} checkout {ARENA_HARD_COMMIT}",

@@ -272,9 +272,9 @@ class VLLMBackend:
         return [reply_text(self.tokenizer, list(output.outputs[0].token_ids), self.stop_ids) for output in outputs]
 
 
-def backend_name(name: str, has_vllm: bool | None = None) -> str:
+def backend_name(name: str) -> str:
     """What `auto` resolves to here (recorded with a run: the two backends sample differently)."""
-    has_vllm = importlib.util.find_spec("vllm") is not None if has_vllm is None else has_vllm
+    has_vllm = importlib.util.find_spec("vllm") is not None
     if name == "vllm" and not has_vllm:
         raise ConfigError(
             'backend: vllm, but vLLM is not installed: pip install -e ".[vllm]" on a GPU machine, or the CPU build'

@@ -118,17 +118,9 @@ class OnPolicyArguments:
             for key, default in model_keys.items():
                 if getattr(self, key) != default:
                     raise ConfigError(f"'{key}' has no effect with reward_function: remove it from the config.")
-        problems = self.engine_options().problems()
-        if problems:
-            raise ConfigError("; ".join(problems) + ".")
         clashing = {"prompt", "messages", "responses", "scores"} & set(self.keep_columns)
         if clashing:
             raise ConfigError(f"keep_columns {sorted(clashing)}: the pipeline writes these columns itself.")
-
-    def engine_options(self) -> EngineOptions:
-        return EngineOptions(
-            **{f.name: getattr(self, f"vllm_{f.name}") for f in dataclasses.fields(EngineOptions)},
-        )
 
 
 # The training keys the pipeline uses: the policy, its tokenizer and template, and the prompt sources.

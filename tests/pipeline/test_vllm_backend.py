@@ -53,7 +53,7 @@ def test_engine_options_reach_vllm_from_the_config_keys(fake_vllm, tmp_path):
     ]
     model_args, _, args = parse_pipeline_args(argv, "simpo-generate")
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
-    make_backend("vllm", model_args, tokenizer, 0.0, 1.0, 8, args.engine_options())
+    make_backend("vllm", model_args, tokenizer, 0.0, 1.0, 8, generate.engine_of(args))
     (engine,) = fake_vllm.engines
     assert engine["model"] == model_args.model_name_or_path and engine["dtype"] == "float32"
     assert (engine["gpu_memory_utilization"], engine["max_model_len"], engine["enforce_eager"]) == (0.3, 256, True)
