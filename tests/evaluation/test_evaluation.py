@@ -5,12 +5,14 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 import torch
 import yaml
 from conftest import REPO, TINY_DATA, TINY_MODEL
 from refusals import refused
+from tiny_runs import Rambler, train_tiny
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from simpo.config.parser import parse_args
@@ -21,7 +23,6 @@ from simpo.evaluation import setup as eval_setup
 from simpo.evaluation.templates import ALPACA_EVAL_CONVERSATIONS, alpaca_eval_ids, vllm_chat_ids
 from simpo.models.loading import training_tokenizer
 from simpo.train.config import SIMPO_ARGUMENTS, SimPOConfig
-from simpo.train.recipe import train_main
 
 RUN = "outputs/tiny-simpo-cpu"
 
@@ -33,20 +34,7 @@ def workdir(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(folder)
     try:
-        train_main(
-            [
-                os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
-                f"--output_dir={RUN}",
-                f"--model_name_or_path={TINY_MODEL}",
-                f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
-                "--max_steps=2",
-                "--report_to=none",
-                "--eval_strategy=no",
-                "--eval_on_start=false",
-                "--do_eval=false",
-                "--save_strategy=no",
-            ]
-        )
+        train_tiny(RUN)
         yield folder
     finally:
         os.chdir(cwd)
@@ -71,13 +59,25 @@ def test_eval_setup_writes_the_three_set_ups_with_token_parity(in_workdir, capsy
     folder = os.path.join(RUN, "eval")
     alpaca = yaml.safe_load(open(os.path.join(folder, "alpaca_eval", "tiny-simpo-cpu", "configs.yaml")))
     kwargs = alpaca["tiny-simpo-cpu"]["completions_kwargs"]
-    assert (kwargs["temperature"], kwargs["top_p"], kwargs["max_new_tokens"]) == (0.9, 1.0, 4096)  # llama3 family
+    # llama3 family: temperature 0.9, top_p 1.0, 4096 new tokens, capped at the tiny model's 512 positions
+    assert (kwargs["temperature"], kwargs["top_p"], kwargs["max_new_tokens"]) == (0.9, 1.0, 512)
     assert kwargs["model_name"] == os.path.abspath(RUN) and kwargs["stop_token_ids"] == [1]
+    # what alpaca_eval's vllm_local_completions reads: a model_kwargs dict; no do_sample (true means beam search)
+    assert kwargs["model_kwargs"] == {"trust_remote_code": False} and "do_sample" not in kwargs
     template = open(alpaca["tiny-simpo-cpu"]["prompt_template"]).read()
     gen_answer = yaml.safe_load(open(os.path.join(folder, "arena_hard", "gen_answer_config.yaml")))
     assert gen_answer["temperature"] == 0.0 and gen_answer["model_list"] == ["tiny-simpo-cpu"]
+    assert "stop_token_ids" not in gen_answer  # read by no script
     api = yaml.safe_load(open(os.path.join(folder, "arena_hard", "api_config.yaml")))
     assert api["tiny-simpo-cpu"]["endpoints"][0]["api_base"] == "http://localhost:8000/v1"
+    # gen_answer.py asks for max_tokens - len(tokenizer(question)) - 300 with the endpoint's tokenizer, and vLLM
+    # refuses a request whose prompt and max_tokens pass the model's 512 positions: each question's fits, tightly
+    assert api["tiny-simpo-cpu"]["tokenizer"] == os.path.abspath(RUN)
+    run_tokenizer = training_tokenizer(RUN, *run_settings(RUN))
+    for text in ["What is the capital of France?", "Hi", "  spaced  ", "word " * 200]:
+        asked = gen_answer["max_tokens"] - len(run_tokenizer(text)["input_ids"]) - 300
+        prompt = len(generation_prompt_ids([{"role": "user", "content": text}], run_tokenizer))
+        assert 512 - 20 <= prompt + asked <= 512
     chat = open(os.path.join(folder, "arena_hard", "chat_template.jinja")).read()
     # The written files, put through their tools' paths, prompt as training did (checked here independently).
     tokenizer = training_tokenizer(RUN, *run_settings(RUN))
@@ -97,8 +97,11 @@ def test_eval_setup_stops_at_the_template_turn_end_when_the_run_lists_another_eo
     eval_setup.main([str(run)])
     alpaca = yaml.safe_load(open(run / "eval" / "alpaca_eval" / "base-like-run" / "configs.yaml"))
     assert alpaca["base-like-run"]["completions_kwargs"]["stop_token_ids"] == [2, 1]
-    gen_answer = yaml.safe_load(open(run / "eval" / "arena_hard" / "gen_answer_config.yaml"))
-    assert gen_answer["stop_token_ids"] == [2, 1]
+    # the vLLM server reads its stop tokens from the generation config EVAL.md's `vllm serve` names
+    served = GenerationConfig.from_pretrained(run / "eval" / "arena_hard" / "generation_config")
+    assert served.eos_token_id == [2, 1] and served.temperature is None and served.top_p is None
+    serve = next(line for line in open(run / "eval" / "EVAL.md") if "vllm serve" in line)
+    assert f"--generation-config {run}/eval/arena_hard/generation_config " in serve
 
 
 def test_a_double_bos_template_is_refused_and_nothing_is_written(in_workdir, tmp_path, capsys):
@@ -318,22 +321,7 @@ def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_pat
     from simpo.models.loading import load_for_generation
 
     run = tmp_path / "lora"
-    train_main(
-        [
-            os.path.join(REPO, "training_configs", "tiny-simpo-cpu.yaml"),
-            f"--output_dir={run}",
-            f"--model_name_or_path={TINY_MODEL}",
-            f"--dataset_mixer={{{TINY_DATA}: 1.0}}",
-            "--max_steps=2",
-            "--report_to=none",
-            "--eval_strategy=no",
-            "--eval_on_start=false",
-            "--do_eval=false",
-            "--save_strategy=no",
-            "--use_peft=true",
-            "--lora_r=4",
-        ]
-    )
+    train_tiny(run, TINY_MODEL, "--use_peft=true", "--lora_r=4")
     assert (run / "adapter_config.json").exists() and not (run / "config.json").exists()
     merged, adapter = load_for_generation(str(run)), AutoPeftModelForCausalLM.from_pretrained(str(run))
     ids = torch.tensor([[1, 5, 9, 13]])
@@ -353,6 +341,15 @@ def test_a_lora_run_saves_an_adapter_that_simpo_answer_loads(in_workdir, tmp_pat
         ]
     )
     assert isinstance(json.loads((tmp_path / "answers.json").read_text())[0]["output"], str)
+    # vLLM loads full weights: the set-ups point it at the adapter merged into its base model, not the adapter
+    eval_setup.main([str(run)])
+    alpaca = yaml.safe_load(open(run / "eval" / "alpaca_eval" / "lora" / "configs.yaml"))
+    served = alpaca["lora"]["completions_kwargs"]["model_name"]
+    assert served == str(run / "eval" / "model") and os.path.exists(os.path.join(served, "config.json"))
+    torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(served)(ids).logits, adapter(ids).logits)
+    serve = next(line for line in open(run / "eval" / "EVAL.md") if "vllm serve" in line)
+    assert serve.split()[2] == served and "merged into the base model" in open(run / "eval" / "EVAL.md").read()
+    assert json.load(open(run / "eval" / "parity.json"))["served_model"] == served
 
 
 def test_a_relaunch_with_other_settings_says_what_changed(tmp_path, caplog):
@@ -393,6 +390,77 @@ def test_simpo_answer_caps_new_tokens_at_the_context_the_prompt_leaves(in_workdi
         answer_cli.main([RUN, "--benchmark", "alpaca_eval", "--questions", path, "--out", str(tmp_path / "a.json")])
     assert len(asked) == 2 and all(prompt + new == 512 for prompt, new in asked)
     assert "2 question(s) would decode past the model's 512 positions" in caplog.text
-    assert answer_cli.tokens_left(100, 30, 512, "q", 0) == 100 and answer_cli.tokens_left(600, 30, None, "q", 0) == 600
-    with pytest.raises(ValueError, match=r"Question 'q' \(turn 2\): its prompt has 512 tokens, the model's context"):
-        answer_cli.tokens_left(100, 512, 512, "q", 1)
+    assert answer_cli.tokens_left(100, 30, 512) == 100 and answer_cli.tokens_left(600, 30, None) == 600
+    assert answer_cli.tokens_left(100, 512, 512) == 0 == answer_cli.tokens_left(100, 600, 512)
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["relative", "absolute"])
+def test_eval_md_alpaca_eval_command_names_its_config_folder(in_workdir, tmp_path, absolute):
+    """alpaca_eval reads --model_configs relative to its own models_configs folder unless the path is absolute
+    (utils.load_configs): EVAL.md gives an absolute one, for a relative OUTPUT_DIR and an absolute one alike."""
+    run = RUN
+    if absolute:
+        run = str(tmp_path / "run")
+        shutil.copytree(RUN, run, ignore=shutil.ignore_patterns("eval"))
+    eval_setup.main([run])
+    line = next(line for line in open(os.path.join(run, "eval", "EVAL.md")) if "evaluate_from_model" in line)
+    quoted = line.split("--model_configs ")[1].split(" --")[0]
+    expanded = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, text=True, check=True)
+    folder = expanded.stdout
+    assert os.path.isabs(folder) and os.path.isfile(os.path.join(folder, "configs.yaml")), folder
+
+
+def test_mt_bench_a_second_turn_that_does_not_fit_is_left_empty_and_named(in_workdir, tmp_path, monkeypatch, caplog):
+    """A first answer that fills the context leaves no room for the second turn: that turn is answered empty (the
+    answer file keeps every question, as FastChat's judge needs) and the log names it; the others go on."""
+    model_args, data_args = run_settings(RUN)
+    tokenizer = training_tokenizer(RUN, model_args, data_args)
+
+    monkeypatch.setattr(answer_cli, "make_backend", lambda *args: Rambler(tokenizer, "at length", "ok"))
+    questions = [
+        {"question_id": 7, "category": "writing", "turns": ["Write at length.", "Now shorter."]},
+        {"question_id": 8, "category": "math", "turns": ["hi", "hi again"]},
+    ]
+    path = write_questions(tmp_path / "mt.jsonl", questions)
+    out = tmp_path / "mt" / "tiny.jsonl"
+    with caplog.at_level("INFO", logger="simpo"):
+        answer_cli.main([RUN, "--benchmark", "mt_bench", "--questions", path, "--out", str(out)])
+    records = {r["question_id"]: r["choices"][0]["turns"] for r in map(json.loads, out.read_text().splitlines())}
+    assert records == {7: ["word " * 400, ""], 8: ["ok", "ok"]}
+    assert "Turn 2: 1 question(s) left unanswered (an empty answer in the file)" in caplog.text
+    assert "fills the model's 512 positions: 7" in caplog.text
+
+
+def test_a_first_turn_that_does_not_fit_is_refused_naming_the_question(in_workdir, tmp_path, capsys):
+    path = write_questions(tmp_path / "long.jsonl", [{"question_id": "q9", "turns": ["word " * 600]}])
+    refused(
+        capsys,
+        answer_cli.main,
+        [RUN, "--benchmark", "arena_hard", "--questions", path],
+        r"Question 'q9': its prompt has \d+ tokens, the model's context 512 positions: no room for an answer",
+    )
+
+
+def test_the_documented_question_files_load(tmp_path):
+    """docs/evaluation.md's question-file examples, one per benchmark in the order alpaca_eval, arena_hard,
+    mt_bench, read as simpo-answer reads them."""
+    section = open(os.path.join(REPO, "docs", "evaluation.md")).read().split("## Question files")[1].split("\n## ")[0]
+    examples = re.findall(r"```json\n(.*?)\n```", section, flags=re.S)
+    assert len(examples) == 3
+    read = {}
+    for benchmark, example in zip(answer_cli.BENCHMARKS, examples):
+        path = tmp_path / f"{benchmark}.txt"
+        path.write_text(example + "\n")
+        read[benchmark] = answer_cli.read_questions(str(path), benchmark)
+    assert [(q["id"], q["turns"]) for q in read["alpaca_eval"]] == [
+        (0, ["What is the capital of France?"]),
+        (1, ["Write a haiku about autumn."]),
+    ]
+    assert read["alpaca_eval"][0]["raw"]["dataset"] == "helpful_base"
+    assert [(q["id"], q["turns"]) for q in read["arena_hard"]] == [
+        ("328c149ed45a41c0", ["Write a Python function that reverses a linked list."])
+    ]
+    assert [(q["id"], q["category"], len(q["turns"])) for q in read["mt_bench"]] == [
+        (81, "writing", 2),
+        (111, "math", 2),
+    ]
