@@ -91,9 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     model_args, data_args, args = parse_pipeline_args(argv, "simpo-generate", DESCRIPTION)
     rank, world = process_rank()
     setup_logging(rank == 0)
-    if rank == 0:
-        lock_folder(args.output_dir, "simpo-generate")
-    tokenizer = get_tokenizer(model_args)
+    tokenizer = get_tokenizer(model_args)  # the inputs are read before the lock: a run refused writes nothing
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     sides = load_prompts(
         data_args.dataset_mixer,
@@ -129,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         len(args.seeds),
         world,
     )
+    if rank == 0:
+        lock_folder(args.output_dir, "simpo-generate")
     folder = os.path.join(args.output_dir, "generations")
     make = lambda: make_backend(args.backend, model_args, tokenizer, args.temperature, args.top_p, args.max_tokens)
     responses = sample_units(folder, prompt_ids, args.seeds, args.generation_batch_size, settings, make)

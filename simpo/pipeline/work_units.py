@@ -148,6 +148,15 @@ def numbered_jsonl(path: str, made_by: str | None = None) -> list[tuple[int, dic
     return rows
 
 
+def previous_stage_sides(folder: str, what: str, command: str) -> list[str]:
+    """The sides ("train", "test") the previous stage wrote into `folder`; none is an error naming that stage. A
+    stage checks this before it takes its output folder's lock, so a stage run too early writes nothing."""
+    sides = [side for side in ("train", "test") if os.path.exists(os.path.join(folder, f"{side}.jsonl"))]
+    if not sides:
+        raise DataError(f"No {what} in {folder}: run {command} with this config first.")
+    return sides
+
+
 def check_settings(folder: str, settings: dict) -> None:
     """The first run records what it was asked to do; a relaunch into the same folder must ask the same, or the
     resumed output would mix two runs."""
