@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     rank, world = process_rank()
     setup_logging(rank == 0)
     source = os.path.join(args.output_dir, "generations")
-    present = previous_stage_sides(source, "generations", "simpo-generate")
+    present = previous_stage_sides(args.output_dir, "generations", "simpo-generate", "simpo-annotate", rank == 0)
     if rank == 0:
         lock_folder(args.output_dir, "simpo-annotate")
     sides = {side: read_jsonl(os.path.join(source, f"{side}.jsonl"), "simpo-generate") for side in present}

@@ -164,7 +164,7 @@ def binarise_main(argv: list[str] | None = None) -> dict:
     model_args, _, args = parse_pipeline_args(argv, "simpo-binarise", DESCRIPTION)
     setup_logging(True)
     source, folder = os.path.join(args.output_dir, "annotations"), os.path.join(args.output_dir, "dataset")
-    sides = previous_stage_sides(source, "annotations", "simpo-annotate")
+    sides = previous_stage_sides(args.output_dir, "annotations", "simpo-annotate", "simpo-binarise", True)
     lock_folder(args.output_dir, "simpo-binarise")
     tokenizer = get_tokenizer(model_args)
     summary, all_gaps, binarised = {"min_score_gap": args.min_score_gap}, {}, {}

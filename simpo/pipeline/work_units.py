@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from simpo.environment import launched_processes, launched_rank
 from simpo.errors import DataError
+from simpo.run.folder_lock import LOCK_FILE, lock_folder
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +149,17 @@ def numbered_jsonl(path: str, made_by: str | None = None) -> list[tuple[int, dic
     return rows
 
 
-def previous_stage_sides(folder: str, what: str, command: str) -> list[str]:
-    """The sides ("train", "test") the previous stage wrote into `folder`; none is an error naming that stage. A
-    stage checks this before it takes its output folder's lock, so a stage run too early writes nothing."""
+def previous_stage_sides(output_dir: str, stage: str, made_by: str, prog: str, main: bool) -> list[str]:
+    """The sides ("train", "test") the previous stage (`made_by`) wrote into output_dir/<stage>; none is an error
+    naming that stage, raised before this command (`prog`) takes the folder's lock, so a stage run too early writes
+    nothing. A folder another run holds is refused as in use first (its lock file is there already: taking the
+    lock, on the main process, writes no file)."""
+    folder = os.path.join(output_dir, stage)
     sides = [side for side in ("train", "test") if os.path.exists(os.path.join(folder, f"{side}.jsonl"))]
     if not sides:
-        raise DataError(f"No {what} in {folder}: run {command} with this config first.")
+        if main and os.path.exists(os.path.join(output_dir, LOCK_FILE)):
+            lock_folder(output_dir, prog)  # refused while another run holds it
+        raise DataError(f"No {stage} in {folder}: run {made_by} with this config first.")
     return sides
 
 

@@ -8,6 +8,7 @@ import pytest
 from refusals import refused
 
 from simpo.pipeline import annotate, binarise, generate
+from simpo.run.folder_lock import LOCK_FILE, unlock_folder
 
 PIPELINE = "onpolicy_configs/tiny-cpu.yaml"
 
@@ -35,6 +36,10 @@ def test_a_stage_before_its_previous_one_is_refused_and_writes_nothing(capsys, t
     out.mkdir()  # an output folder that exists (e.g. an earlier stage's, elsewhere in it): left as it was
     refused(capsys, stage.main, [PIPELINE, f"--output_dir={out}"], f"^{expected}$")
     assert os.listdir(out) == []
+    (out / LOCK_FILE).write_text("pid 1 on elsewhere: a run that ended\n")  # a finished run's lock file: no new file
+    refused(capsys, stage.main, [PIPELINE, f"--output_dir={out}"], f"^{expected}$")
+    assert os.listdir(out) == [LOCK_FILE]
+    unlock_folder(str(out))  # the refused command, run in this process, took the free lock to check it
 
 
 @pytest.mark.parametrize(
