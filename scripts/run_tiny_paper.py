@@ -1,6 +1,7 @@
 """The SimPO paper's chain on a task a tiny model can learn, with an exactly checkable answer, in one command:
 
-    python scripts/run_tiny_paper.py [--seeds 1 2 3] [--learning-rates 1e-3 3e-3 1e-2] [--quick]
+    python scripts/run_tiny_paper.py [--seeds 1 2 3] [--learning-rates 1e-4 3e-4 1e-3] [--quick]
+    python scripts/run_tiny_paper.py --publish      (benchmarks/results/tiny_paper.* and the README's table)
 
 Task: reverse a short lowercase word (data/tiny-paper, built by scripts/build_tiny_paper.py). 70% of the SFT
 demonstrations make one systematic mistake (the last two letters swapped), so the SFT model's greedy answers make it
@@ -16,14 +17,25 @@ too. Per seed, every stage runs through the package's own commands, as subproces
 
 The first seed also trains SimPO at every --learning-rates value (the same SFT model and pairs). Writes
 OUTPUT/report.json, report.md, report.png (the SimPO run's curves next to the accuracy bars),
-answers/{sft,simpo}.jsonl (the first seed's), and per seed OUTPUT/seed<N>/ with every stage's output and log.
+answers/{sft,simpo}.jsonl (the first seed's), and per seed OUTPUT/seed<N>/ with every stage's output and log. A
+seed's folder is started afresh on every run (the script removes it first, and refuses a folder holding anything
+it did not write), so a second run in the same checkout repeats the first.
+
+--publish runs the published setting (PAPER: seeds 1 2 3, learning rates 1e-4 3e-4 1e-3) and writes the report to
+benchmarks/results/tiny_paper.{json,md}, with the git commit and library versions that produced it, and the
+README's table from it (tests/test_tiny_paper_results.py checks that the README, the results file and its
+rendering agree).
 """
 
 import argparse
 import json
 import os
+import platform
+import re
+import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -34,6 +46,18 @@ PIPELINE = "onpolicy_configs/tiny-paper.yaml"
 HELDOUT = "data/tiny-paper/heldout.jsonl"
 REWARD = "simpo.pipeline.rewards:exact_match"
 SIMPO_LR = 1e-4  # training_configs/tiny-paper-simpo.yaml's learning_rate
+# The published setting (benchmarks/results/tiny_paper.md, the README's table): rates around the config's, upward.
+PAPER = {"seeds": [1, 2, 3], "learning_rates": [1e-4, 3e-4, 1e-3]}
+PUBLISH_COMMAND = "python scripts/run_tiny_paper.py --publish"
+RESULTS = "benchmarks/results/tiny_paper"
+README_START = (
+    "<!-- tiny paper: written by `python scripts/run_tiny_paper.py --publish` from benchmarks/results/tiny_paper.json;"
+    " do not edit -->"
+)
+README_END = "<!-- end of the tiny paper table -->"
+LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "safetensors", "trl", "peft", "numpy")
+# What the chain writes into a seed's folder: anything else there is not the script's to delete.
+SEED_FOLDER = re.compile(r"(base|sft|onpolicy|answers|simpo|simpo-lr[0-9.e+-]+|[a-z0-9.e+-]+\.log)")
 QUICK = {  # the CI test's setting: two thirds of the SFT steps, 200 held-out prompts
     "sft": ["--max_steps=250"],
     "pipeline": [],
@@ -53,6 +77,20 @@ def run(stage: str, cmd: list[str], folder: Path, env: dict) -> float:
     if done.returncode != 0:
         sys.exit(f"{stage} failed (exit {done.returncode}); its output: {log}\n{log.read_text()[-3000:]}")
     return time.time() - start
+
+
+def fresh_folder(folder: Path) -> None:
+    """Remove a seed's folder from an earlier run, so every stage starts afresh in a folder the chain owns; refuse
+    one holding anything the chain does not write (it is not the script's to delete)."""
+    if not folder.exists():
+        return
+    foreign = sorted(name for name in os.listdir(folder) if not SEED_FOLDER.fullmatch(name))
+    if foreign:
+        sys.exit(
+            f"{folder} holds files this script did not write ({', '.join(foreign[:5])}); it removes a seed's folder"
+            " before running it again: move them, or choose another --output-dir."
+        )
+    shutil.rmtree(folder)
 
 
 def rel(path) -> str:
@@ -150,6 +188,7 @@ def chain(seed: int, learning_rates: list[float], args, env: dict, heldout: list
     py, out = sys.executable, args.output_dir / f"seed{seed}"
     quick = QUICK if args.quick else {"sft": [], "pipeline": [], "simpo": []}
     base, sft, onpolicy = out / "base", out / "sft", out / "onpolicy"
+    fresh_folder(out)
     sample_seeds = [seed * 100 + k for k in range(args.samples)]
     times = {}
     times["build"] = run(
@@ -204,7 +243,11 @@ def chain(seed: int, learning_rates: list[float], args, env: dict, heldout: list
         start = time.time()
         simpo_correct = judge(folder, heldout, out / "answers" / f"simpo-lr{lr:g}.jsonl")
         times[f"answers_simpo_lr{lr:g}"] = time.time() - start
-        runs[f"{lr:g}"] = {**comparison(sft_correct, simpo_correct), "output_dir": rel(folder)}
+        runs[f"{lr:g}"] = {
+            **comparison(sft_correct, simpo_correct),
+            "final_eval": final_eval(folder),
+            "output_dir": rel(folder),
+        }
     main_lr = f"{learning_rates[0]:g}"
     return {
         **runs[main_lr],
@@ -226,6 +269,41 @@ def chain(seed: int, learning_rates: list[float], args, env: dict, heldout: list
             "held-out prompts": HELDOUT,
             "answers": rel((out / "answers")),
         },
+    }
+
+
+def final_eval(folder: Path) -> dict:
+    """The SimPO run's own held-out metrics at its last evaluation (trainer_state.json)."""
+    state = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    last = [entry for entry in state if "eval_rewards/accuracies" in entry][-1]
+    return {key: last[key] for key in ("step", "eval_rewards/accuracies", "eval_logps/chosen")}
+
+
+def provenance() -> dict:
+    """What produced the report: the git commit (and any tracked file changed since it), the libraries, the
+    machine and its load."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def git(*args) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return done.stdout.rstrip()  # porcelain lines start with a status column that may be a space
+
+    versions = {"python": platform.python_version()}
+    for name in ("simpo", *LIBRARIES):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_changes": [line[3:] for line in changed.splitlines()] if changed else [],
+        "versions": versions,
+        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores",
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
 
 
@@ -262,13 +340,39 @@ def plot(report: dict, path: Path) -> None:
     FigureCanvasAgg(figure).print_png(path)
 
 
+def rate(lr) -> str:
+    """A learning rate as the docs write it: 1e-4, 3e-4, 2.5e-5."""
+    mantissa, exponent = f"{float(lr):.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def prose(text: str) -> str:
+    """A paragraph wrapped at the repository's 120 columns."""
+    return textwrap.fill(text, width=120, break_long_words=False, break_on_hyphens=False)
+
+
+def command_line(settings: dict) -> str:
+    """The command that runs these settings (the published one as PUBLISH_COMMAND)."""
+    if not settings["quick"] and {k: settings[k] for k in PAPER} == PAPER:
+        return PUBLISH_COMMAND
+    words = ["python scripts/run_tiny_paper.py", "--seeds", *map(str, settings["seeds"])]
+    words += ["--learning-rates", *map(rate, settings["learning_rates"])]
+    return " ".join(words + (["--quick"] if settings["quick"] else []))
+
+
 def markdown(report: dict) -> str:
-    s = report["settings"]
+    """report.md (and benchmarks/results/tiny_paper.md): the tables, what produced them, where the files are."""
+    s, made = report["settings"], report["produced_by"]
+    first = str(s["seeds"][0])
     lines = [
         "# Tiny paper: SFT, on-policy samples, a verifiable reward, SimPO",
         "",
-        f"Task: reverse a short lowercase word; {report['heldout_prompts']} held-out prompts ({HELDOUT}), greedy"
-        f" answers judged by `{REWARD}`. 70% of the SFT demonstrations swap the answer's last two letters.",
+        prose(
+            f"`{command_line(s)}` (docs/tiny-paper.md), offline, {s['threads']} torch thread(s) per stage. Task:"
+            " reverse a short lowercase word; 70% of the SFT demonstrations swap the answer's last two letters. The"
+            f" model is a 0.89M-parameter character-level Llama. {report['heldout_prompts']} held-out prompts"
+            f" ({HELDOUT}), greedy answers judged by `{REWARD}`. The raw report is the .json beside this file."
+        ),
         "",
         "| seed | SFT accuracy | SimPO accuracy | difference | bootstrap 95% CI | pairs (train) | chain time |",
         "|---|---|---|---|---|---|---|",
@@ -279,28 +383,107 @@ def markdown(report: dict) -> str:
             f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {r['pairs']['train']} |"
             f" {r['main_chain_s']:.0f} s |"
         )
-    first = str(s["seeds"][0])
+    main = report["seeds"][first]
     lines += [
         "",
-        f"SimPO learning rate (seed {first}, same SFT model and pairs; the main runs use {s['learning_rates'][0]:g}):",
+        prose(
+            f"SimPO's learning rate, seed {first}: every row starts from the same SFT model (accuracy"
+            f" {main['sft_accuracy']:.3f}) and trains on the same {main['pairs']['train']} pairs; the main runs use"
+            f" {rate(s['learning_rates'][0])}. The last two columns are the SimPO run's own metrics on its held-out"
+            " pairs at its last evaluation."
+        ),
         "",
-        "| learning rate | SimPO accuracy | difference | bootstrap 95% CI |",
-        "|---|---|---|---|",
+        "| learning rate | SimPO accuracy | difference | bootstrap 95% CI | eval_rewards/accuracies"
+        " | eval_logps/chosen |",
+        "|---|---|---|---|---|---|",
     ]
-    for lr, r in report["seeds"][first]["runs"].items():
+    for lr, r in main["runs"].items():
+        ev = r["final_eval"]
         lines.append(
-            f"| {lr} | {r['simpo_accuracy']:.3f} | {r['difference']:+.3f} |"
-            f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] |"
+            f"| {rate(lr)} | {r['simpo_accuracy']:.3f} | {r['difference']:+.3f} |"
+            f" [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {ev['eval_rewards/accuracies']:.3f} |"
+            f" {ev['eval_logps/chosen']:.3f} |"
         )
-    lines += ["", f"Data and outputs of seed {first}:", ""]
-    lines += [f"- {name}: `{value}`" for name, value in report["seeds"][first]["files"].items()]
+    versions = ", ".join(f"{name} {v}" for name, v in made["versions"].items() if v)
+    changes = made["uncommitted_changes"]
     lines += [
         "",
-        f"Total time: {report['total_s']:.0f} s. Answers: `answers/sft.jsonl`, `answers/simpo.jsonl`"
-        f" (seed {first}); curves and bars: `report.png`.",
+        prose(
+            f"Produced by commit `{made['commit']}`"
+            + (f" with uncommitted changes to {', '.join(changes)}" if changes else "")
+            + f", on {made['machine']} (load average {made['load_average'][0]} at the start, {made['load_end']} at"
+            f" the end): {versions}."
+        ),
+        "",
+        f"Data and outputs of seed {first}:",
+        "",
+    ]
+    lines += [f"- {name}: `{value}`" for name, value in main["files"].items()]
+    lines += [
+        "",
+        prose(
+            f"Total time: {report['total_s']:.0f} s. Answers: `answers/sft.jsonl`, `answers/simpo.jsonl`"
+            f" (seed {first}); curves and bars: `report.png`."
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def listing(items) -> str:
+    """a, b and c."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
+def gain(r: dict) -> str:
+    points = round(100 * r["difference"])
+    said = f"gains {points} points" if points > 0 else f"loses {-points} points" if points < 0 else "gains nothing"
+    low, high = r["ci95"]
+    return said + (f" (95% interval [{low:+.3f}, {high:+.3f}], which includes 0)" if low <= 0 <= high else "")
+
+
+def readme_table(report: dict) -> str:
+    """The README's block: the seeds' table and the learning-rate sentence, from the report."""
+    s, made = report["settings"], report["produced_by"]
+    lines = [
+        README_START,
+        "| seed | SFT | SimPO | difference (95% bootstrap interval) |",
+        "|---|---|---|---|",
+    ]
+    for seed, r in report["seeds"].items():
+        lines.append(
+            f"| {seed} | {r['sft_accuracy']:.3f} | {r['simpo_accuracy']:.3f} |"
+            f" {r['difference']:+.3f} [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] |"
+        )
+    first = str(s["seeds"][0])
+    runs = report["seeds"][first]["runs"]
+    said = listing(f"{rate(lr)} {gain(r)}" for lr, r in runs.items())
+    pair_accuracy = listing(f"{r['final_eval']['eval_rewards/accuracies']:.2f}" for r in runs.values())
+    logps = listing(f"{r['final_eval']['eval_logps/chosen']:.2f}" for r in runs.values())
+    lines += [
+        "",
+        prose(
+            f"The learning rate decides the outcome: on seed {first}, {said}. SimPO's own held-out pair accuracy"
+            f" (`eval_rewards/accuracies`) at the end is {pair_accuracy} at those rates, and its `eval_logps/chosen`"
+            f" {logps} per token. Commit `{made['commit'][:10]}`, torch {made['versions']['torch']}, transformers"
+            f" {made['versions']['transformers']}; `{PUBLISH_COMMAND}` reruns it and rewrites this table and the"
+            " results file."
+        ),
+        README_END,
+    ]
+    return "\n".join(lines)
+
+
+def publish(report: dict, root: Path = ROOT) -> None:
+    """The report as benchmarks/results/tiny_paper.{json,md}, and the README's table from it."""
+    results = root / RESULTS
+    results.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    results.with_suffix(".md").write_text(markdown(report))
+    readme = (root / "README.md").read_text()
+    start, end = readme.index(README_START), readme.index(README_END) + len(README_END)
+    (root / "README.md").write_text(readme[:start] + readme_table(report) + readme[end:])
+    print(f"published: {rel(results.with_suffix('.md'))}, {rel(results.with_suffix('.json'))}, README.md")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -322,8 +505,24 @@ def main(argv: list[str] | None = None) -> dict:
         " waiting than they gain)",
     )
     parser.add_argument("--quick", action="store_true", help="shorter SFT, fewer prompts (the CI test)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"run the published setting (seeds {' '.join(map(str, PAPER['seeds']))}, learning rates"
+        f" {' '.join(f'{lr:g}' for lr in PAPER['learning_rates'])}) and write {RESULTS}.{{json,md}} and the"
+        " README's table",
+    )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "outputs" / "tiny-paper")
     args = parser.parse_args(argv)
+    if args.publish:
+        changed = [
+            key
+            for key in ("seeds", "learning_rates", "samples", "quick")
+            if getattr(args, key) != parser.get_default(key)
+        ]
+        if changed:
+            parser.error(f"--publish runs the published setting; leave out {', '.join(changed)}")
+        args.seeds, args.learning_rates = PAPER["seeds"], PAPER["learning_rates"]
     args.output_dir = args.output_dir.resolve()
     env = {
         **os.environ,
@@ -343,8 +542,10 @@ def main(argv: list[str] | None = None) -> dict:
             "learning_rates": args.learning_rates,
             "samples": args.samples,
             "quick": args.quick,
+            "threads": args.threads,
             "reward_function": REWARD,
         },
+        "produced_by": provenance(),
         "heldout_prompts": len(heldout),
         "seeds": {},
     }
@@ -357,6 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
             flush=True,
         )
     report["total_s"] = time.time() - start
+    report["produced_by"]["load_end"] = round(os.getloadavg()[0], 1)
     out = args.output_dir
     first = out / f"seed{args.seeds[0]}" / "answers"
     (out / "answers").mkdir(parents=True, exist_ok=True)
@@ -366,6 +568,8 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "report.md").write_text(markdown(report))
     plot(report, out / "report.png")
     print(f"report: {out / 'report.md'}")
+    if args.publish:
+        publish(report)
     return report
 
 

@@ -164,3 +164,21 @@ def test_the_key_reference_lists_every_field_of_every_command():
     expected += sorted(reference.declared_by(reference.SimPOConfig, reference.TrainingArguments))
     expected += ["activation_checkpointing", "liger_kernels", "allow_global_batch_change"]  # once missing from the docs
     assert [key for key in expected if f"| `{key}` |" not in text] == []
+
+
+def commands(lines) -> list[str]:
+    """Shell commands from lines, a trailing backslash continuing one onto the next; whitespace collapsed."""
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    return [" ".join(command.split()) for command in joined.splitlines() if command.strip()]
+
+
+def test_the_tiny_pipeline_config_header_gives_the_docs_commands():
+    """onpolicy_configs/tiny-cpu.yaml's header and docs/onpolicy-data.md's "On a laptop" give the same commands,
+    the simpo-train line with --logging_steps=1 (the on-policy set trains 4 steps: logging every 5 logs nothing)."""
+    header = [line[1:] for line in read(os.path.join(REPO, "onpolicy_configs", "tiny-cpu.yaml")).splitlines()]
+    header = [line for line in header if line.startswith("   ")]  # the indented command lines of the comment
+    section = read(os.path.join(DOCS, "onpolicy-data.md")).split("## On a laptop")[1]
+    documented = re.search(r"```bash\n(.*?)\n```", section, flags=re.S).group(1).splitlines()
+    assert commands(header) == commands(documented)
+    train = next(command for command in commands(header) if command.startswith("simpo-train"))
+    assert "--logging_steps=1" in train.split()

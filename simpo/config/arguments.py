@@ -69,6 +69,15 @@ class DataArguments:
         },
     )
 
+    def __post_init__(self):
+        if self.chat_template is not None and "{{" not in self.chat_template and "{%" not in self.chat_template:
+            # axolotl's chat_template (and LLaMA-Factory's template) names one; as Jinja it renders constant text
+            raise ConfigError(
+                f"chat_template={self.chat_template!r} is no Jinja template (a template's name, as axolotl's"
+                " chat_template is?): here chat_template is the template's Jinja text; delete the key to use the"
+                " tokenizer's own template."
+            )
+
 
 @dataclass
 class ElasticResumeArguments:

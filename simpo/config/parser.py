@@ -19,6 +19,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from simpo.config import other_trainers
 from simpo.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -258,11 +259,13 @@ def parse_args(
         )
         raise SystemExit(2)
     owners = {}  # key -> [(dataclass index, type)]; a key of several dataclasses feeds them all
+    defaults = {}
     for n, cls in enumerate(dataclass_types):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
                 owners.setdefault(f.name, []).append((n, hints[f.name]))
+                defaults.setdefault(f.name, f.default)
 
     sources = []
     if argv and not argv[0].startswith("--"):
@@ -274,12 +277,17 @@ def parse_args(
 
     problems = []  # every bad key and value, named in one error
     merged = {}  # key -> (value, source); the command line, read last, overrides the file
+    unknown = []
     for values, source in sources:
         for key, value in _rename_legacy(values, set(owners), source, problems).items():
             if key not in owners:
-                problems.append(unknown_key(key, source, owners))
+                unknown.append((key, value, source))
                 continue
             merged[key] = (value, source)
+    # another trainer's keys are translated with the values the config gives (simpo_gamma needs its beta)
+    given = {key: value for key, (value, _) in merged.items()} | {key: value for key, value, _ in unknown}
+    config = other_trainers.Config(given, defaults)
+    problems += [unknown_key(key, source, owners, value, config) for key, value, source in unknown]
 
     kwargs = [{} for _ in dataclass_types]
     for key, (value, source) in merged.items():
@@ -295,7 +303,11 @@ def parse_args(
                 try:
                     kwargs[n][key] = _coerce(value, tp)
                 except (ValueError, TypeError, yaml.YAMLError) as e:
-                    problems.append(f"Bad value {value!r} for '{key}' ({source}): expected {_name(tp)}; {e}.")
+                    problems.append(
+                        f"Bad value {value!r} for '{key}' ({source}): expected {_name(tp)}; {e}."
+                        + other_trainers.value_translation(key, value)
+                        + mapping_form(key, value, tp)
+                    )
     if problems:
         raise ConfigError(*problems)
     built = []
@@ -309,7 +321,22 @@ def parse_args(
     return tuple(built)
 
 
-def unknown_key(key, source: str, known) -> str:
+def mapping_form(key: str, value, tp) -> str:
+    """' Write it as {...}' for a plain word given to a mapping key (`--dataset_mixer=data/mine`), or ''."""
+    members = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+    mapping = next((m for m in members if _is(m, dict)), None)
+    if mapping is None or not isinstance(value, str) or value.lstrip()[:1] == "{":
+        return ""
+    args = typing.get_args(mapping)
+    form = f"{{{value}: 1.0}}" if args and args[1] is float else f"{{{value}: VALUE}}"
+    return f" Write it as a mapping: {key}: {form} in YAML, --{key}='{form}' on the command line."
+
+
+def unknown_key(key, source: str, known, value=None, config: other_trainers.Config | None = None) -> str:
+    """The refusal of a key no dataclass has: another trainer's key with what it is here, else the closest key."""
+    translated = config and other_trainers.translation(str(key), value, config, known)
+    if translated:
+        return f"Unknown config key '{key}' ({source}): {translated}."
     close = difflib.get_close_matches(str(key), known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return f"Unknown config key '{key}' ({source}).{hint}"

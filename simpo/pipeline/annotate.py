@@ -30,6 +30,7 @@ from simpo.pipeline.work_units import (
     UnitStore,
     check_settings,
     file_fingerprint,
+    previous_stage_sides,
     process_rank,
     read_jsonl,
     run_units,
@@ -123,16 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     _, _, args = parse_pipeline_args(argv, "simpo-annotate", DESCRIPTION)
     rank, world = process_rank()
     setup_logging(rank == 0)
+    source = os.path.join(args.output_dir, "generations")
+    present = previous_stage_sides(args.output_dir, "generations", "simpo-generate", "simpo-annotate", rank == 0)
     if rank == 0:
         lock_folder(args.output_dir, "simpo-annotate")
-    source = os.path.join(args.output_dir, "generations")
-    sides = {
-        side: read_jsonl(os.path.join(source, f"{side}.jsonl"), "simpo-generate")
-        for side in ("train", "test")
-        if os.path.exists(os.path.join(source, f"{side}.jsonl"))
-    }
-    if not sides:
-        raise DataError(f"No generations in {source}: run simpo-generate with this config first.")
+    sides = {side: read_jsonl(os.path.join(source, f"{side}.jsonl"), "simpo-generate") for side in present}
     folder = os.path.join(args.output_dir, "annotations")
     if args.reward_function:
         scores = function_scores(args, sides, source, folder)

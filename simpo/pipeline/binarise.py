@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from simpo.errors import DataError
 from simpo.models.loading import get_tokenizer
 from simpo.pipeline.config import parse_pipeline_args
-from simpo.pipeline.work_units import numbered_jsonl, write_atomic, write_jsonl
+from simpo.pipeline.work_units import numbered_jsonl, previous_stage_sides, write_atomic, write_jsonl
 from simpo.reporting.logs import setup_logging
 from simpo.run.commands import report_input_errors
 from simpo.run.folder_lock import lock_folder
@@ -163,11 +163,9 @@ def binarise_main(argv: list[str] | None = None) -> dict:
     """Binarise the annotations into OUTPUT_DIR/dataset; returns the summary written to summary.json."""
     model_args, _, args = parse_pipeline_args(argv, "simpo-binarise", DESCRIPTION)
     setup_logging(True)
-    lock_folder(args.output_dir, "simpo-binarise")
     source, folder = os.path.join(args.output_dir, "annotations"), os.path.join(args.output_dir, "dataset")
-    sides = [side for side in ("train", "test") if os.path.exists(os.path.join(source, f"{side}.jsonl"))]
-    if not sides:
-        raise DataError(f"No annotations in {source}: run simpo-annotate with this config first.")
+    sides = previous_stage_sides(args.output_dir, "annotations", "simpo-annotate", "simpo-binarise", True)
+    lock_folder(args.output_dir, "simpo-binarise")
     tokenizer = get_tokenizer(model_args)
     summary, all_gaps, binarised = {"min_score_gap": args.min_score_gap}, {}, {}
     for side in sides:  # every side is checked before anything is written

@@ -103,9 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     rank, world = process_rank()
     setup_logging(rank == 0)
     engine = engine_of(args)  # before anything loads
-    if rank == 0:
-        lock_folder(args.output_dir, "simpo-generate")
-    tokenizer = get_tokenizer(model_args)
+    tokenizer = get_tokenizer(model_args)  # the inputs are read before the lock: a run refused writes nothing
     set_chat_template(tokenizer, data_args.chat_template, model_args.model_name_or_path)
     sides = load_prompts(
         data_args.dataset_mixer,
@@ -141,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         len(args.seeds),
         world,
     )
+    if rank == 0:
+        lock_folder(args.output_dir, "simpo-generate")
     folder = os.path.join(args.output_dir, "generations")
     make = lambda: make_backend(
         args.backend, model_args, tokenizer, args.temperature, args.top_p, args.max_tokens, engine

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from simpo.environment import launched_processes, launched_rank
 from simpo.errors import DataError
+from simpo.run.folder_lock import LOCK_FILE, lock_folder
 
 logger = logging.getLogger(__name__)
 
@@ -48,17 +49,58 @@ def fingerprint(obj) -> str:
 
 
 def weights_fingerprint(model: str) -> str | None:
-    """A local model's weights as they are on disk (each weight file's name, size and modification time): a model
-    retrained into the same folder is another model, whose relaunch must not resume the old one's samples. None for
-    a Hub id, which its revision names."""
+    """A local model's weights by their content: a model retrained into the same folder is another model, whose
+    relaunch must not resume the old one's samples, and one retrained to the same bytes (CPU runs are bit-identical)
+    is the same model. None for a Hub id, which its revision names."""
     if not os.path.isdir(model):
         return None
-    stats = [
-        (name, os.stat(os.path.join(model, name)))
-        for name in sorted(os.listdir(model))
-        if name.endswith((".safetensors", ".bin"))
-    ]
-    return fingerprint([[name, stat.st_size, stat.st_mtime_ns] for name, stat in stats])
+    names = sorted(name for name in os.listdir(model) if name.endswith((".safetensors", ".bin")))
+    return fingerprint([[name, weight_file_digest(os.path.join(model, name))] for name in names])
+
+
+SAMPLE_BYTES = 4096  # one read of a tensor's bytes
+SAMPLES_PER_TENSOR = 16
+
+
+def weight_file_digest(path: str) -> str:
+    """sha256 of a weight file's content, cheaply for safetensors: its header (every tensor's name, dtype, shape
+    and byte range) and SAMPLES_PER_TENSOR evenly spaced reads of each tensor's bytes (all of a small tensor), a few
+    MB for a 7B model. Training moves nearly every weight of a tensor it changes, so a retrained model differs in
+    the samples; a change confined to a few weights between them goes unseen. Other files (.bin) are read whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if not path.endswith(".safetensors"):
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+            return digest.hexdigest()
+        size = os.fstat(f.fileno()).st_size
+        header_size = int.from_bytes(f.read(8), "little")
+        if size < 8 or header_size > size - 8:  # not a safetensors file: its loader will say so; digest it whole
+            f.seek(0)
+            digest.update(f.read())
+            return digest.hexdigest()
+        header = f.read(header_size)
+        digest.update(size.to_bytes(8, "little") + header)
+        try:
+            tensors = json.loads(header)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            tensors = {}
+        ranges = sorted(
+            tuple(t["data_offsets"]) for name, t in tensors.items() if name != "__metadata__" and "data_offsets" in t
+        )
+        for start, end in ranges:
+            length = end - start
+            if length <= SAMPLE_BYTES * SAMPLES_PER_TENSOR:
+                offsets = [start]
+                read = length
+            else:
+                step = (length - SAMPLE_BYTES) / (SAMPLES_PER_TENSOR - 1)
+                offsets = [start + round(i * step) for i in range(SAMPLES_PER_TENSOR)]
+                read = SAMPLE_BYTES
+            for offset in offsets:
+                f.seek(8 + header_size + offset)
+                digest.update(f.read(read))
+    return digest.hexdigest()
 
 
 def file_fingerprint(path: str) -> str:
@@ -105,6 +147,20 @@ def numbered_jsonl(path: str, made_by: str | None = None) -> list[tuple[int, dic
                     f"{path} line {number} is not a whole JSON row ({err.msg}; was the file cut short?).{fix}"
                 ) from err
     return rows
+
+
+def previous_stage_sides(output_dir: str, stage: str, made_by: str, prog: str, main: bool) -> list[str]:
+    """The sides ("train", "test") the previous stage (`made_by`) wrote into output_dir/<stage>; none is an error
+    naming that stage, raised before this command (`prog`) takes the folder's lock, so a stage run too early writes
+    nothing. A folder another run holds is refused as in use first (its lock file is there already: taking the
+    lock, on the main process, writes no file)."""
+    folder = os.path.join(output_dir, stage)
+    sides = [side for side in ("train", "test") if os.path.exists(os.path.join(folder, f"{side}.jsonl"))]
+    if not sides:
+        if main and os.path.exists(os.path.join(output_dir, LOCK_FILE)):
+            lock_folder(output_dir, prog)  # refused while another run holds it
+        raise DataError(f"No {stage} in {folder}: run {made_by} with this config first.")
+    return sides
 
 
 def check_settings(folder: str, settings: dict) -> None:

@@ -388,3 +388,16 @@ def test_every_bad_key_and_value_of_a_config_is_named_in_one_run(run):
         "beta must be positive (got -1.0); the paper uses 2 to 10.",
         "padding_free packs prefix-shared pairs: it needs prefix_sharing true or auto.",
     ]
+
+
+def test_a_plain_word_for_a_mapping_key_is_shown_as_the_mapping_it_should_be(run, tmp_path):
+    """`--dataset_mixer=data/mine` (a source without its fraction) names the form it takes: {data/mine: 1.0}."""
+    with pytest.raises(ConfigError) as refusal:
+        run("--dataset_mixer=data/mine")
+    (problem,) = refusal.value.problems
+    assert problem.startswith("Bad value 'data/mine' for 'dataset_mixer' (command line)") and "not a mapping" in problem
+    assert "dataset_mixer: {data/mine: 1.0} in YAML, --dataset_mixer='{data/mine: 1.0}' on the command line" in problem
+    _, data, _ = run("--dataset_mixer={data/mine: 1.0}")  # the form shown is read as the mapping it says
+    assert data.dataset_mixer == {"data/mine": 1.0}
+    with pytest.raises(ConfigError, match=r"model_init_kwargs: \{abc: VALUE\}"):
+        run("--model_init_kwargs=abc")

@@ -119,8 +119,8 @@ train = report_input_errors("simpo-train")(train_main)
             r" nearest existing folder: data/\. Fix",
         ),
         (
-            "./outputs/nothing/dataset",
-            r"^dataset_mixer source './outputs/nothing/dataset' is neither .*; nearest existing folder: \./",
+            "./no-such-folder/nothing/dataset",
+            r"^dataset_mixer source './no-such-folder/nothing/dataset' is neither .*; nearest existing folder: \./",
         ),
         (
             "nobody-at-all/no-such-dataset",

@@ -308,8 +308,10 @@ def test_simpo_answer_does_not_resume_answers_of_a_model_retrained_into_the_fold
     questions = write_questions(tmp_path / "alpaca.json", [{"instruction": "Say 1."}], True)
     command = [str(run), "--benchmark", "alpaca_eval", "--questions", questions, "--max-new-tokens", "4"]
     answer_cli.main(command)
-    weights = run / "model.safetensors"
-    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten by training
+    from safetensors.torch import load_file, save_file
+
+    weights = str(run / "model.safetensors")
+    save_file({name: tensor * 1.001 for name, tensor in load_file(weights).items()}, weights)  # retrained
     refused(capsys, answer_cli.main, command, r"holds a run with other settings \(model;")
 
 

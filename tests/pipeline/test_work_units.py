@@ -62,3 +62,72 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derived_seed(13, "train", 0) == derived_seed(13, "train", 0)
     seeds = {derived_seed(seed, split, i) for seed in (13, 21) for split in ("train", "test") for i in range(100)}
     assert len(seeds) == 400 and all(0 <= s < 2**63 for s in seeds)
+
+
+def save_weights(folder, tensors, name="model.safetensors"):
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    save_file(tensors, os.path.join(folder, name))
+    return os.path.join(folder, name)
+
+
+def big_weights():
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    # a tensor of 1 MiB (sampled, not read whole) and a small one (read whole)
+    return {"w": torch.randn(512, 512, generator=generator), "b": torch.randn(16, generator=generator)}
+
+
+def test_a_model_retrained_to_the_same_bytes_is_the_same_model(tmp_path):
+    """The chain's second run retrains the SFT model into its folder: the same bytes, a new modification time. It
+    is the same model, so the pipeline resumes instead of refusing the folder."""
+    from simpo.pipeline.work_units import weights_fingerprint
+
+    weights = big_weights()
+    path = save_weights(tmp_path / "sft", weights)
+    first = weights_fingerprint(str(tmp_path / "sft"))
+    stat = os.stat(path)
+    os.remove(path)
+    save_weights(tmp_path / "sft", {k: v.clone() for k, v in weights.items()})
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert os.stat(path).st_mtime_ns != stat.st_mtime_ns
+    assert weights_fingerprint(str(tmp_path / "sft")) == first
+    assert weights_fingerprint("org/hub-model") is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda w: {**w, "w": w["w"] * 1.001},  # training moves every weight of a tensor
+        lambda w: {**w, "b": w["b"] + 1e-6},  # a small tensor, read whole
+        lambda w: {"w": w["w"], "b2": w["b"]},  # a tensor renamed: the header
+        lambda w: {**w, "b": w["b"].double()},  # another dtype
+    ],
+    ids=["every-weight", "small-tensor", "renamed", "dtype"],
+)
+def test_a_model_retrained_to_other_weights_is_another_model(tmp_path, change):
+    from simpo.pipeline.work_units import weights_fingerprint
+
+    weights = big_weights()
+    save_weights(tmp_path / "a", weights)
+    save_weights(tmp_path / "b", change(weights))
+    assert weights_fingerprint(str(tmp_path / "a")) != weights_fingerprint(str(tmp_path / "b"))
+
+
+def test_a_small_safetensors_file_is_digested_whole_and_a_bin_file_too(tmp_path):
+    """Against hashlib over the file's bytes: a file whose tensors are all small is read entirely (size, header,
+    then the tensors' bytes in file order, which is the whole file after its 8-byte length)."""
+    import hashlib
+
+    import torch
+
+    from simpo.pipeline.work_units import weight_file_digest
+
+    path = save_weights(tmp_path, {"a": torch.arange(10.0), "b": torch.ones(3, 4)})
+    data = open(path, "rb").read()
+    assert weight_file_digest(path) == hashlib.sha256(len(data).to_bytes(8, "little") + data[8:]).hexdigest()
+    torch.save({"a": torch.arange(10.0)}, tmp_path / "pytorch_model.bin")
+    data = open(tmp_path / "pytorch_model.bin", "rb").read()
+    assert weight_file_digest(str(tmp_path / "pytorch_model.bin")) == hashlib.sha256(data).hexdigest()
