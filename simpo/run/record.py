@@ -47,17 +47,13 @@ def write_json_atomically(path: str, value) -> None:
     os.replace(partial, path)
 
 
-def folder_files(folder: str, skip: tuple[str, ...] = ()) -> list[str]:
-    """Every file under `folder`, as paths relative to it, sorted; RECORD_FILE and `skip` (top-level names) left
-    out."""
+def folder_files(folder: str) -> list[str]:
+    """Every file under `folder` but its RECORD_FILE, as paths relative to it, sorted."""
     found = []
-    for root, dirs, files in os.walk(folder):
-        relative = os.path.relpath(root, folder)
-        if relative == ".":
-            dirs[:] = [d for d in dirs if d not in skip]
+    for root, _, files in os.walk(folder):
         for name in files:
-            path = os.path.normpath(os.path.join(relative, name))
-            if path != RECORD_FILE and path not in skip:
+            path = os.path.normpath(os.path.join(os.path.relpath(root, folder), name))
+            if path != RECORD_FILE:
                 found.append(path)
     return sorted(found)
 

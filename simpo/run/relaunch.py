@@ -152,13 +152,12 @@ def differences(before: dict, now: dict) -> list[tuple[str, object, object]]:
 
 @dataclass
 class Relaunch:
-    """How a launch stands to what it continues (Launch.relaunch): its settings; the record it was compared with and
-    where (a checkpoint, or output_dir for a finished run); the changes it continues with (resume_with_changes);
-    whether output_dir holds this very run finished; the train data's fingerprint once read."""
+    """How a launch stands to what it continues (Launch.relaunch): its settings; the record it was compared with (a
+    checkpoint's, or a finished run's in output_dir); the changes it continues with (resume_with_changes); whether
+    output_dir holds this very run finished; the train data's fingerprint once read."""
 
     settings: dict
     record: dict | None = None
-    against: str | None = None
     changes: list = field(default_factory=list)
     finished: bool = False
     data: str | None = None
@@ -184,8 +183,7 @@ def compare_settings(args, settings: dict, checkpoint: str | None) -> Relaunch:
     if final is not None:
         problem = final_files_problem(args.output_dir, final)
         if problem is None and (step is None or final["step"] >= step):
-            relaunch.record, relaunch.against = final, args.output_dir
-            relaunch.finished = True
+            relaunch.record, relaunch.finished = final, True
             judge(args, relaunch, differences(final["settings"], settings), checkpoint)
             return relaunch
         if problem is not None:
@@ -199,7 +197,7 @@ def compare_settings(args, settings: dict, checkpoint: str | None) -> Relaunch:
             )
     if checkpoint is None:
         return relaunch
-    relaunch.record, relaunch.against = read_record(checkpoint), checkpoint
+    relaunch.record = read_record(checkpoint)
     if relaunch.record is None:
         logger.warning(
             "%s has no %s (the record of what it was trained with): this launch's settings cannot be compared with"
@@ -224,12 +222,17 @@ def check_data(launch, datasets) -> bool:
     if before is not None and before != relaunch.data:
         judge(args, relaunch, [(DATA_KEY, before, relaunch.data)], launch.checkpoint)
     if relaunch.finished:
+        more = (
+            "raise max_steps or num_train_epochs and set resume_with_changes: true"
+            if launch.checkpoint
+            else "use another output_dir (it saved no checkpoint to continue from)"
+        )
         logger.warning(
             "Nothing left to train: %s holds this run, finished at step %d with these settings and data (kept). To"
-            " train more, raise max_steps or num_train_epochs and set resume_with_changes: true; to start afresh,"
-            " use another output_dir.",
+            " train more, %s; to start afresh, use another output_dir.",
             args.output_dir,
             relaunch.step,
+            more,
         )
     return relaunch.finished
 
@@ -326,7 +329,7 @@ def history_for_card(output_dir: str) -> str:
 
 def innermost(wrapped, attribute: str):
     """The object inside accelerate's and DeepSpeed's optimizer and scheduler wrappers (`.optimizer`, `.scheduler`)."""
-    while getattr(wrapped, attribute, None) is not None and getattr(wrapped, attribute) is not wrapped:
+    while getattr(wrapped, attribute, None) is not None:
         wrapped = getattr(wrapped, attribute)
     return wrapped
 

@@ -28,10 +28,10 @@ def checkpoint_to_resume(args) -> str | None:
     newest checkpoint in output_dir that verifies, else None (a fresh run). Folders named like checkpoints that a
     relaunch does not resume (checkpoint-final) are named in a warning."""
     chosen = args.resume_from_checkpoint
-    if isinstance(chosen, str) and chosen.strip().lower() in ("false", "no", "none", ""):
+    if chosen is not None and chosen.strip().lower() in ("false", "no", "none", ""):
         chosen = args.resume_from_checkpoint = None
     warn_of_unresumed_folders(args.output_dir)
-    if chosen is not None and (chosen is True or chosen.strip().lower() in ("true", "yes", "last")):
+    if chosen is not None and chosen.strip().lower() in ("true", "yes", "last"):
         last = last_complete_checkpoint(args.output_dir)
         if last is None:
             raise ConfigError(
