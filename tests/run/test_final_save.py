@@ -154,3 +154,19 @@ def test_no_file_the_run_writes_holds_the_hub_token(tmp_path):
     for bin_file in (out / "training_args.bin", out / "checkpoint-2" / "training_args.bin"):
         args = torch.load(bin_file, weights_only=False)
         assert args.hub_token is None and args.learning_rate == 3e-3
+
+
+def test_a_cut_final_model_is_retrained_from_an_earlier_checkpoint_to_the_same_weights(tmp_path, caplog):
+    """The final model and the last step's checkpoint cut (a copy that stopped): the relaunch trains step 4 again
+    from checkpoint-3 and ends bit for bit where the run did."""
+    out = tmp_path / "run"
+    run = [*SIMPO, "--save_strategy=steps", "--save_steps=3", "--max_steps=4", f"--output_dir={out}"]
+    assert simpo_main(run) == 0
+    finished = (out / "model.safetensors").read_bytes()
+    for model in (out / "model.safetensors", out / "checkpoint-4" / "model.safetensors"):
+        model.write_bytes(finished[: len(finished) // 2])
+    caplog.clear()
+    assert simpo_main(run) == 0
+    assert f"rewriting it from {out / 'checkpoint-3'}, the last complete checkpoint" in caplog.text
+    assert (out / "model.safetensors").read_bytes() == finished
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
