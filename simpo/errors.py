@@ -85,6 +85,17 @@ class FolderInUseError(SimpoError, RuntimeError):
     """Another live process writes this folder."""
 
 
+class CheckpointChanged(SimpoError, RuntimeError):
+    """A DeepSpeed checkpoint whose files are not the ones its run saved (their sha256 differs from its record, or
+    the record is missing): its load would unpickle them, and a pickle can run code."""
+
+
+class AtTheLastStep(SimpoError, RuntimeError):
+    """Not a failure: a run resumed from a checkpoint of its last step stops the Trainer with it before the step past
+    the end that transformers would otherwise train (simpo/run/resume.py); simpo/run/steps.py's train catches it and
+    goes on to the final save. Its message, should it ever reach a command, says so."""
+
+
 def all_error_classes() -> list[type[SimpoError]]:
     """SimpoError and every kind of it defined here (what the tests walk)."""
     found, pending = [], [SimpoError]

@@ -1,9 +1,10 @@
 """The argument groups every recipe and command shares: the model (ModelArguments) and the data (DataArguments), and the
-resume key both training recipes take (ElasticResumeArguments). Each recipe adds its own training arguments
+resume keys both training recipes take (ElasticResumeArguments). Each recipe adds its own training arguments
 (simpo/train/config.py, simpo/sft/config.py, simpo/pipeline/config.py)."""
 
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from simpo.errors import ConfigError
@@ -81,7 +82,10 @@ class DataArguments:
 
 @dataclass
 class ElasticResumeArguments:
-    """The key both training recipes' configs take from here (SimPOConfig, SFTRunConfig)."""
+    """The resume keys both training recipes' configs take from here (SimPOConfig, SFTRunConfig), and how both are
+    pickled (the Trainer writes the config into every checkpoint and output_dir as training_args.bin): without the
+    value of any key ending in "token" (hub_token), which would sit there in plain text (and go to the Hub with
+    push_to_hub). The object in memory keeps it: the Trainer's push reads it from there."""
 
     allow_global_batch_change: bool = field(
         default=False,
@@ -90,6 +94,26 @@ class ElasticResumeArguments:
             " than it was trained with; off: refused before the model loads. See docs/elastic-resume.md."
         },
     )
+    resume_with_changes: bool = field(
+        default=False,
+        metadata={
+            "help": "Continue output_dir's checkpoint although this launch's settings (or training data) differ"
+            " from those it was trained with: they apply from the resumed step on, the learning rate and schedule"
+            " included, and run_history.jsonl and the model card record the change. Off: such a relaunch is"
+            " refused before anything loads, listing the differences. See docs/bad-input-and-resume.md."
+        },
+    )
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in secret_keys(self):
+            state[key] = None
+        return state
+
+
+def secret_keys(args) -> list[str]:
+    """The keys whose value is a secret: every field named *token (hub_token)."""
+    return [f.name for f in fields(args) if f.name.endswith("token")]
 
 
 def training_number_problems(args) -> list[str]:
@@ -118,12 +142,40 @@ def training_number_problems(args) -> list[str]:
     return problems
 
 
+def output_dir_problems(output_dir: str | None) -> list[str]:
+    """Why a run could not write output_dir (a file, below a file, not writable), found when the config is read:
+    transformers would only fail once the data and model have loaded. Writability is tried, not inferred from the
+    mode bits (which do not bind root, while a read-only mount binds everyone): a probe file is created in the
+    folder itself or in the nearest one that exists, and removed."""
+    if not output_dir:
+        return []
+    path = os.path.abspath(os.path.expanduser(output_dir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        return [f"output_dir={output_dir} is a file, not a folder: give the folder the run writes into."]
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return [f"output_dir={output_dir} is below {existing}, which is a file: no folder can be made there."]
+    probe = os.path.join(existing, f".simpo-write-probe-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.remove(probe)
+    except OSError as err:
+        where = "it" if existing == path else f"{existing}, the nearest folder on its way that exists,"
+        return [
+            f"output_dir={output_dir} cannot be written: {where} refuses new files ({err.strerror}). Give a folder"
+            " you can write to."
+        ]
+    return []
+
+
 def finish_training_arguments(args, problems: list[str], post_init) -> None:
     """A training config's __post_init__ after its own checks (`problems`, each naming its key): with the training
     numbers' problems, every one is raised at once as a ConfigError. transformers' (or TRL's) own __post_init__
     (`post_init`) runs only on settings that passed them (it would divide by a 0 accumulation, or warn about a value
     refused here); what it refuses is raised the same way."""
-    problems = training_number_problems(args) + problems
+    problems = training_number_problems(args) + output_dir_problems(args.output_dir) + problems
     if not problems:
         try:
             post_init()

@@ -356,11 +356,26 @@ def mix_datasets(
     return mixed
 
 
+def row_keys(dataset: Dataset, columns: tuple[str, ...]):
+    """One 16-byte digest per row, in order, of its `columns` (the row's content: not where it was read from)."""
+    for row in dataset.select_columns([c for c in columns if c in dataset.column_names]):
+        yield hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=16).digest()
+
+
 def count_duplicates(dataset: Dataset, columns: tuple[str, ...]) -> int:
     """Rows whose `columns` (prompt, chosen and rejected; an SFT row's messages) equal an earlier row's."""
     seen, duplicates = set(), 0
-    for row in dataset.select_columns([c for c in columns if c in dataset.column_names]):
-        key = hashlib.blake2b(json.dumps(row, sort_keys=True).encode(), digest_size=16).digest()
+    for key in row_keys(dataset, columns):
         duplicates += key in seen
         seen.add(key)
     return duplicates
+
+
+def content_fingerprint(dataset: Dataset) -> str:
+    """The fingerprint of a mixed split as read: its rows' content in their order (every column but ORIGIN). Unlike
+    datasets' own fingerprint, it does not change with a file's path or modification time (data copied to another
+    disk is the same data), and it changes with any row's content or the order the rows are trained in."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key in row_keys(dataset, tuple(c for c in dataset.column_names if c != ORIGIN)):
+        digest.update(key)
+    return digest.hexdigest()

@@ -12,6 +12,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+RECORD_FILE = "trained_with.json"  # what a checkpoint was trained with, written last (simpo/run/record.py)
 
 
 def checkpoint_problem(checkpoint: str) -> str | None:
@@ -27,6 +28,8 @@ def checkpoint_problem(checkpoint: str) -> str | None:
     names = os.listdir(checkpoint)
     if not any(name.endswith((".safetensors", ".bin")) or name.startswith("global_step") for name in names):
         return "no model weights"
+    if "latest" in names and RECORD_FILE not in names:  # a DeepSpeed checkpoint resumes only with its files' digests
+        return f"no {RECORD_FILE} (the record of its files, written last: interrupted before it)"
     for folder, _, files in os.walk(checkpoint):
         for name in sorted(files):
             path = os.path.join(folder, name)

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from simpo.errors import ConfigError
 from simpo.run.launch import uses_deepspeed
+from simpo.run.record import read_record, record_digests, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +208,9 @@ def convert_to_universal(checkpoint: str, tag: str) -> str:
     os.rename(partial, target)
     with open(os.path.join(checkpoint, UNIVERSAL_LATEST), "w") as f:
         f.write(os.path.basename(target))
+    record = read_record(checkpoint)
+    if record is not None:  # DeepSpeed loads the converted files with pickle too: their digests join the record
+        write_record(checkpoint, record_digests(checkpoint, record))
     return target
 
 

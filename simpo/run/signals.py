@@ -1,40 +1,69 @@
-"""A stop asked for by a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) ends the current optimizer step, saves
-a checkpoint and stops, instead of losing the work since the last save."""
+"""A stop asked for by a signal ends the current optimizer step, saves a checkpoint and stops, instead of losing the
+work since the last save: SIGTERM (a scheduler's stop, `scancel`), SIGUSR1 (SLURM's warning before the time limit,
+`--signal=USR1@90`), SIGHUP (the terminal closed) and SIGINT (Ctrl-C). A checkpoint is saved whatever save_strategy
+says: a user paying for the hours since the last save wants them kept, and with save_strategy "no" there is no other
+checkpoint at all (the relaunch would start over).
+
+The handlers stay until the run gives them back (StopOnSignal.give_back, once the final model is written): a signal
+during the final save lets it finish (the model is written whole) and the run stops after it. A repeated signal is
+the same request (a scheduler and a launcher often both deliver it); only a second Ctrl-C stops at once."""
 
 import logging
 import signal
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import SaveStrategy
 
 logger = logging.getLogger(__name__)
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP)
+
 
 class StopOnSignal(TrainerCallback):
-    """On SIGTERM or SIGINT, finish the current optimizer step, save a checkpoint (unless save_strategy is "no")
-    and stop; `signum` tells the caller to exit instead of saving the final model."""
+    """On a stop signal, finish the current optimizer step, save a checkpoint and stop; `signum` tells the caller to
+    exit instead of saving the final model (or, when it came during the final save, to stop once it is written)."""
 
     def __init__(self):
         self.signum = None
+        self.training = False
+        self.while_training = False  # whether the signal came while training (so a checkpoint was saved)
+        self.saved = False  # whether a checkpoint was saved since it came
         self.previous_handlers = {}
 
     def on_train_begin(self, args, state, control, **kwargs):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self.previous_handlers[sig] = signal.signal(sig, self._request_stop)
+        self.training = True
+        for sig in STOP_SIGNALS:
+            if sig not in self.previous_handlers:
+                self.previous_handlers[sig] = signal.signal(sig, self._request_stop)
 
     def on_train_end(self, args, state, control, **kwargs):
-        # Outside training a signal does what it did before (e.g. ends a process that runs several trainings).
+        self.training = False  # the handlers stay for the final save: give_back returns them
+        if self.signum is not None and not self.saved:
+            self.while_training = False  # it came after the last step's end: the final save runs, then the stop
+
+    def on_save(self, args, state, control, **kwargs):
+        self.saved = self.signum is not None
+
+    def give_back(self) -> None:
+        """The handlers there were before training (a process that goes on, e.g. a sweep, stays stoppable)."""
         for sig, handler in self.previous_handlers.items():
             signal.signal(sig, handler)
+        self.previous_handlers = {}
 
     def _request_stop(self, signum, frame):
-        if self.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        self.signum = signum
-        logger.warning("Received %s: stopping after this step.", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            if signum == signal.SIGINT:  # Ctrl-C twice: stop now
+                raise KeyboardInterrupt
+            logger.warning("Received %s again: already stopping.", name)
+            return
+        self.signum, self.while_training = signum, self.training
+        if self.training:
+            logger.warning("Received %s: stopping after this step.", name)
+        else:
+            logger.warning("Received %s: stopping once the final model is written.", name)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.signum is not None:
-            control.should_save = args.save_strategy != SaveStrategy.NO
+            control.should_save = True
             control.should_training_stop = True
         return control

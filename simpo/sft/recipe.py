@@ -13,22 +13,21 @@ from simpo.data.chat_templates import set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import report_drops
 from simpo.models.checks import check_model_settings, check_special_tokens
-from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
+from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.models.modules import disable_dropout
 from simpo.reporting.curves import plot_curves
 from simpo.reporting.summary import RunSummary
 from simpo.run.commands import exit_process, report_input_errors
-from simpo.run.elastic import ElasticResume
 from simpo.run.finite import FiniteUpdates
+from simpo.run.relaunch import check_data
 from simpo.run.resume import checkpoint_state
-from simpo.run.signals import StopOnSignal
 from simpo.run.steps import (
     evaluate_and_save,
     finish,
     no_training,
     record_run,
-    save_final_model,
-    save_metrics,
+    run_callbacks,
+    save_final,
     start_run,
     stopped_by_signal,
     train,
@@ -93,6 +92,8 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         row_format=CONVERSATIONS,
     )
     require_eval_split(args, raw_datasets, example="test_sft")
+    if check_data(launch, raw_datasets):  # the relaunch of a finished run: nothing to train, before the model loads
+        return 0
     check_model_settings(model_args, args)  # LoRA names, context, bitsandbytes: from the config alone
     tokenizer = get_tokenizer(model_args)
     check_special_tokens(tokenizer, model_args)
@@ -100,7 +101,6 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
     tokenized, drops, counts = tokenize_splits(raw_datasets, tokenizer, data_args, args)
 
     args.model_init_kwargs = sft_model_init_kwargs(model_args, args)
-    stop = StopOnSignal()
     trainer = SFTTrainer(
         model=model_args.model_name_or_path,
         args=args,
@@ -108,8 +108,8 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         eval_dataset=tokenized.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, args),
-        # FiniteUpdates after stop: it may ask for a save
-        callbacks=[stop, FiniteUpdates(), ElasticResume(launch.resume_plan), *(callbacks or [])],
+        # FiniteUpdates after the stop on a signal (the first of run_callbacks): it may ask for a save
+        callbacks=[*run_callbacks(launch), FiniteUpdates(), *(callbacks or [])],
     )
     trainer.add_callback(
         RunSummary(functools.partial(sft_start_summary, trainer, counts, drops, resume_note=launch.resume_note))
@@ -122,11 +122,11 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
             drops["train"] + drops.get("test", []), args.output_dir, noun="conversations", file_name=DROPPED_FILE
         )
 
-    if no_training(trainer, checkpoint):
+    if no_training(trainer):
         return finish(trainer, launch)
 
-    train_result = train(trainer, checkpoint)
-    if (code := stopped_by_signal(trainer, stop)) is not None:
+    train_result = train(trainer, launch)
+    if (code := stopped_by_signal(trainer, launch)) is not None:
         return code
     resumed = checkpoint_state(checkpoint)
     metrics = {
@@ -134,16 +134,14 @@ def sft_main(argv: list[str] | None = None, callbacks: list | None = None) -> in
         **throughput(trainer, train_result.metrics, resumed),
         "train_samples": len(tokenized["train"]),
     }
-    save_metrics(trainer, metrics)
-    save_final_model(trainer)  # with the tokenizer and its chat template: the SimPO stage reads both
-
-    if trainer.accelerator.is_main_process:
-        trainer.create_model_card(
-            model_name=os.path.basename(os.path.normpath(args.output_dir)),
-            dataset_name=", ".join(data_args.dataset_mixer),
-            tags=["simpo", "sft"],
-        )
-        save_config_for_generation(trainer.model, args.output_dir)
+    card = {
+        "model_name": os.path.basename(os.path.normpath(args.output_dir)),
+        "dataset_name": ", ".join(data_args.dataset_mixer),
+        "tags": ["simpo", "sft"],
+    }
+    save_final(trainer, launch, metrics, card)  # with the tokenizer and its chat template: the SimPO stage reads both
+    if (code := stopped_by_signal(trainer, launch, final_saved=True)) is not None:
+        return code
 
     if args.do_eval and "test" in tokenized:
         evaluate_and_save(trainer)

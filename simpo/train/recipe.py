@@ -7,18 +7,17 @@ from simpo.data.chat_templates import render_pairs, set_chat_template
 from simpo.data.mixer import mix_datasets, require_eval_split
 from simpo.data.validation import CUTS_FILE, report_drops, write_records
 from simpo.models.checks import check_model_settings, check_special_tokens
-from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs, save_config_for_generation
+from simpo.models.loading import get_peft_config, get_tokenizer, model_init_kwargs
 from simpo.reporting.curves import plot_curves
 from simpo.run.commands import exit_process, report_input_errors
-from simpo.run.elastic import ElasticResume
-from simpo.run.signals import StopOnSignal
+from simpo.run.relaunch import check_data
 from simpo.run.steps import (
     evaluate_and_save,
     finish,
     no_training,
     record_run,
-    save_final_model,
-    save_metrics,
+    run_callbacks,
+    save_final,
     start_run,
     stopped_by_signal,
     train,
@@ -44,17 +43,14 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     """Run the recipe; `callbacks` (TrainerCallback instances) are added to the trainer's, e.g. for probes. Returns
     the process's exit code: 0, or 128 + the signal that stopped training (a checkpoint is saved; relaunch)."""
     launch = start_run(argv, SIMPO_ARGUMENTS, "simpo-train", DESCRIPTION)
-    model_args, data_args, training_args, checkpoint = (
-        launch.model_args,
-        launch.data_args,
-        launch.args,
-        launch.checkpoint,
-    )
+    model_args, data_args, training_args = launch.model_args, launch.data_args, launch.args
 
     raw_datasets = mix_datasets(
         data_args.dataset_mixer, data_args.dataset_splits, data_args.dataset_configs, seed=training_args.seed
     )
     require_eval_split(training_args, raw_datasets, example="test_prefs")
+    if check_data(launch, raw_datasets):  # the relaunch of a finished run: nothing to train, before the model loads
+        return 0
     check_model_settings(model_args, training_args)  # LoRA names, context, bitsandbytes: from the config alone
     tokenizer = get_tokenizer(model_args)
     check_special_tokens(tokenizer, model_args)
@@ -69,7 +65,6 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
     )
 
     training_args.model_init_kwargs = model_init_kwargs(model_args, training_args)
-    stop = StopOnSignal()
     trainer = SimPOTrainer(
         model=model_args.model_name_or_path,
         args=training_args,
@@ -77,7 +72,7 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
         eval_dataset=raw_datasets.get("test"),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args, training_args),
-        callbacks=[stop, ElasticResume(launch.resume_plan), *(callbacks or [])],
+        callbacks=[*run_callbacks(launch), *(callbacks or [])],
     )
     record_run(launch)
     if trainer.accelerator.is_main_process:
@@ -86,22 +81,20 @@ def train_main(argv: list[str] | None = None, callbacks: list | None = None) -> 
             [c for records in trainer.truncated_pairs.values() for c in records], training_args.output_dir, CUTS_FILE
         )
 
-    if no_training(trainer, checkpoint):
+    if no_training(trainer):
         return finish(trainer, launch)
 
-    train_result = train(trainer, checkpoint)
-    if (code := stopped_by_signal(trainer, stop)) is not None:
+    train_result = train(trainer, launch)
+    if (code := stopped_by_signal(trainer, launch)) is not None:
         return code
-    save_metrics(trainer, {**train_result.metrics, "train_samples": len(trainer.train_dataset)})
-    save_final_model(trainer)
-
-    if trainer.accelerator.is_main_process:
-        trainer.create_model_card(
-            finetuned_from=model_args.model_name_or_path,
-            dataset=list(data_args.dataset_mixer),
-            tags=["simpo", "preference-optimization"],
-        )
-        save_config_for_generation(trainer.model, training_args.output_dir)
+    card = {
+        "finetuned_from": model_args.model_name_or_path,
+        "dataset": list(data_args.dataset_mixer),
+        "tags": ["simpo", "preference-optimization"],
+    }
+    save_final(trainer, launch, {**train_result.metrics, "train_samples": len(trainer.train_dataset)}, card)
+    if (code := stopped_by_signal(trainer, launch, final_saved=True)) is not None:
+        return code
 
     if training_args.do_eval and "test" in raw_datasets:
         evaluate_and_save(trainer)

@@ -67,3 +67,45 @@ def test_the_bounds_follow_from_fp32():
     assert 0.5 < BETA_MAX * rounding < 2
     # and the bounds leave the paper's ranges (beta 2.5 to 10, gamma_beta_ratio up to 1.6) well inside
     assert BETA_MAX > 10 and GAMMA_BETA_RATIO_MAX > 1.6
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder this process cannot create files in. Mode bits do not bind root (the suite may run as root), so as
+    root the check runs as `nobody` (seteuid, given back after) in a root-owned folder it may enter but not write."""
+    import os
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="simpo-unwritable-")
+    os.chmod(folder, 0o555)
+    try:
+        if os.geteuid() == 0:
+            os.seteuid(65534)
+            try:
+                yield folder
+            finally:
+                os.seteuid(0)
+        else:
+            yield folder
+    finally:
+        os.chmod(folder, 0o755)
+        os.rmdir(folder)
+
+
+@pytest.mark.parametrize("groups", [SIMPO_ARGUMENTS, SFT_ARGUMENTS], ids=["simpo", "sft"])
+@pytest.mark.parametrize("case", ["file", "below a file", "not writable", "below a folder not writable"])
+def test_an_output_dir_the_run_could_not_write_is_refused_when_the_config_is_read(tmp_path, request, groups, case):
+    """Before: a traceback from Trainer.__init__, after the data and the model had loaded."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    if case == "file":
+        output_dir, message = a_file, rf"^output_dir={a_file} is a file, not a folder"
+    elif case == "below a file":
+        output_dir, message = a_file / "run", rf"^output_dir={a_file / 'run'} is below {a_file}, which is a file"
+    else:
+        folder = request.getfixturevalue("unwritable")
+        output_dir = f"{folder}/run/deeper" if case.startswith("below") else folder
+        where = "it" if output_dir == folder else f"{folder}, the nearest folder on its way that exists,"
+        message = rf"^output_dir={output_dir} cannot be written: {where} refuses new files \(Permission denied\)"
+    with pytest.raises(ConfigError, match=message):
+        parse_args([f"--output_dir={output_dir}", "--use_cpu=true"], groups)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_MODEL, tiny_rows
 from safetensors.torch import load_file
+from tiny_runs import SIMPO as TINY_SIMPO
 from torch import nn
 from transformers import TrainerCallback, TrainerControl
 
@@ -16,18 +17,7 @@ from simpo.run.finite import FiniteUpdates
 from simpo.train.config import SimPOConfig
 from simpo.train.trainer import SimPOTrainer
 
-SIMPO = [
-    "training_configs/tiny-simpo-cpu.yaml",
-    "--report_to=none",
-    "--do_eval=false",
-    "--eval_strategy=no",
-    "--eval_on_start=false",
-    "--max_steps=6",
-    "--warmup_steps=0",
-    "--save_strategy=steps",
-    "--save_steps=1",
-    "--logging_steps=1",
-]
+SIMPO = [*TINY_SIMPO, "--max_steps=6", "--warmup_steps=0", "--save_strategy=steps", "--save_steps=1"]
 
 
 def all_tensors_finite(checkpoint) -> bool:

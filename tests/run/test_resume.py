@@ -109,28 +109,45 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     assert not (out / "model.safetensors").exists()  # no final save after a stop
 
 
-def test_signal_handlers_are_restored_when_training_ends():
-    """A process that trains several times (a sweep, the GPU check's modes) must still be stoppable between runs."""
-    from simpo.run.signals import StopOnSignal
+def test_signal_handlers_are_held_through_the_final_save_and_given_back_after():
+    """A process that trains several times (a sweep, the GPU check's modes) must still be stoppable between runs; a
+    signal during the final save must not kill it half-written."""
+    from simpo.run.signals import STOP_SIGNALS, StopOnSignal
 
     def previous(signum, frame):
         pass
 
     old = signal.signal(signal.SIGTERM, previous)
-    sigint_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}  # SIGINT is SIG_IGN when the suite runs in the back
     try:
         stop = StopOnSignal()
         stop.on_train_begin(None, None, None)
-        assert signal.getsignal(signal.SIGTERM) == stop._request_stop
-        assert signal.getsignal(signal.SIGINT) == stop._request_stop
+        assert set(STOP_SIGNALS) == {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP}
+        assert all(signal.getsignal(sig) == stop._request_stop for sig in STOP_SIGNALS)
         stop.on_train_end(None, None, None)
+        assert all(signal.getsignal(sig) == stop._request_stop for sig in STOP_SIGNALS)  # the final save is next
+        stop.give_back()
+        assert {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} == before
         assert signal.getsignal(signal.SIGTERM) is previous
-        assert signal.getsignal(signal.SIGINT) is sigint_before
     finally:
         signal.signal(signal.SIGTERM, old)
 
 
-def test_relaunching_a_finished_run_keeps_its_results_and_more_steps_resume(tmp_path, caplog, capsys):
+def test_a_repeated_stop_signal_is_the_same_request_and_a_second_ctrl_c_stops_at_once():
+    """SLURM and torchrun's agent may both deliver the signal: a second SIGTERM must not abort the checkpoint."""
+    from simpo.run.signals import StopOnSignal
+
+    stop = StopOnSignal()
+    stop.training = True
+    stop._request_stop(signal.SIGTERM, None)
+    stop._request_stop(signal.SIGTERM, None)
+    stop._request_stop(signal.SIGUSR1, None)
+    assert stop.signum == signal.SIGTERM and stop.while_training
+    with pytest.raises(KeyboardInterrupt):
+        stop._request_stop(signal.SIGINT, None)
+
+
+def test_relaunching_a_finished_run_keeps_its_results_and_more_steps_resume_with_changes(tmp_path, caplog, capsys):
     from simpo.train.recipe import train_main
 
     out = tmp_path / "run"
@@ -140,10 +157,12 @@ def test_relaunching_a_finished_run_keeps_its_results_and_more_steps_resume(tmp_
     results = (out / "train_results.json").read_text()
     state = (out / "trainer_state.json").read_text()
     assert train_main([*args, "--max_steps=4"]) == 0  # the same command again: nothing to train or overwrite
-    assert "Nothing left to train" in caplog.text and "holds step 4 of 4" in caplog.text
+    assert f"Nothing left to train: {out} holds this run, finished at step 4" in caplog.text
     assert (out / "train_results.json").read_text() == results and (out / "trainer_state.json").read_text() == state
+    with pytest.raises(ValueError, match=r"max_steps: 4 -> 6\. .* set resume_with_changes: true"):
+        train_main([*args, "--max_steps=6"])
     capsys.readouterr()
-    assert train_main([*args, "--max_steps=6"]) == 0  # more steps: resumes from step 4
+    assert train_main([*args, "--max_steps=6", "--resume_with_changes=true"]) == 0  # resumes from step 4
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
     assert "Resuming from the last complete checkpoint" in caplog.text
     assert re.search(r"time +[\d.]+ s for 2 steps \(resumed at step 4\)", capsys.readouterr().out)
