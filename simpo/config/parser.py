@@ -48,6 +48,9 @@ REMOVED_KEYS = {
 }
 # transformers documents report_to "none" as "no integrations" but turns a None into [None]: keep the word.
 _NONE_IS_A_WORD = {"report_to"}
+# transformers documents resume_from_checkpoint as a folder or true (the newest checkpoint): YAML reads `true` as a
+# boolean, the command line as a word; both reach the resume code as the word (simpo/run/resume.py).
+_BOOL_IS_A_WORD = {"resume_from_checkpoint"}
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -299,6 +302,8 @@ def parse_args(
                 kwargs[n][key] = True
             elif key in _NONE_IS_A_WORD and (value is None or str(value).lower() in _NONE):
                 kwargs[n][key] = "none"
+            elif key in _BOOL_IS_A_WORD and isinstance(value, bool):
+                kwargs[n][key] = str(value).lower()
             else:
                 try:
                     kwargs[n][key] = _coerce(value, tp)

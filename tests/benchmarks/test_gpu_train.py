@@ -156,6 +156,7 @@ def test_smoke_first_step_losses_equal_simpo_loss_of_the_first_batch(smoke, tmp_
     assert not math.isclose(expected, math.log1p(math.exp(gamma)), abs_tol=1e-3)  # the models' logps do matter
 
 
+@pytest.mark.slow
 def test_smoke_memory_budget_search(smoke):
     results, markdown = smoke
     s = results["settings"]

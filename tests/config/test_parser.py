@@ -401,3 +401,12 @@ def test_a_plain_word_for_a_mapping_key_is_shown_as_the_mapping_it_should_be(run
     assert data.dataset_mixer == {"data/mine": 1.0}
     with pytest.raises(ConfigError, match=r"model_init_kwargs: \{abc: VALUE\}"):
         run("--model_init_kwargs=abc")
+
+
+@pytest.mark.parametrize("written,read", [("true", "true"), ("false", "false"), ("checkpoint-4", "checkpoint-4")])
+def test_resume_from_checkpoint_true_in_a_yaml_reads_as_on_the_command_line(run, written, read):
+    """YAML reads `true` as a boolean, the command line as a word: both are transformers' idiom for the newest
+    checkpoint (simpo/run/resume.py), not a bad value."""
+    _, _, from_yaml = run(yaml=f"resume_from_checkpoint: {written}\n")
+    _, _, from_cli = run(f"--resume_from_checkpoint={written}")
+    assert from_yaml.resume_from_checkpoint == from_cli.resume_from_checkpoint == read
