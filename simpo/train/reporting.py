@@ -96,7 +96,7 @@ def self_check_seconds(trainer) -> list[str]:
         return []
     checked = sum(1 for row in decision.rows)
     how = f"{checked} path(s) checked against the plain one" if decision.source == "checked" else decision.source
-    return [line("self-check", f"{decision.seconds:.2f} s ({how})")]
+    return [line("self-check", f"{decision.seconds:.2f} s: {how}")]
 
 
 def warmup_lines(ledger) -> list[str]:

@@ -20,13 +20,15 @@ has no backward there. TOLERANCE is per the dtype the model computes in: two cor
 (other kernels, other summation orders); a path that lets a token see another, drops a transform or scores another
 position differs by more.
 
-The order. Each fast path is checked alone first, the others at the reference's, in its declared order, best first:
+The order. Each component's options, best first:
     log-probs   Triton tiles (CUDA) -> torch tiles -> full logits
     layout      prefix sharing with FlexAttention (GPUs) -> with dense masks -> the plain layout
     Liger       on -> off
-and the first that agrees is kept (or, in a tier of equals, padding-free or not and FlexAttention or dense masks for
-settings at auto, every one that agrees, on a GPU: see below). Then they are checked together; should that differ,
-the log-probs, then the layout, then Liger step down to the reference until the paths together agree. A setting the
+First the best of each are checked together (on a GPU, every layout of the first tier with them: padding-free or not,
+FlexAttention or dense masks for settings at auto; see below); where that agrees, nothing else runs. Where it
+differs, each component is checked alone, the others at the reference's, down its order until one agrees (in a tier
+of equals on a GPU, every one), and those are checked together; should that still differ, the log-probs, then the
+layout, then Liger step down to the reference until the paths together agree. A setting the
 user set explicitly (prefix_sharing, padding_free, flex_attention or liger_kernels true; SIMPO_LOGPS_KERNEL) that
 the decision leaves out is refused with the figures (FastPathError), never a silent fallback. fused_logps: true, the
 default, allows the fall back to full logits.
@@ -414,7 +416,7 @@ class Checker:
 
     def check(self, path: Path, name: str) -> Row:
         if path == REFERENCE:
-            return Row(name, path.name, 0.0, None, verdict="agrees")
+            return self.results.setdefault(path, Row(name, path.name, 0.0, None, verdict="agrees"))
         if path in self.results:
             return self.results[path]
         try:
@@ -450,25 +452,43 @@ class Checker:
         return [getattr(REFERENCE, component)]
 
     def decide(self) -> Path:
-        best = {component: self.alone(component) for component in COMPONENTS}
-        together = [Path(layout=layout, logps=best["logps"][0], liger=best["liger"][0]) for layout in best["layout"]]
-        agreeing = [path for path in together if self.check(path, "together").agrees]
-        if len(agreeing) > 1:  # a tier of equals on a GPU: the fastest
-            seconds = reduce_max([self.runner.step_seconds(path) for path in agreeing], self.device)
-            for path, step in zip(agreeing, seconds):
-                self.results[path].step_seconds = step
-            chosen = agreeing[seconds.index(min(seconds))]
-            for path in agreeing:
-                self.results[path].verdict = "kept" if path == chosen else "faster one kept"
+        """The first options together (on a GPU, each layout of the first tier with them); where none agrees, each
+        component alone, then the agreeing ones together, stepping down until they agree."""
+        tiers = self.options.tiers
+        first = {component: tiers[component][0] for component in COMPONENTS}
+        chosen = self.fastest(self.together(first if self.timed else {c: o[:1] for c, o in first.items()}))
+        if chosen is not None:
             return chosen
-        if agreeing:
-            return agreeing[0]
+        best = {component: self.alone(component) for component in COMPONENTS}
+        together = self.together(best)
+        chosen = self.fastest(together)
+        if chosen is not None:
+            return chosen
         path = together[0]
         for component in COMPONENTS:  # step down until the paths together agree
             path = dataclasses.replace(path, **{component: getattr(REFERENCE, component)})
             if self.check(path, "together").agrees:
                 return path
         return REFERENCE
+
+    @staticmethod
+    def together(options: dict) -> list[Path]:
+        """Each layout option with the first log-prob and Liger options."""
+        return [
+            Path(layout=layout, logps=options["logps"][0], liger=options["liger"][0]) for layout in options["layout"]
+        ]
+
+    def fastest(self, paths: list[Path]) -> Path | None:
+        """Of the paths that agree, the one alone, or (a tier of equals on a GPU) the fastest; None if none does."""
+        agreeing = [path for path in paths if self.check(path, "together").agrees]
+        if len(agreeing) <= 1:
+            return agreeing[0] if agreeing else None
+        seconds = reduce_max([self.runner.step_seconds(path) for path in agreeing], self.device)
+        chosen = agreeing[seconds.index(min(seconds))]
+        for path, step in zip(agreeing, seconds):
+            row = self.results[path]
+            row.step_seconds, row.verdict = step, "kept" if path == chosen else "faster one kept"
+        return chosen
 
 
 class SelfCheck(TrainerCallback):
@@ -562,7 +582,7 @@ class SelfCheck(TrainerCallback):
     def record(self) -> None:
         """The decision in the log, and (main process) at the end of run_config.yaml."""
         lines = decision_lines(self.decision)
-        for text in lines + table(self.decision):
+        for text in lines + (table(self.decision) if self.decision.rows else []):
             logger.info("self-check: %s", text)
         if self.trainer.args.should_save:
             note_in_run_config(self.trainer.args.output_dir, "start-up self-check", lines)

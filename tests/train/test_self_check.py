@@ -76,19 +76,15 @@ def test_a_correct_path_is_kept_and_every_comparison_is_rounding(tmp_path, tiny)
     assert decision.path.name == "prefix sharing (dense masks), torch tiles" and decision.source == "checked"
     assert decision.gradients == "gradients compared"
     rows = rows_by_path(decision)
-    assert list(rows) == [
-        "plain, torch tiles",
-        "prefix sharing (dense masks), full logits",
-        "prefix sharing (dense masks), torch tiles",
-    ]
-    for row in rows.values():  # fp32: the paths differ from the plain one by rounding alone
-        assert row.verdict == "agrees" and row.logp_error < 1e-5 and row.grad_error < 1e-5
+    [row] = rows.values()  # the best options together agree: nothing else runs
+    assert (row.check, row.path) == ("together", "prefix sharing (dense masks), torch tiles")
+    assert row.verdict == "agrees" and row.logp_error < 1e-5 and row.grad_error < 1e-5  # fp32: rounding alone
     assert trainer.layout.name == "prefix sharing" and trainer.token_logps.func.__name__ == "fused_token_logps"
 
 
 def test_a_shift_under_the_tolerance_is_kept_and_one_over_it_rejected(tmp_path, tiny, monkeypatch):
     break_tiles(monkeypatch, shifted_tiles(0.3 * LOGP_TOLERANCE))
-    kept = rows_by_path(checked(trainer_for(tmp_path, tiny, "kept")))["plain, torch tiles"]
+    kept = rows_by_path(checked(trainer_for(tmp_path, tiny, "kept")))["prefix sharing (dense masks), torch tiles"]
     assert kept.verdict == "agrees" and kept.logp_error == pytest.approx(0.3 * LOGP_TOLERANCE, rel=1e-2)
     break_tiles(monkeypatch, shifted_tiles(3 * LOGP_TOLERANCE))
     decision = checked(trainer_for(tmp_path, tiny, "rejected"))
@@ -157,7 +153,7 @@ def test_a_flex_mask_that_lets_rejected_see_chosen_falls_back_to_dense_masks(tmp
 def test_a_correct_flex_mask_is_kept(tmp_path, tiny, flex_on_cpu):
     trainer = trainer_for(tmp_path, tiny)
     decision = checked(trainer)
-    row = rows_by_path(decision)["prefix sharing (FlexAttention block masks), full logits"]
+    row = rows_by_path(decision)["prefix sharing (FlexAttention block masks), torch tiles"]
     assert row.verdict == "agrees" and row.logp_error < 1e-4 and row.grad_error is None  # no flex backward on CPU
     assert decision.path.layout.flex and trainer.model.config._attn_implementation == "flex_attention"
 
@@ -243,7 +239,8 @@ def test_liger_rejected_at_auto_is_switched_off_and_a_correct_one_kept(tmp_path,
     stand_in_liger(monkeypatch, norm_scale=1.0, on_cpu=True)
     trainer = trainer_for(tmp_path, tiny, "right")
     decision = checked(trainer)
-    assert decision.path.liger is True and rows_by_path(decision)["plain, full logits, Liger"].verdict == "agrees"
+    row = rows_by_path(decision)["prefix sharing (dense masks), torch tiles, Liger"]
+    assert decision.path.liger is True and row.verdict == "agrees"
     assert all("forward" in vars(m) for m in trainer.model.modules() if isinstance(m, modeling_llama.LlamaRMSNorm))
 
 
@@ -261,7 +258,7 @@ def test_the_decision_is_kept_on_disk_and_reused_on_relaunch(tmp_path, tiny, mon
     path, runs = cache
     break_tiles(monkeypatch, shifted_tiles(0.05))
     first = checked(trainer_for(tmp_path, tiny, "first"))
-    assert first.source == "checked" and first.path.logps == "full logits" and len(runs) == 3  # + the reference
+    assert first.source == "checked" and first.path.logps == "full logits" and len(runs) == 4
     [(key, stored)] = json.loads(path.read_text()).items()
     assert key.startswith("cpu | float32 | model ") and "batch 4 | 4 pairs, at most 128 tokens" in key
     assert stored["path"]["logps"] == "full logits"
@@ -270,7 +267,7 @@ def test_the_decision_is_kept_on_disk_and_reused_on_relaunch(tmp_path, tiny, mon
     again = checked(trainer_for(tmp_path, tiny, "again"))
     assert runs == [] and again.source == f"from the cache ({path})"
     assert again.path == first.path and again.rows == first.rows
-    assert self_check.decision_lines(again)[1].startswith("rejected plain, torch tiles: average log-probs differ")
+    assert "rejected plain, torch tiles: average log-probs differ" in "\n".join(self_check.decision_lines(again))
 
     for settings in (dict(self_check="always"), dict(per_device_train_batch_size=2), dict(padding_free=False)):
         runs.clear()
@@ -340,7 +337,7 @@ def test_the_recipe_says_what_it_rejected_in_its_summaries_and_run_config(tmp_pa
     )
     assert rejected in start
     end = printed.split("SimPO run finished")[1]
-    assert "self-check" in end and " s (2 path(s) checked against the plain one)" in end
+    assert "self-check" in end and " s: 3 path(s) checked against the plain one" in end
     note = (faulty / "run_config.yaml").read_text().split("# start-up self-check:\n")[1]
     assert "runs prefix sharing (dense masks), full logits" in note and rejected in note
     assert all(line.startswith("#") for line in note.splitlines())  # the file still launches the same run
