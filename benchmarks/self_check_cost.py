@@ -1,4 +1,4 @@
-"""What the start-up self-check (simpo/train/self_check.py) costs the README's tiny CPU run.
+"""What the start-up self-check (simpo/train/self_check/) costs the README's tiny CPU run.
 
 The tiny recipe (training_configs/tiny-simpo-cpu.yaml: the whole run, evaluations included) in fresh processes, in
 three modes: self_check off (no check), always (checked every launch) and auto with the decision already on disk

@@ -1,4 +1,4 @@
-"""The start-up self-check (simpo/train/self_check.py) on this device, as its table: every fast path a run with the
+"""The start-up self-check (simpo/train/self_check/) on this device, as its table: every fast path a run with the
 settings at auto would take (layouts with FlexAttention or dense masks, padding-free or not; Triton or torch tiles;
 Liger where installed), each compared with the plain path on the same slice, its figures, its step time where timed,
 and the decision. On a random Llama-3.2-1B-shape model in bf16 (benchmarks/gpu_train_setup.py: the same model and

@@ -9,7 +9,7 @@ with the same tiles. Writes are atomic (a temporary file renamed over the old on
 The run's KernelLedger (simpo/kernels/ledger.py) counts what it measured, reused and spent measuring, for its summary.
 
 cache_file, read_entry and write_entry are the same file handling for another cache of decisions a device measures
-(the start-up self-check's, simpo/train/self_check.py).
+(the start-up self-check's, simpo/train/self_check/).
 """
 
 import contextlib

@@ -5,7 +5,7 @@ auto: on for a CUDA run when liger-kernel is installed and the model is one of L
 (Liger's kernels are Triton GPU kernels: they do not run on CPU, not even under Triton's interpreter). true: on, or
 an error naming what is missing. false: off. The start summary says which, and why.
 
-The patch is recorded (LigerPatch): the start-up self-check (simpo/train/self_check.py) turns it off to run the plain
+The patch is recorded (LigerPatch): the start-up self-check (simpo/train/self_check/) turns it off to run the plain
 reference path, and keeps it off where Liger's layers do not agree with the model's own on this device.
 """
 

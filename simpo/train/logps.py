@@ -94,7 +94,7 @@ def fused_token_logps(
     return call_as_forward(head, seen.hidden.flatten(0, 1)[score_index], head_logps)
 
 
-# The log-prob paths by name (the start-up self-check's options, simpo/train/self_check.py): the full logits, or the
+# The log-prob paths by name (the start-up self-check's options, simpo/train/self_check/): the full logits, or the
 # fused path with one of the tiles' kernels.
 FULL_LOGITS = "full logits"
 KERNEL_PATHS = {"triton": "triton tiles", "torch": "torch tiles"}

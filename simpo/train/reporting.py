@@ -80,7 +80,7 @@ def simpo_start_summary(trainer, state=None, resume_note: str | None = None) -> 
 
 
 def self_check_lines(trainer) -> list[str]:
-    """The start-up self-check's decision (simpo/train/self_check.py): how it was made, the path that runs, each
+    """The start-up self-check's decision (simpo/train/self_check/): how it was made, the path that runs, each
     path it rejected with its figures; nothing before it ran."""
     decision = getattr(getattr(trainer, "self_check", None), "decision", None)
     if decision is None:

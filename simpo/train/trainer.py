@@ -92,7 +92,7 @@ class SimPOTrainer(Trainer):
             disable_dropout(model)
         self.pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
         # The paths this run may take (refused here when a setting cannot run at all); the start-up self-check
-        # chooses among them once training begins (simpo/train/self_check.py), until then the first of each.
+        # chooses among them once training begins (simpo/train/self_check/), until then the first of each.
         self.dense_kernel = unwrap_model(model).config._attn_implementation
         options = Options(
             layout_options(model, args),

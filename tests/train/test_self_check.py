@@ -1,4 +1,4 @@
-"""The start-up self-check (simpo/train/self_check.py) on CPU, with fast paths made wrong on purpose
+"""The start-up self-check (simpo/train/self_check/) on CPU, with fast paths made wrong on purpose
 (tests/helpers/fast_path_fakes.py): each is caught, the run falls back and trains the same weights as a run told to use
 the path it fell back to; a correct path is kept; an explicit setting that fails is refused with the figures; the
 decision is reused from the cache on relaunch; on a GPU (faked: a stand-in clock) the fastest agreeing layout is kept.

@@ -4,12 +4,9 @@ fastest; both ranks then train the same layout in step (DDP) or through ZeRO-3 (
 alone: a backward there would reduce into the optimizer's partitions)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from test_distributed import finished, launch
 
 pytestmark = pytest.mark.slow  # each launch starts 2 processes
 
@@ -23,29 +20,8 @@ pytestmark = pytest.mark.slow  # each launch starts 2 processes
     ids=["ddp", "zero3"],
 )
 def test_two_processes_end_with_one_choice(tmp_path, config, gradients):
-    probe, out = tmp_path / "probe", tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        config,
-        "--main_process_port",
-        "0",
-        "tests/helpers/self_check_ranks.py",
-        str(probe),
-        "training_configs/tiny-simpo-cpu.yaml",
-        f"--output_dir={out}",
-        "--max_steps=2",
-        "--eval_strategy=no",
-        "--eval_on_start=false",
-        "--do_eval=false",
-        "--report_to=none",
-        "--save_strategy=no",
-    ]
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": f"{REPO}/tests/helpers"}
-    run = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    run = finished(launch(tmp_path, config, train_args=("--max_steps=2",), script="tests/helpers/self_check_ranks.py"))
+    probe = tmp_path / "probe"
     decisions = [json.loads((probe / f"decision{rank}.json").read_text()) for rank in (0, 1)]
     assert decisions[0]["path"] == decisions[1]["path"]  # one choice
     path = decisions[0]["path"]
@@ -63,5 +39,4 @@ def test_two_processes_end_with_one_choice(tmp_path, config, gradients):
             "prefix sharing + padding-free (dense masks), full logits": 2.0,
             "prefix sharing (dense masks), full logits": 3.0,
         }
-    records = [json.loads((probe / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert records[0]["param_sum"] == records[1]["param_sum"] and records[0]["global_step"] == 2
+    assert run.records[0]["param_sum"] == run.records[1]["param_sum"] and run.records[0]["global_step"] == 2

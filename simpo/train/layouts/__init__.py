@@ -5,7 +5,7 @@ tokens as the plain layout would run them (real_tokens). The batch a layout coll
 (simpo/train/layouts/batch.py); the settings' own checks are simpo/train/layouts/settings.py.
 
 layout_options lists the layouts the settings and the model allow, best first; the start-up self-check
-(simpo/train/self_check.py) checks them on the run's device and keeps the first that agrees with the plain layout, or,
+(simpo/train/self_check/) checks them on the run's device and keeps the first that agrees with the plain layout, or,
 for the settings left at auto (padding_free, flex_attention), the fastest of those that agree. Without the check
 (self_check: off), the run uses the first option.
 """
