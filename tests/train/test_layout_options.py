@@ -3,6 +3,7 @@ self-check to choose from: padding_free and flex_attention at auto offer both of
 GPU); true and false offer their own alone; prefix_sharing auto ends with the plain layout. No constant decides
 padding_free any more: without a measurement (a CPU, or self_check: off) auto is off."""
 
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -101,3 +102,5 @@ def test_the_layout_slot_is_the_collator_whose_layout_the_check_replaces():
     slot.layout = layouts.build_layout(PLAIN, model, config, 0, "sdpa")
     assert slot.name == "plain" and "branch_ids" not in slot([feature])
     assert slot.model_inputs(slot([feature]))["attention_mask"].shape == (2, 4)
+    copy = pickle.loads(pickle.dumps(slot))  # as a spawned dataloader worker gets it
+    assert type(copy) is layouts.LayoutSlot and isinstance(copy, layouts.PlainLayout) and copy.name == "plain"

@@ -115,6 +115,9 @@ class LayoutSlot:
     def __class__(self):
         return type(self.__dict__["layout"])
 
+    def __reduce__(self):  # a slot again in a dataloader worker that is spawned, not its layout's class
+        return LayoutSlot, (self.layout,)
+
     def __call__(self, features: list[dict]):
         return self.layout(features)
 
