@@ -88,6 +88,9 @@ def main() -> None:
                 "train_runtime_s": median(mode, "train_runtime_s"),
                 "check_s": statistics.median(check),
                 "check_share_of_wall": statistics.median(c / run["wall_s"] for c, run in zip(check, runs[mode])),
+                "check_share_of_training": statistics.median(
+                    c / run["train_runtime_s"] for c, run in zip(check, runs[mode])
+                ),
                 "marginal_cpu_s": median(mode, "cpu_s") - median("off", "cpu_s"),
                 "how": runs[mode][0]["check_how"] or "no check",
                 "rounds_wall_s": [round(run["wall_s"], 2) for run in runs[mode]],
@@ -111,17 +114,19 @@ def main() -> None:
         ", ".join(f"{k}: {v}" for k, v in meta.items()),
         "",
         "Each launch is a fresh process running the whole recipe. check s: what the check reports in the end summary;",
-        "share: check s over the launch's wall time (median over the launches); marginal: median CPU seconds (user +",
+        "share: check s over the launch's wall time, and over the Trainer's train_runtime (which includes it; medians",
+        "over the launches); marginal: median CPU seconds (user +",
         "system) of the launch minus the median without the check. A shared machine makes the wall times swing.",
         "",
-        "| mode | wall s | CPU s | train_runtime s | check s | share of wall | marginal CPU s | what it did "
-        "| wall s per round |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | wall s | CPU s | train_runtime s | check s | share of wall | share of train_runtime "
+        "| marginal CPU s | what it did | wall s per round |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['mode']} | {row['wall_s']:.1f} | {row['cpu_s']:.1f} | {row['train_runtime_s']:.1f} "
-            f"| {row['check_s']:.2f} | {100 * row['check_share_of_wall']:.1f}% | {row['marginal_cpu_s']:+.1f} "
+            f"| {row['check_s']:.2f} | {100 * row['check_share_of_wall']:.1f}% "
+            f"| {100 * row['check_share_of_training']:.1f}% | {row['marginal_cpu_s']:+.1f} "
             f"| {row['how']} "
             f"| {', '.join(map(str, row['rounds_wall_s']))} |"
         )

@@ -94,8 +94,9 @@ def self_check_seconds(trainer) -> list[str]:
     decision = getattr(getattr(trainer, "self_check", None), "decision", None)
     if decision is None:
         return []
-    checked = sum(1 for row in decision.rows)
-    how = f"{checked} path(s) checked against the plain one" if decision.source == "checked" else decision.source
+    how = decision.source
+    if how == "checked":
+        how = f"{len(decision.rows)} path(s) checked against the plain one"
     return [line("self-check", f"{decision.seconds:.2f} s: {how}")]
 
 
