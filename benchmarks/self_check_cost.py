@@ -115,8 +115,8 @@ def main() -> None:
         "",
         "Each launch is a fresh process running the whole recipe. check s: what the check reports in the end summary;",
         "share: check s over the launch's wall time, and over the Trainer's train_runtime (which includes it; medians",
-        "over the launches); marginal: median CPU seconds (user +",
-        "system) of the launch minus the median without the check. A shared machine makes the wall times swing.",
+        "over the launches); marginal: median CPU seconds (user + system) of the launch minus the median without the",
+        "check. A shared machine makes the wall times swing.",
         "",
         "| mode | wall s | CPU s | train_runtime s | check s | share of wall | share of train_runtime "
         "| marginal CPU s | what it did | wall s per round |",
