@@ -11,9 +11,12 @@
 #       (benchmarks/gpu_train.py --parts table: gpu_train_<gpu>_<time>.{json,md}); then the loss-kernel
 #       micro-benchmark (plain vs simpo's Triton path vs TRL's and Liger's kernels) at hidden 4096, vocabulary
 #       128256, 4 x 2048 tokens (benchmarks/logps_memory.py: logps_speed.{json,md}).
-#   PART=correctness: the 1B Llama's first-step loss under DDP, FSDP2 and ZeRO-3 against the single-process plain
-#       path, the fused path at every step, the kernel, layout and attention that ran, compiles
-#       (benchmarks/gpu_check.sh RUNS=distributed: gpu_check_<time>.{json,md}, gpu_check_runs.tgz).
+#   PART=correctness: first the start-up self-check's table on the 1B Llama in bf16, settings at auto: every fast
+#       path against the plain one, its figures, the layouts' step times, what was kept (benchmarks/
+#       self_check_device.py: self_check_<gpu>.{json,md}, at most 80 s); then the 1B Llama's first-step loss under
+#       DDP, FSDP2 and ZeRO-3 against the single-process plain path, the fused path at every step, the kernel, layout
+#       and attention that ran, compiles (benchmarks/gpu_check.sh RUNS=distributed: gpu_check_<time>.{json,md},
+#       gpu_check_runs.tgz).
 #   PART=acceptance: the whole acceptance check (about 8 minutes: LIMIT_S=570); PART=extra EXTRA=...: another
 #       measurement (gpu_check.sh ACCEPTANCE=0).
 #
@@ -60,8 +63,13 @@ speed() {
 case $PART in
     speed) timeout -k 10 "$LIMIT_S" bash -c "$(declare -f speed); $(declare -p LIMIT_S SMOKE OUT PY RUN_TIMEOUT_S); started=0; speed" \
                2>&1 | tee "$OUT/device_speed.log" ;;
-    correctness) RUNS=distributed BUDGET_S=$((LIMIT_S - 40)) RUN_TIMEOUT_S=$RUN_TIMEOUT_S SMOKE=$SMOKE \
-                     timeout -k 10 "$LIMIT_S" bash benchmarks/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" ;;
+    correctness) smoke=(); [ "$SMOKE" = 1 ] && smoke=(--smoke)
+                 echo "== the start-up self-check (at most 80 s)"
+                 timeout -k 5 80 "$PY" benchmarks/self_check_device.py "${smoke[@]}" --out-dir "$OUT" 2>&1 \
+                     | tee "$OUT/self_check.log" | grep -E '^(#|-|\|)'
+                 left=$((LIMIT_S - (SECONDS - started)))
+                 RUNS=distributed BUDGET_S=$((left - 40)) RUN_TIMEOUT_S=$RUN_TIMEOUT_S SMOKE=$SMOKE \
+                     timeout -k 10 "$left" bash benchmarks/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" ;;
     acceptance) SMOKE=$SMOKE timeout -k 10 "$LIMIT_S" bash benchmarks/gpu_check.sh 2>&1 | tee "$OUT/gpu_check.log" ;;
     extra) ACCEPTANCE=0 SMOKE=$SMOKE timeout -k 10 "$LIMIT_S" bash benchmarks/gpu_check.sh 2>&1 \
                | tee "$OUT/gpu_check.log" ;;

@@ -148,8 +148,9 @@ def build(work: Path, smoke: bool) -> None:
 
 
 class Probe:
-    """Counts, in this process, the training steps' loss computations and the tiled log-prob calls among them, and
-    keeps what the trainer chose (layout, attention kernel)."""
+    """Counts, in this process, the training steps' loss computations and the tiled log-prob calls among them (not
+    the start-up self-check's, which runs before the first step), and keeps what the trainer chose (layout, attention
+    kernel)."""
 
     def __init__(self):
         import simpo.train.logps
@@ -159,19 +160,24 @@ class Probe:
         tiled, compute_loss = simpo.train.logps.tiled_logps, SimPOTrainer.compute_loss
 
         def counting_tiled(*args, **kwargs):
-            self.tiled_calls += 1
+            self.tiled_calls += self.in_step
             return tiled(*args, **kwargs)
 
         def counting_compute_loss(trainer, *args, **kwargs):
             self.loss_calls += 1
             self.layout, self.attention = trainer.layout.name, trainer.model.config._attn_implementation
             self.kernel_calls = trainer.kernels.calls  # the run's KernelLedger: which kernels ran
-            return compute_loss(trainer, *args, **kwargs)
+            self.in_step = True
+            try:
+                return compute_loss(trainer, *args, **kwargs)
+            finally:
+                self.in_step = False
 
         simpo.train.logps.tiled_logps, SimPOTrainer.compute_loss = counting_tiled, counting_compute_loss
 
     def reset(self):
         self.tiled_calls = self.loss_calls = 0
+        self.in_step = False
         self.layout = self.attention = None
         self.kernel_calls = {}
 

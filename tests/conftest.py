@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # here, before all of them. tests/kernels/test_triton_tiles.py checks that it took effect.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("SIMPO_TILE_CACHE", "off")  # no test writes the user's ~/.cache/simpo/tiles.json
+os.environ.setdefault("SIMPO_SELF_CHECK_CACHE", "off")  # nor self_check.json: every test run checks
 # As every command does first (simpo/environment.py): in-process runs compared bit for bit need it before MKL's
 # first call.
 os.environ.setdefault("MKL_CBWR", "AUTO")

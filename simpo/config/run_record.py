@@ -54,6 +54,19 @@ def save_run_config(model_args, data_args, training_args, values: dict | None = 
     return path
 
 
+def note_in_run_config(output_dir: str, title: str, lines: list[str]) -> None:
+    """Append a note to output_dir/run_config.yaml as YAML comments under `# <title>:` (a note of that title already
+    there is replaced), so that the file still launches the same run: what a run decided once it started (the
+    start-up self-check's paths), beside the settings that asked for it."""
+    path = os.path.join(output_dir, RUN_CONFIG)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = f.read().split(f"\n# {title}:\n")[0].rstrip("\n")
+    with open(path, "w") as f:
+        f.write(kept + f"\n# {title}:\n" + "".join(f"#   {line}\n" for line in lines))
+
+
 def load_run_config(output_dir: str) -> tuple[ModelArguments, DataArguments] | None:
     """The model and data settings of the run in output_dir, or None when it wrote no run_config.yaml."""
     path = os.path.join(output_dir, RUN_CONFIG)

@@ -18,6 +18,21 @@ from simpo.kernels.torch_tiles import TiledLogProbs
 KERNELS = ("auto", "triton", "torch")
 
 
+def kernel_setting(kernel: str | None = None) -> str:
+    """The kernel asked for: `kernel`, else SIMPO_LOGPS_KERNEL, else "auto"; refused unless one of KERNELS."""
+    kernel = kernel or os.environ.get("SIMPO_LOGPS_KERNEL") or "auto"
+    if kernel not in KERNELS:
+        raise ConfigError(
+            f"tiled_logps: kernel (or SIMPO_LOGPS_KERNEL) is {kernel!r}; use 'auto', 'triton' or 'torch'."
+        )
+    return kernel
+
+
+def auto_kernel(device) -> str:
+    """What auto runs on `device` (a torch.device): Triton for CUDA when triton is importable, else torch."""
+    return "triton" if device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+
+
 def tiled_logps(
     hidden,
     weight,
@@ -40,13 +55,9 @@ def tiled_logps(
     "auto").
     ledger: the run's KernelLedger, which counts the call and remembers the Triton path's tile choice.
     """
-    kernel = kernel or os.environ.get("SIMPO_LOGPS_KERNEL") or "auto"
-    if kernel not in KERNELS:
-        raise ConfigError(
-            f"tiled_logps: kernel (or SIMPO_LOGPS_KERNEL) is {kernel!r}; use 'auto', 'triton' or 'torch'."
-        )
+    kernel = kernel_setting(kernel)
     if kernel == "auto":
-        kernel = "triton" if hidden.device.type == "cuda" and importlib.util.find_spec("triton") else "torch"
+        kernel = auto_kernel(hidden.device)
     dtype = operand_dtype(compute_dtype or weight.dtype)
     ledger = ledger if ledger is not None else KernelLedger()
     ledger.calls[kernel] += 1

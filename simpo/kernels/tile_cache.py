@@ -7,6 +7,9 @@ it off) maps a key (GPU name, dtype, hidden, vocabulary, bias, softcap, token bu
 the file around look-up, measurement and write, so one measures and the others read its choice: every rank trains
 with the same tiles. Writes are atomic (a temporary file renamed over the old one); a corrupt file is measured over.
 The run's KernelLedger (simpo/kernels/ledger.py) counts what it measured, reused and spent measuring, for its summary.
+
+cache_file, read_entry and write_entry are the same file handling for another cache of decisions a device measures
+(the start-up self-check's, simpo/train/self_check/).
 """
 
 import contextlib
@@ -22,12 +25,18 @@ from simpo.environment import switched_off
 logger = logging.getLogger(__name__)
 
 
-def cache_path() -> str | None:
-    path = os.environ.get("SIMPO_TILE_CACHE")
+def cache_file(variable: str, name: str) -> str | None:
+    """The file a cache keeps: the environment variable's path, None where it is "off" (or another FALSE_WORDS), by
+    default $XDG_CACHE_HOME/simpo/<name> (~/.cache/simpo/<name>)."""
+    path = os.environ.get(variable)
     if path is not None:
         return None if switched_off(path) else path
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "simpo", "tiles.json")
+    return os.path.join(base, "simpo", name)
+
+
+def cache_path() -> str | None:
+    return cache_file("SIMPO_TILE_CACHE", "tiles.json")
 
 
 def cache_key(
@@ -50,7 +59,8 @@ def _read(path: str) -> dict:
 
 def _write(path: str, data: dict) -> None:
     directory = os.path.dirname(path) or "."
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tiles-", suffix=".json")
+    stem = os.path.splitext(os.path.basename(path))[0]  # .tiles-*.json beside tiles.json
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{stem}-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
     os.replace(temporary, path)
@@ -65,6 +75,21 @@ def _locked(path: str):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_entry(path: str | None, key: str):
+    """The value stored for key in the cache file at path (None: no file, no entry, or a corrupt file)."""
+    if not path:
+        return None
+    with _locked(path):
+        return _read(path).get(key)
+
+
+def write_entry(path: str | None, key: str, value) -> None:
+    """Store value (JSON) for key beside the file's other entries; nothing without a path."""
+    if path:
+        with _locked(path):
+            _write(path, {**_read(path), key: value})
 
 
 def cached_tiles(key: str, measure, ledger) -> tuple[int, int]:

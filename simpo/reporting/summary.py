@@ -176,8 +176,8 @@ def end_summary(
         ),
         line("last train log", show(last_train, "")),
         line("final eval", show(eval_metrics, "eval_")),
-        line("written to", trainer.args.output_dir),
         *extra,
+        line("written to", trainer.args.output_dir),
     ]
     written = [f for f in files if os.path.exists(os.path.join(trainer.args.output_dir, f))]
     lines += [" " * (LABEL_WIDTH + 2) + path for path in written]

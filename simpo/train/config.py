@@ -65,7 +65,9 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         default=True,
         metadata={
             "help": "Log-probs from the hidden states in tiles, never the full-vocabulary logits (much less "
-            "memory); False computes them from the model's full logits."
+            "memory); False computes them from the model's full logits. The start-up self-check falls back to the "
+            "full logits where the tiles differ on the run's device (SIMPO_LOGPS_KERNEL=triton|torch pins a "
+            "kernel: a mismatch is then refused)."
         },
     )
     prefix_sharing: bool | Literal["auto"] = field(
@@ -80,8 +82,8 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         default="auto",
         metadata={
             "help": "With prefix_sharing, pack the batch's pairs into one row (no padding, positions restart). "
-            "auto: the CUDA default chosen in simpo/train/layouts/__init__.py (PADDING_FREE_ON_CUDA; off until "
-            "the GPU measurement says otherwise); off elsewhere."
+            "auto: on a GPU, whichever of on and off the start-up self-check measures faster (both must agree "
+            "with the plain layout); off elsewhere and without the check."
         },
     )
     flex_attention: bool | Literal["auto"] = field(
@@ -89,7 +91,8 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
         metadata={
             "help": "Prefix-shared and packed rows with FlexAttention block masks (the kernel skips masked "
             "blocks; no [rows, 1, L, L] mask) instead of dense masks with eager/sdpa; the model's attention is "
-            "switched to flex_attention. auto: on GPUs (FlexAttention has no backward on CPU)."
+            "switched to flex_attention. auto: on GPUs where the start-up self-check measures it faster than dense "
+            "masks (both must agree with the plain layout); off on CPU (FlexAttention has no backward there)."
         },
     )
     activation_checkpointing: bool | Literal["auto"] | None = field(
@@ -108,6 +111,16 @@ class SimPOConfig(TrainingArguments, ElasticResumeArguments):
             "help": "Liger-Kernel's fused RMSNorm, RoPE and SwiGLU/GeGLU for Llama, Mistral, Gemma-2 and Qwen2 "
             "(never its loss: the fused log-probs replace that). auto: on for CUDA runs when liger-kernel is "
             "installed; true: on or an error; false: off."
+        },
+    )
+    self_check: Literal["auto", "always", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "Before the first optimizer step, check the run's fast paths (layout, attention, log-prob "
+            "kernel, Liger, precision) against the plain path on a slice of the data on this device; fall back "
+            "where one differs and, for settings at auto, keep the fastest that agrees (GPUs). auto: reuse the "
+            "decision kept on disk for this device, model, precision, shapes and library versions "
+            "(SIMPO_SELF_CHECK_CACHE); always: check again; off: no check, the first option of each."
         },
     )
     max_tokens_per_row: int | None = field(

@@ -4,9 +4,14 @@ get from use_liger_kernel), without Liger's loss: simpo's fused log-probs (simpo
 auto: on for a CUDA run when liger-kernel is installed and the model is one of LIGER_MODEL_TYPES; off otherwise
 (Liger's kernels are Triton GPU kernels: they do not run on CPU, not even under Triton's interpreter). true: on, or
 an error naming what is missing. false: off. The start summary says which, and why.
+
+The patch is recorded (LigerPatch): the start-up self-check (simpo/train/self_check/) turns it off to run the plain
+reference path, and keeps it off where Liger's layers do not agree with the model's own on this device.
 """
 
 import importlib.util
+import sys
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -51,18 +56,23 @@ def liger_problems(args) -> list[str]:
 
 def apply_liger(model: nn.Module, args) -> str:
     """Patches the model (a PEFT model's base) when liger_kernels asks for it; returns the summary's text."""
+    return patch_liger(model, args)[0]
+
+
+def patch_liger(model: nn.Module, args) -> tuple[str, "LigerPatch | None"]:
+    """apply_liger's text, and the recorded patch (None when nothing was patched)."""
     setting = args.liger_kernels
     if setting is False:
-        return "off (liger_kernels: false)"
+        return "off (liger_kernels: false)", None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     model_type = getattr(base.config, "model_type", None)
     if setting == "auto":
-        if args.device.type != "cuda":
-            return "off (auto: no CUDA device; Liger's kernels run on GPUs)"
+        if args.device.type not in LIGER_DEVICES:
+            return "off (auto: no CUDA device; Liger's kernels run on GPUs)", None
         if not liger_installed():
-            return "off (auto: liger-kernel is not installed)"
+            return "off (auto: liger-kernel is not installed)", None
         if model_type not in LIGER_MODEL_TYPES:
-            return f"off (auto: no Liger patch used for model type {model_type!r})"
+            return f"off (auto: no Liger patch used for model type {model_type!r})", None
     elif not liger_installed():
         raise ConfigError(LIGER_MISSING)
     elif model_type not in LIGER_MODEL_TYPES:
@@ -72,6 +82,62 @@ def apply_liger(model: nn.Module, args) -> str:
         )
     from liger_kernel.transformers import _apply_liger_kernel_to_instance  # the function transformers' Trainer uses
 
-    _apply_liger_kernel_to_instance(model=base, **LIGER_KERNELS)  # each family's function takes the keys it knows
+    # each family's function takes the keys it knows
+    patch = LigerPatch.record(base, lambda: _apply_liger_kernel_to_instance(model=base, **LIGER_KERNELS))
     mlp = "GeGLU" if model_type == "gemma2" else "SwiGLU"
-    return f"on (Liger RMSNorm, RoPE, {mlp}; the loss stays simpo's)"
+    return f"on (Liger RMSNorm, RoPE, {mlp}; the loss stays simpo's)", patch
+
+
+LIGER_DEVICES = ("cuda",)  # where auto turns Liger on
+_MISSING = object()
+
+
+@dataclass
+class LigerPatch:
+    """What a patch function changed in a model, to undo (disable) and redo (enable): every attribute it set on the
+    model's modules (their __dict__ and __class__: Liger binds forwards to instances) and every module-level name it
+    replaced in the modules that define their classes (Liger swaps RoPE and the norm and MLP classes there).
+    Entries: (namespace, key, before, after), a namespace being a dict or, for __class__, the module itself."""
+
+    changes: list
+
+    @classmethod
+    def record(cls, model: nn.Module, patch) -> "LigerPatch":
+        modules = list(model.modules())
+        spaces = {id(v): v for v in (vars(sys.modules[type(m).__module__]) for m in modules)}.values()
+        before = [(m, dict(vars(m)), m.__class__) for m in modules], [(space, dict(space)) for space in spaces]
+        patch()
+        changes = []
+        for module, attributes, module_class in before[0]:
+            if module.__class__ is not module_class:
+                changes.append((module, "__class__", module_class, module.__class__))
+            changes += _changed(vars(module), attributes)
+        for space, names in before[1]:
+            changes += _changed(space, names)
+        return cls(changes)
+
+    def disable(self) -> None:
+        for space, key, before, _ in self.changes:
+            _put(space, key, before)
+
+    def enable(self) -> None:
+        for space, key, _, after in self.changes:
+            _put(space, key, after)
+
+
+def _changed(now: dict, before: dict) -> list:
+    keys = list(before) + [key for key in now if key not in before]
+    return [
+        (now, key, before.get(key, _MISSING), now.get(key, _MISSING))
+        for key in keys
+        if before.get(key, _MISSING) is not now.get(key, _MISSING)
+    ]
+
+
+def _put(space, key: str, value) -> None:
+    if not isinstance(space, dict):
+        setattr(space, key, value)
+    elif value is _MISSING:
+        space.pop(key, None)
+    else:
+        space[key] = value

@@ -19,6 +19,7 @@ import torch
 from simpo.errors import UnsupportedModel
 from simpo.kernels import tiled_logps
 from simpo.kernels.common import no_autocast, operand_dtype, tile_logits
+from simpo.kernels.dispatch import auto_kernel, kernel_setting
 from simpo.kernels.ledger import KernelLedger
 from simpo.models.modules import unwrap_model
 
@@ -37,7 +38,14 @@ def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def fused_token_logps(
-    model, inputs: dict, score_index, score_labels, token_tile=None, vocab_tile=None, ledger: KernelLedger | None = None
+    model,
+    inputs: dict,
+    score_index,
+    score_labels,
+    token_tile=None,
+    vocab_tile=None,
+    ledger: KernelLedger | None = None,
+    kernel: str | None = None,
 ):
     """Same contract as plain_token_logps, without the full logits.
 
@@ -46,6 +54,7 @@ def fused_token_logps(
     the weights' dtype) is the dtype the tiles compute in, and its logits check that the tiles reproduce the head
     (once per head and compute dtype: the check reads a result on the host, which would stall every step). `ledger`,
     the run's KernelLedger, remembers the heads checked and the kernels' choices; without one, every call checks.
+    `kernel`: the tiles' kernel (tiled_logps': "triton", "torch", or None for SIMPO_LOGPS_KERNEL / auto).
     """
     ledger = ledger if ledger is not None else KernelLedger()
     lm = unwrap_model(model)
@@ -68,11 +77,46 @@ def fused_token_logps(
             check_head(outputs.logits[:, -1], seen.head_input[:, -1], weight, bias, scale, softcap, compute_dtype)
             checked.add(compute_dtype)
         return tiled_logps(
-            scored, weight, bias, score_labels, scale, softcap, compute_dtype, token_tile, vocab_tile, ledger=ledger
+            scored,
+            weight,
+            bias,
+            score_labels,
+            scale,
+            softcap,
+            compute_dtype,
+            token_tile,
+            vocab_tile,
+            kernel=kernel,
+            ledger=ledger,
         )
 
     unshard_fsdp2_head(lm, head)
     return call_as_forward(head, seen.hidden.flatten(0, 1)[score_index], head_logps)
+
+
+# The log-prob paths by name (the start-up self-check's options, simpo/train/self_check/): the full logits, or the
+# fused path with one of the tiles' kernels.
+FULL_LOGITS = "full logits"
+KERNEL_PATHS = {"triton": "triton tiles", "torch": "torch tiles"}
+
+
+def token_logps_function(name: str, ledger: KernelLedger):
+    """The function computing the log-probs on the path `name` (FULL_LOGITS or a KERNEL_PATHS value)."""
+    if name == FULL_LOGITS:
+        return plain_token_logps
+    kernel = next(kernel for kernel, path in KERNEL_PATHS.items() if path == name)
+    return functools.partial(fused_token_logps, ledger=ledger, kernel=kernel)
+
+
+def logps_options(args) -> list[list[str]]:
+    """The log-prob paths a run may use, best first, one per tier: with fused_logps, the kernel SIMPO_LOGPS_KERNEL
+    names or, at auto, Triton (CUDA, triton importable) then torch; then the full logits, always."""
+    if not args.fused_logps:
+        return [[FULL_LOGITS]]
+    kernel = kernel_setting()
+    kernels = ["triton", "torch"] if kernel == "auto" and auto_kernel(args.device) == "triton" else []
+    kernels = kernels or ["torch" if kernel == "auto" else kernel]
+    return [[KERNEL_PATHS[k]] for k in kernels] + [[FULL_LOGITS]]
 
 
 @dataclass

@@ -5,6 +5,7 @@ training curves. The frame and the lines every run shares are simpo/reporting/su
 from simpo.data.validation import CUTS_FILE, cut_summary
 from simpo.kernels.tile_cache import cache_path
 from simpo.reporting.summary import end_summary, line, output_files, start_summary
+from simpo.train.self_check import decision_lines
 
 SIMPO_END_KEYS = (
     "loss",
@@ -63,6 +64,7 @@ def simpo_start_summary(trainer, state=None, resume_note: str | None = None) -> 
     speed = [
         line("checkpointing", f"{'on' if trainer.checkpointing.enabled else 'off'} ({trainer.checkpointing.reason})"),
         line("liger kernels", trainer.liger),
+        *self_check_lines(trainer),
     ]
     return start_summary(
         trainer,
@@ -75,6 +77,27 @@ def simpo_start_summary(trainer, state=None, resume_note: str | None = None) -> 
         speed=speed,
         resume_note=resume_note,
     )
+
+
+def self_check_lines(trainer) -> list[str]:
+    """The start-up self-check's decision (simpo/train/self_check/): how it was made, the path that runs, each
+    path it rejected with its figures; nothing before it ran."""
+    decision = getattr(getattr(trainer, "self_check", None), "decision", None)
+    if decision is None:
+        return []
+    first, *rest = decision_lines(decision)
+    return [line("self-check", first), *(line("", text) for text in rest)]
+
+
+def self_check_seconds(trainer) -> list[str]:
+    """The end summary's account of what the self-check cost this launch."""
+    decision = getattr(getattr(trainer, "self_check", None), "decision", None)
+    if decision is None:
+        return []
+    how = decision.source
+    if how == "checked":
+        how = f"{len(decision.rows)} path(s) checked against the plain one"
+    return [line("self-check", f"{decision.seconds:.2f} s: {how}")]
 
 
 def warmup_lines(ledger) -> list[str]:
@@ -100,5 +123,5 @@ def simpo_end_summary(trainer, train_metrics: dict, resumed_at: int | None = Non
         files=OUTPUT_FILES,
         unit="pairs",
         resumed_at=resumed_at,
-        extra=warmup_lines(trainer.kernels),
+        extra=self_check_seconds(trainer) + warmup_lines(trainer.kernels),
     )

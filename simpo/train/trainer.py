@@ -16,22 +16,23 @@ from transformers import AutoModelForCausalLM, Trainer
 from simpo.data.tokenization import tokenize_pairs
 from simpo.kernels.ledger import KernelLedger
 from simpo.models.loading import resolve_dtype
-from simpo.models.modules import disable_dropout, is_quantised
+from simpo.models.modules import disable_dropout, is_quantised, unwrap_model
 from simpo.reporting.summary import RunSummary, global_batch_size
 from simpo.reporting.throughput import TokenThroughput
 from simpo.run.checkpoints import resume_advice
 from simpo.run.elastic import ElasticResume
 from simpo.run.finite import FiniteUpdates
 from simpo.train.config import SimPOConfig
-from simpo.train.layouts import choose_layout
+from simpo.train.layouts import LayoutSlot, build_layout, layout_options
 from simpo.train.layouts.batch import ScoringBatch
-from simpo.train.liger import apply_liger
-from simpo.train.logps import fused_token_logps, plain_token_logps
+from simpo.train.liger import patch_liger
+from simpo.train.logps import logps_options, token_logps_function
 from simpo.train.loss import average_logps, preference_metrics, sft_nll, simpo_loss
 from simpo.train.memory_plan import CheckpointingChoice, choose_checkpointing
 from simpo.train.metrics import FiniteLossGuard, PairWeightedMeans
 from simpo.train.reporting import simpo_start_summary
 from simpo.train.samples import EvalSamples
+from simpo.train.self_check import Options, Path, SelfCheck, explicit_demands
 
 logger = logging.getLogger(__name__)
 
@@ -86,15 +87,25 @@ class SimPOTrainer(Trainer):
         if peft_config is not None:
             model = wrap_peft(model, peft_config, args)
         self.checkpointing = settle_checkpointing(model, args, peft=peft_config is not None)
-        self.liger = apply_liger(model, args)
+        self.liger, liger_patch = patch_liger(model, args)
         if args.disable_dropout:
             disable_dropout(model)
-        pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
-        self.layout = choose_layout(model, args, pad_token_id)
-        self.kernels = KernelLedger()  # what the log-prob kernels ran and chose in this run
-        self.token_logps = (
-            functools.partial(fused_token_logps, ledger=self.kernels) if args.fused_logps else plain_token_logps
+        self.pad_token_id = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
+        # The paths this run may take (refused here when a setting cannot run at all); the start-up self-check
+        # chooses among them once training begins (simpo/train/self_check/), until then the first of each.
+        self.dense_kernel = unwrap_model(model).config._attn_implementation
+        options = Options(
+            layout_options(model, args),
+            logps_options(args),
+            [[True], [False]] if liger_patch is not None else [[False]],
+            explicit_demands(args),
         )
+        self.kernels = KernelLedger()  # what the log-prob kernels ran and chose in this run
+        self.liger_patch = liger_patch
+        first = options.first
+        self.layout = LayoutSlot(build_layout(first.layout, model, args, self.pad_token_id, self.dense_kernel))
+        self.token_logps = token_logps_function(first.logps, self.kernels)
+        self.self_check = SelfCheck(self, options, self.dense_kernel, liger_patch)
         self.dropped_pairs = {}  # per dataset ("train", "eval"): DroppedRow records of the pairs left out
         self.truncated_pairs = {}  # per dataset: CutRow records of the pairs truncation cut
         with args.main_process_first(desc="tokenizing preference pairs"):
@@ -116,11 +127,22 @@ class SimPOTrainer(Trainer):
         # the start summary, with what an elastic resume changed (the plan the launch gave its ElasticResume)
         plan = next((cb.plan for cb in self.callback_handler.callbacks if isinstance(cb, ElasticResume)), None)
         note = plan.note if plan is not None else None
+        self.add_callback(self.self_check)  # before the start summary, which shows its decision
         self.add_callback(RunSummary(functools.partial(simpo_start_summary, self, resume_note=note)))
         # Before each optimizer update: the last micro-batch's loss, then the gradients; before each save: the weights.
         self.add_callback(FiniteUpdates(before_update=self.loss_guard.check))
         if args.generate_during_eval:
             self.add_callback(EvalSamples(self))  # after the report_to callbacks, which set up on_train_begin first
+
+    def use_path(self, path: Path) -> None:
+        """Train on `path` (a self-check Path): its layout (and the attention kernel it needs), its log-prob
+        function, Liger on or off."""
+        self.layout.layout = build_layout(path.layout, self.model, self.args, self.pad_token_id, self.dense_kernel)
+        self.token_logps = token_logps_function(path.logps, self.kernels)
+        if self.liger_patch is not None:
+            (self.liger_patch.enable if path.liger else self.liger_patch.disable)()
+            if not path.liger:
+                self.liger = "off (the start-up self-check rejected Liger's layers on this device)"
 
     def tokenize(self, dataset, tokenizer, args: SimPOConfig, name: str):
         if dataset is None:

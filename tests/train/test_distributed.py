@@ -43,10 +43,17 @@ TIMEOUT_S = 900  # generous: the machine may be busy, and the first ZeRO-3 launc
 
 
 def launch_command(
-    config: str, probe, out, *launch_args: str, train_args: tuple = (), port: int = 0, recipe: tuple = (TINY_CONFIG,)
+    config: str,
+    probe,
+    out,
+    *launch_args: str,
+    train_args: tuple = (),
+    port: int = 0,
+    recipe: tuple = (TINY_CONFIG,),
+    script: str = "tests/helpers/dist_train.py",
 ) -> list[str]:
-    """accelerate launch tests/helpers/dist_train.py on the tiny config (recipe: ("sft", TINY_SFT_CONFIG) for the SFT
-    recipe; port 0: a free one, other runs may share the machine)."""
+    """accelerate launch tests/helpers/dist_train.py (or `script`, which takes its arguments) on the tiny config
+    (recipe: ("sft", TINY_SFT_CONFIG) for the SFT recipe; port 0: a free one, other runs may share the machine)."""
     overridden = {arg.split("=")[0] for arg in train_args}  # a key given twice is refused
     short_run = [arg for arg in SHORT_RUN if arg.split("=")[0] not in overridden]
     return [
@@ -58,7 +65,7 @@ def launch_command(
         "--main_process_port",
         str(port),
         *launch_args,
-        "tests/helpers/dist_train.py",
+        script,
         str(probe),
         *recipe,
         f"--output_dir={out}",
@@ -78,10 +85,11 @@ def launch(
     recipe: tuple = (TINY_CONFIG,),
     probe_name: str = "probe",
     env: dict | None = None,
+    script: str = "tests/helpers/dist_train.py",
 ) -> SimpleNamespace:
     """Launch and wait; returns the process, the probe records and dirs."""
     probe, out = tmp_path / probe_name, tmp_path / "out"
-    cmd = launch_command(config, probe, out, *launch_args, train_args=train_args, recipe=recipe)
+    cmd = launch_command(config, probe, out, *launch_args, train_args=train_args, recipe=recipe, script=script)
     proc = subprocess.run(cmd, cwd=REPO, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=TIMEOUT_S)
     return probed(proc.returncode, proc.stdout + proc.stderr, probe, out)
 

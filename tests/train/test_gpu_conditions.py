@@ -94,6 +94,7 @@ def recipe_losses(tmp_path, monkeypatch, *overrides) -> tuple[list[float], int]:
             "--do_eval=false",
             "--eval_on_start=false",
             "--activation_checkpointing=true",
+            "--self_check=off",  # the tiles' calls counted are the training steps' (the check's own: below)
             *overrides,
         ],
         callbacks=[SplitKHead()],
@@ -115,6 +116,43 @@ def test_recipe_with_bf16_true_trains_on_the_fused_path(tmp_path, monkeypatch, w
     plain, plain_tile_calls = recipe_losses(tmp_path, monkeypatch, *precision, "--fused_logps=false")
     assert tile_calls == 6 and plain_tile_calls == 0  # every step on the fused path, none fell back
     assert fused == pytest.approx(plain, abs=2e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+def test_the_self_check_keeps_the_fused_path_under_bf16_autocast_and_a_split_k_head(tmp_path, weights):
+    """The start-up self-check in the paper configs' precision on CPU: the torch tiles and prefix sharing differ from
+    the plain path's bf16 logits by rounding alone, well within bf16's tolerance, so both are kept."""
+    from conftest import TINY_MODEL, tiny_rows
+
+    from simpo.train.config import SimPOConfig
+    from simpo.train.self_check import TOLERANCE
+    from simpo.train.trainer import SimPOTrainer
+
+    tokenizer, rows = tiny_rows(16)
+    args = SimPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=True,
+        report_to="none",
+        max_steps=1,
+        per_device_train_batch_size=4,
+        max_length=128,
+        max_prompt_length=64,
+        save_strategy="no",
+        activation_checkpointing=True,
+        model_init_kwargs={"dtype": weights},
+    )
+    trainer = SimPOTrainer(
+        TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[SplitKHead()]
+    )
+    trainer.train()
+    decision = trainer.self_check.decision
+    assert decision.dtype == "bfloat16" and decision.path.name == "prefix sharing (dense masks), torch tiles"
+    logp_tolerance, grad_tolerance = TOLERANCE["bfloat16"]
+    for row in decision.rows:
+        assert row.verdict == "agrees" and 0 < row.logp_error < logp_tolerance / 3, row
+        assert row.grad_error < grad_tolerance / 3, row
 
 
 def launch(*args: str) -> subprocess.CompletedProcess:
