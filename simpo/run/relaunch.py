@@ -23,6 +23,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from accelerate import PartialState
 from transformers import TrainerCallback
 
 from simpo.data.mixer import content_fingerprint
@@ -376,6 +377,9 @@ class RelaunchRecord(TrainerCallback):
             logger.info("resume_with_changes: learning rate from step %d: %s", state.global_step + 1, rates[0])
 
     def on_save(self, args, state, control, **kwargs):
+        # every process writes its own files into the checkpoint (rng_state_<rank>.pth, ZeRO shards) and returns
+        # from the save on its own: the record's digests wait for the last of them
+        PartialState().wait_for_everyone()
         if not state.is_world_process_zero:
             return
         checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")

@@ -6,11 +6,16 @@ checkpoint at all (the relaunch would start over).
 
 The handlers stay until the run gives them back (StopOnSignal.give_back, once the final model is written): a signal
 during the final save lets it finish (the model is written whole) and the run stops after it. A repeated signal is
-the same request (a scheduler and a launcher often both deliver it); only a second Ctrl-C stops at once."""
+the same request (a scheduler and a launcher often both deliver it); only a second Ctrl-C stops at once.
+
+In a distributed run the processes agree at every optimizer step's end whether one of them was asked to stop (one
+scalar all-reduce): a signal reaches the processes at slightly different moments, and a process that stopped a step
+before the others would save its checkpoint (a collective under ZeRO-3 and FSDP) while they run the next step."""
 
 import logging
 import signal
 
+import torch
 from transformers import TrainerCallback
 
 logger = logging.getLogger(__name__)
@@ -63,7 +68,23 @@ class StopOnSignal(TrainerCallback):
             logger.warning("Received %s: stopping once the final model is written.", name)
 
     def on_step_end(self, args, state, control, **kwargs):
+        asked = agreed_signal(self.signum, args.device)
+        if asked is not None and self.signum is None:  # another process was asked: stop at the same step
+            self.signum, self.while_training = asked, True
+            logger.warning("Another process received %s: stopping after this step.", signal.Signals(asked).name)
         if self.signum is not None:
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+def agreed_signal(signum: int | None, device) -> int | None:
+    """The stop signal any process of the run received (the highest number, when several did), None when none did;
+    in a single process, its own. Every process of a distributed run must call it at the same points."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return signum
+    if torch.distributed.get_world_size() == 1:
+        return signum
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item()) or None

@@ -256,6 +256,9 @@ def stopped_by_signal(trainer, launch: Launch, final_saved: bool = False) -> int
         )
     else:
         logger.warning("Stopped by signal %d; relaunch the same command to resume.", stop.signum)
+        # every process stopped at the same step (StopOnSignal agrees on it): none leaves while another still writes
+        # the checkpoint (torchrun would stop the others, mid-write, when the first exits with 128 + n)
+        trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     if launch.folder_lock is not None:
         launch.folder_lock.release()

@@ -97,13 +97,15 @@ def zero3_shard(model: torch.nn.Module) -> dict | None:
 class DistProbe(TrainerCallback):
     """stop_at: the step this launch stops at as a SIGTERM would stop it (checkpoint, exit 143), a preemption."""
 
-    def __init__(self, out_dir: str, stop_at: int | None = None):
+    def __init__(self, out_dir: str, stop_at: int | None = None, stop_rank: int | None = None):
         self.out_dir = out_dir
         self.stop_at = stop_at
+        self.stop_rank = stop_rank  # only this rank receives the signal (None: every rank, as torchrun forwards it)
         self.pairs = {}  # optimizer step -> the pairs this rank trained on in it
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.stop_at is not None and state.global_step + 1 == self.stop_at:
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        if self.stop_at is not None and state.global_step + 1 == self.stop_at and self.stop_rank in (None, rank):
             os.kill(os.getpid(), signal.SIGTERM)  # StopOnSignal saves and stops at the end of this step
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -135,7 +137,8 @@ class DistProbe(TrainerCallback):
 
 if __name__ == "__main__":  # as scripts/run_simpo.py and run_sft.py do: the recipe, then exit_process
     stop_at = int(os.environ["PROBE_STOP_AT_STEP"]) if os.environ.get("PROBE_STOP_AT_STEP") else None
-    probe = DistProbe(sys.argv[1], stop_at)
+    stop_rank = int(os.environ["PROBE_STOP_RANK"]) if os.environ.get("PROBE_STOP_RANK") else None
+    probe = DistProbe(sys.argv[1], stop_at, stop_rank)
     if sys.argv[2] == "sft":
         exit_process(sft_main(sys.argv[3:], callbacks=[probe]))
     else:

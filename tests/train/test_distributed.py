@@ -23,6 +23,7 @@ from conftest import REPO, TINY_MODEL
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from simpo.run.checkpoints import last_complete_checkpoint
 from simpo.run.launch import check_distributed_setup
 
 pytestmark = pytest.mark.slow  # every test here launches processes (gloo, DeepSpeed): CI runs them
@@ -403,3 +404,20 @@ def test_a_finished_process_exits_with_the_recipes_code_and_its_output_flushed(w
         timeout=120,
     )
     assert run.returncode == 7 and run.stdout == "all written\n" and "logged" in run.stderr
+
+
+@pytest.mark.parametrize("config", ["accelerate_configs/ddp_cpu.yaml", "accelerate_configs/deepspeed_zero3_cpu.yaml"])
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path, config):
+    """A signal reaches the processes at different moments (here: rank 1 alone, at step 2): they agree to stop after
+    the same step, save one complete checkpoint together, and the relaunch resumes it to the end."""
+    stopped = launch(
+        tmp_path,
+        config,
+        train_args=("--save_strategy=steps", "--save_steps=100"),
+        env={"PROBE_STOP_AT_STEP": "2", "PROBE_STOP_RANK": "1"},
+    )
+    assert [r["global_step"] for r in stopped.records] == [2, 2], stopped.output[-5000:]
+    assert "Another process received SIGTERM: stopping after this step." in stopped.output
+    assert last_complete_checkpoint(str(stopped.out)) == str(stopped.out / "checkpoint-2")
+    resumed = finished(launch(tmp_path, config, probe_name="probe-resumed"))
+    assert [r["global_step"] for r in resumed.records] == [4, 4]
