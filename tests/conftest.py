@@ -62,6 +62,15 @@ def tiny_rows(count: int):
     return tokenizer, rows
 
 
+def tiny_config(output_dir, **settings):
+    """A SimPOConfig for an in-process run on the tiny data: on the CPU, reporting nowhere, saving nothing, at the tiny
+    config's lengths; `settings` add to these or replace them."""
+    from simpo.train.config import SimPOConfig
+
+    defaults = dict(use_cpu=True, report_to="none", max_length=128, max_prompt_length=64, save_strategy="no")
+    return SimPOConfig(output_dir=str(output_dir), **{**defaults, **settings})
+
+
 def log_sigmoid(x: float) -> float:
     """Scalar log(sigmoid(x)), computed independently of torch."""
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))

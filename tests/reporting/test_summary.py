@@ -4,7 +4,7 @@ import os
 import re
 
 import pytest
-from conftest import REPO, TINY_MODEL, tiny_rows
+from conftest import REPO, TINY_MODEL, tiny_config, tiny_rows
 from transformers import TrainerState
 
 from simpo.reporting.summary import short_run_warning
@@ -27,17 +27,7 @@ def test_a_launch_that_reaches_no_logging_step_is_warned(tmp_path, max_steps, gl
 
 def test_the_trainer_warns_at_the_start_of_a_short_run(tmp_path, caplog):
     tokenizer, rows = tiny_rows(8)
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        max_steps=2,
-        logging_steps=5,
-        per_device_train_batch_size=4,
-        max_length=128,
-        max_prompt_length=64,
-        save_strategy="no",
-    )
+    args = tiny_config(tmp_path, max_steps=2, logging_steps=5, per_device_train_batch_size=4)
     trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
     with caplog.at_level("WARNING"):
         trainer.train()

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, tiny_rows
+from conftest import REPO, TINY_MODEL, tiny_config, tiny_rows
 from safetensors.torch import load_file
 from tiny_runs import SIMPO as TINY_SIMPO
 from torch import nn
@@ -14,7 +14,6 @@ from transformers import TrainerCallback, TrainerControl
 
 from simpo.errors import NonFiniteError
 from simpo.run.finite import FiniteUpdates
-from simpo.train.config import SimPOConfig
 from simpo.train.trainer import SimPOTrainer
 
 SIMPO = [*TINY_SIMPO, "--max_steps=6", "--warmup_steps=0", "--save_strategy=steps", "--save_steps=1"]
@@ -79,17 +78,8 @@ class InfiniteWeightAtStep2(TrainerCallback):
 
 def test_weights_that_are_not_finite_are_never_saved(tmp_path):
     tokenizer, rows = tiny_rows(16)
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        max_steps=4,
-        logging_steps=10,
-        per_device_train_batch_size=2,
-        max_length=128,
-        max_prompt_length=64,
-        save_strategy="steps",
-        save_steps=1,
+    args = tiny_config(
+        tmp_path, max_steps=4, logging_steps=10, per_device_train_batch_size=2, save_strategy="steps", save_steps=1
     )
     trainer = SimPOTrainer(
         TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer, callbacks=[InfiniteWeightAtStep2()]

@@ -17,7 +17,7 @@ from types import MethodType
 import pytest
 import torch
 from bf16_cases import BF16, accelerate_bf16
-from conftest import REPO
+from conftest import REPO, tiny_config
 from logps_cases import PLAIN, assert_fused_equals_plain, call, features, logps_loss_and_grads, tiny_llama
 from transformers import TrainerCallback
 
@@ -125,21 +125,15 @@ def test_the_self_check_keeps_the_fused_path_under_bf16_autocast_and_a_split_k_h
     the plain path's bf16 logits by rounding alone, well within bf16's tolerance, so both are kept."""
     from conftest import TINY_MODEL, tiny_rows
 
-    from simpo.train.config import SimPOConfig
     from simpo.train.self_check import TOLERANCE
     from simpo.train.trainer import SimPOTrainer
 
     tokenizer, rows = tiny_rows(16)
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
+    args = tiny_config(
+        tmp_path,
         bf16=True,
-        report_to="none",
         max_steps=1,
         per_device_train_batch_size=4,
-        max_length=128,
-        max_prompt_length=64,
-        save_strategy="no",
         activation_checkpointing=True,
         model_init_kwargs={"dtype": weights},
     )

@@ -5,11 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_MODEL, tiny_rows
+from conftest import TINY_MODEL, tiny_config, tiny_rows
 from host_reads import SimpoHostReads
 
 import simpo.train.trainer
-from simpo.train.config import SimPOConfig
 from simpo.train.metrics import FiniteLossGuard, PairWeightedMeans
 from simpo.train.trainer import SimPOTrainer
 
@@ -39,16 +38,7 @@ def test_a_non_finite_loss_is_raised_at_the_next_micro_batch_or_check():
 @pytest.mark.parametrize("fused,layout", [(True, "shared"), (False, "shared"), (True, "plain"), (True, "packed")])
 def test_a_training_micro_step_does_not_wait_for_the_device(tmp_path, fused, layout):
     tokenizer, rows = tiny_rows(6)
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        max_length=128,
-        max_prompt_length=64,
-        fused_logps=fused,
-        prefix_sharing=layout != "plain",
-        padding_free=layout == "packed",
-    )
+    args = tiny_config(tmp_path, fused_logps=fused, prefix_sharing=layout != "plain", padding_free=layout == "packed")
     trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
     batch = trainer.layout([trainer.train_dataset[i] for i in range(6)])
     trainer.compute_loss(trainer.model, batch)  # the first step checks the head once; that may read
@@ -69,17 +59,7 @@ def test_a_nan_stops_training_before_its_optimizer_step(tmp_path, monkeypatch):
         return losses * float("nan") if len(calls) >= 2 else losses
 
     monkeypatch.setattr(simpo.train.trainer, "simpo_loss", nan_from_the_second_step)
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
-        max_steps=5,
-        logging_steps=10,
-        per_device_train_batch_size=2,
-        max_length=128,
-        max_prompt_length=64,
-        save_strategy="no",
-    )
+    args = tiny_config(tmp_path, max_steps=5, logging_steps=10, per_device_train_batch_size=2)
     trainer = SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
     with pytest.raises(FloatingPointError, match=r"Non-finite SimPO loss \(nan\) in training at step 2"):
         trainer.train()

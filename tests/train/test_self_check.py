@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, tiny_rows
+from conftest import REPO, TINY_MODEL, tiny_config, tiny_rows
 from fast_path_fakes import (
     DoubledGradientTiles,
     RaisingTiles,
@@ -21,7 +21,6 @@ from fast_path_fakes import (
 import simpo.train.layouts
 import simpo.train.self_check as self_check
 from simpo.errors import FastPathError
-from simpo.train.config import SimPOConfig
 from simpo.train.logps import plain_token_logps
 from simpo.train.trainer import SimPOTrainer
 
@@ -35,17 +34,8 @@ def tiny():
 
 def trainer_for(tmp_path, tiny, name: str = "run", **settings) -> SimPOTrainer:
     tokenizer, rows = tiny
-    defaults = dict(
-        use_cpu=True,
-        report_to="none",
-        max_steps=2,
-        logging_steps=1,
-        per_device_train_batch_size=4,
-        max_length=128,
-        max_prompt_length=64,
-        save_strategy="no",
-    )
-    args = SimPOConfig(output_dir=str(tmp_path / name), **{**defaults, **settings})
+    defaults = dict(max_steps=2, logging_steps=1, per_device_train_batch_size=4)
+    args = tiny_config(tmp_path / name, **{**defaults, **settings})
     return SimPOTrainer(TINY_MODEL, args=args, train_dataset=rows, processing_class=tokenizer)
 
 

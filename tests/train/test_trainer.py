@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_DATA, TINY_MODEL, log_sigmoid, reference_avg_logp, tiny_rows
+from conftest import TINY_DATA, TINY_MODEL, log_sigmoid, reference_avg_logp, tiny_config, tiny_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from simpo.train.config import SimPOConfig
@@ -144,16 +144,11 @@ def test_lora_with_activation_checkpointing_trains_only_adapters_with_dropout_of
     from simpo.models.loading import get_peft_config
 
     tokenizer, rows = tiny
-    args = SimPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        report_to="none",
+    args = tiny_config(
+        tmp_path,
         max_steps=2,
         learning_rate=1e-2,
         per_device_train_batch_size=4,
-        max_length=128,
-        max_prompt_length=64,
-        save_strategy="no",
         activation_checkpointing=True,
         activation_checkpointing_kwargs={"use_reentrant": False},
     )
