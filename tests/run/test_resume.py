@@ -14,20 +14,16 @@ import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
+from tiny_runs import SIMPO
 
 from simpo.run.checkpoints import checkpoint_problem, last_complete_checkpoint
 
 RUN = [
     sys.executable,
     os.path.join(REPO, "scripts", "run_simpo.py"),
-    "training_configs/tiny-simpo-cpu.yaml",
+    *SIMPO,
     "--max_steps=12",
     "--save_strategy=steps",
-    "--logging_steps=1",
-    "--eval_strategy=no",
-    "--do_eval=false",
-    "--eval_on_start=false",
-    "--report_to=none",
     "--per_device_train_batch_size=8",
 ]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")

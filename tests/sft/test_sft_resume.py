@@ -12,21 +12,17 @@ import pytest
 import torch
 from conftest import REPO
 from safetensors.torch import load_file
+from tiny_runs import SFT
 
 from simpo.run.checkpoints import last_complete_checkpoint
 
 RUN = [
     sys.executable,
     os.path.join(REPO, "scripts", "run_sft.py"),
-    "training_configs/tiny-sft-cpu.yaml",
+    *SFT,
     "--max_steps=16",
     "--save_strategy=steps",
     "--save_steps=1000",
-    "--logging_steps=1",
-    "--eval_strategy=no",
-    "--do_eval=false",
-    "--eval_on_start=false",
-    "--report_to=none",
     "--per_device_train_batch_size=8",
 ]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
